@@ -1,0 +1,55 @@
+//! Google auth: one document per `(subaccountId, googleEmail)` holding that account's tokens,
+//! encrypted. The collection name is the one Mongoose gives the spec's `GoogleAuth` model.
+
+use bson::oid::ObjectId;
+use bson::{Binary, DateTime};
+use serde::{Deserialize, Serialize};
+
+pub const COLLECTION: &str = "googleauths";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoogleAuth {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub subaccount_id: String,
+    pub google_email: String,
+    /// The platform user who connected this account most recently.
+    pub user_email: String,
+    pub access_token: EncryptedToken,
+    /// Absent only if the provider never sent one; a reconnect without one keeps the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<EncryptedToken>,
+    /// When the access token expires.
+    pub expires_at: DateTime,
+    /// The scopes the user actually granted.
+    pub scopes: Vec<String>,
+    pub status: AuthStatus,
+    /// Incremented on every token write; a refresh only lands if the version it read is still
+    /// current (fencing against a slow lock holder).
+    pub token_version: i64,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+/// AES-256-GCM ciphertext with what is needed to decrypt it; the associated data binds it to
+/// `subaccountId` and `googleEmail`, so a ciphertext copied to another record does not decrypt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptedToken {
+    /// Which configured key encrypted it; older keys still decrypt after a rotation.
+    pub key_id: String,
+    /// 96-bit random nonce.
+    pub nonce: Binary,
+    /// Ciphertext followed by the 128-bit tag.
+    pub ciphertext: Binary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStatus {
+    Active,
+    /// The refresh token was refused (`invalid_grant`); the user must connect again.
+    ReauthRequired,
+    Revoked,
+}

@@ -1,0 +1,11 @@
+//! One module per event, each named for the fact it records (past tense).
+
+pub mod auth_link_issued;
+pub mod connect_requested;
+pub mod connection_failed;
+pub mod connection_succeeded;
+
+pub use auth_link_issued::AuthLinkIssued;
+pub use connect_requested::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
+pub use connection_failed::{ConnectionFailed, FailureReason};
+pub use connection_succeeded::ConnectionSucceeded;
