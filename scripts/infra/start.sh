@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Starts NATS (JetStream), Redis and the MongoDB-wire server (secantusd-rs) in the background on
+# loopback for the local no-configuration run, and waits until each accepts connections.
+#
+#   data  .local/data/{nats,redis,mongo}    logs  .local/logs/*.log    pids  .local/run/*.pid
+#
+# Idempotent: a server whose pid file names a live process is left alone.
+# Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), REDIS_PORT (6379), MONGO_PORT (27017),
+#              MONGO_CACHE_SIZE (512M), START_TIMEOUT seconds to wait for each server (30).
+# The binaries come from scripts/infra/install.sh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/infra/lib.sh
+source "$ROOT/scripts/infra/lib.sh"
+
+START_TIMEOUT="${START_TIMEOUT:-30}"
+
+die() {
+  printf 'start.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Prints what service $1 logged since this start to stderr.
+show_log_tail() {
+  local log_f
+  log_f="$(log_file "$1")"
+  if [[ -s "$log_f" ]]; then
+    printf -- '--- %s (this start only, last 40 lines) ---\n' "$log_f" >&2
+    # Everything after the last "==== ... start.sh:" marker that launch() writes.
+    awk '/^==== .* start\.sh: /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$log_f" \
+      | tail -n 40 >&2 || true
+    printf -- '---\n' >&2
+  fi
+}
+
+# Services to launch in this run (the others already run).
+TO_START=()
+
+# Decides whether service $1 needs starting, and fails before anything is launched if it cannot
+# start (binary missing, port taken by someone else).
+preflight() {
+  local name="$1" port pid
+  port="$(service_port "$name")"
+  if pid="$(running_pid "$name")"; then
+    say "$name: already running (pid $pid, $BIND_HOST:$port)"
+    return 0
+  fi
+  service_command "$name"
+  command -v "${CMD[0]}" >/dev/null 2>&1 \
+    || die "$name: ${CMD[0]} not found on PATH ($TOOLS_DIR/bin); run scripts/infra/install.sh first"
+  if port_open "$port"; then
+    die "$name: $BIND_HOST:$port is already in use by a process not started by this script;" \
+      "stop it or choose another port with $(service_port_var "$name")=<port>"
+  fi
+  if [[ "$name" == nats ]] && port_open "$NATS_MONITOR_PORT"; then
+    die "nats: monitoring port $BIND_HOST:$NATS_MONITOR_PORT is already in use;" \
+      "choose another with NATS_MONITOR_PORT=<port>"
+  fi
+  TO_START+=("$name")
+}
+
+# Launches service $1 in its own session, detached from this shell.
+launch() {
+  local name="$1" pid pid_f log_f
+  pid_f="$(pid_file "$name")"
+  log_f="$(log_file "$name")"
+  rm -f "$pid_f"
+  service_command "$name"
+  mkdir -p "$DATA_DIR/$name"
+  if [[ "$name" == mongo && ! -e "$MONGO_CONFIG" ]]; then
+    printf '%s\n' "# secantusd-rs settings for the local run (see: secantusd-rs --help)." \
+      "# The flags in scripts/infra/lib.sh override anything set here." >"$MONGO_CONFIG"
+  fi
+  printf '\n==== %s start.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${CMD[*]}" >>"$log_f"
+  # setsid: own session, so Ctrl-C or closing this terminal does not reach the server.
+  # In a non-interactive shell setsid execs in place, so $! is the server's own pid.
+  setsid nohup "${CMD[@]}" >>"$log_f" 2>&1 </dev/null &
+  pid=$!
+  # Not a job of this shell: no "Killed" notices, and it outlives the script.
+  disown "$pid"
+  printf '%s\n' "$pid" >"$pid_f"
+}
+
+# Waits until service $1 accepts TCP connections; fails with its log if it exits or times out.
+wait_ready() {
+  local name="$1" port pid pid_f deadline
+  port="$(service_port "$name")"
+  pid_f="$(pid_file "$name")"
+  pid="$(tr -dc '0-9' <"$pid_f")"
+  deadline=$((SECONDS + START_TIMEOUT))
+  while true; do
+    if ! process_alive "$pid"; then
+      rm -f "$pid_f"
+      show_log_tail "$name"
+      die "$name: exited during startup (see $(log_file "$name"))"
+    fi
+    if port_open "$port" && { [[ "$name" != nats ]] || port_open "$NATS_MONITOR_PORT"; }; then
+      break
+    fi
+    if ((SECONDS >= deadline)); then
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$pid_f"
+      show_log_tail "$name"
+      die "$name: not accepting connections on $BIND_HOST:$port after ${START_TIMEOUT}s; killed it"
+    fi
+    sleep 0.2
+  done
+  say "$name: started (pid $pid, $BIND_HOST:$port) log $(log_file "$name")"
+}
+
+main() {
+  mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR"
+  local name
+  for name in "${SERVICES[@]}"; do
+    preflight "$name"
+  done
+  # Launch all first, then wait: the servers start in parallel.
+  for name in "${TO_START[@]}"; do
+    launch "$name"
+  done
+  for name in "${TO_START[@]}"; do
+    wait_ready "$name"
+  done
+  say ""
+  say "export NATS_URL=nats://$BIND_HOST:$NATS_PORT"
+  say "export REDIS_URL=redis://$BIND_HOST:$REDIS_PORT"
+  say "export MONGODB_URI=mongodb://$BIND_HOST:$MONGO_PORT"
+  say "(NATS monitoring: http://$BIND_HOST:$NATS_MONITOR_PORT; stop with scripts/infra/stop.sh)"
+}
+
+main "$@"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Stops the servers started by start.sh: SIGTERM, up to STOP_TIMEOUT seconds (10) for them to
+# exit, then SIGKILL. Removes their pid files. Data and logs under .local/ are kept.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=scripts/infra/lib.sh
+source "$ROOT/scripts/infra/lib.sh"
+
+STOP_TIMEOUT="${STOP_TIMEOUT:-10}"
+
+main() {
+  local name pid names=() pids=()
+  for name in "${SERVICES[@]}"; do
+    if pid="$(running_pid "$name")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      names+=("$name")
+      pids+=("$pid")
+    elif [[ -e "$(pid_file "$name")" ]]; then
+      rm -f "$(pid_file "$name")"
+      say "$name: not running (removed stale pid file)"
+    else
+      say "$name: not running"
+    fi
+  done
+
+  # All were signalled at once; now wait for each within one shared deadline.
+  local i deadline=$((SECONDS + STOP_TIMEOUT)) status=0
+  for i in "${!names[@]}"; do
+    name="${names[$i]}"
+    pid="${pids[$i]}"
+    while process_alive "$pid" && ((SECONDS < deadline)); do
+      sleep 0.2
+    done
+    if process_alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      if process_alive "$pid"; then
+        say "$name: ERROR pid $pid survived SIGKILL" >&2
+        status=1
+        continue
+      fi
+      say "$name: killed (pid $pid did not exit within ${STOP_TIMEOUT}s of SIGTERM)"
+    else
+      say "$name: stopped (pid $pid)"
+    fi
+    rm -f "$(pid_file "$name")"
+  done
+  return "$status"
+}
+
+main "$@"

@@ -1,0 +1,65 @@
+//! `/healthz` (the process is alive), `/readyz` (NATS, MongoDB and Redis reachable, with the
+//! reason when not) and `/metrics` (Prometheus text), the same on every service.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::infrastructure::Infrastructure;
+
+/// How long one dependency may take to answer a readiness check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+struct HealthState {
+    service: &'static str,
+    infra: Infrastructure,
+}
+
+/// The three endpoints, to be merged into a service's router.
+pub fn router(service: &'static str, infra: Infrastructure) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(HealthState { service, infra })
+}
+
+async fn healthz(State(state): State<HealthState>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "alive", "service": state.service }))
+}
+
+async fn readyz(State(state): State<HealthState>) -> Response {
+    let checks = state.infra.readiness(CHECK_TIMEOUT).await;
+    let ready = checks.is_ready();
+    if !ready {
+        tracing::warn!(?checks, "not ready");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "service": state.service,
+        "checks": checks,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}

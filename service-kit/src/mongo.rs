@@ -1,0 +1,130 @@
+//! Tenant MongoDB connections: the seed's `connectionService.getConnection(subaccountId)`.
+//!
+//! By default each subaccount has its own database, named from `MONGODB_DATABASE_TEMPLATE`. One
+//! driver client (a connection pool) serves every tenant; the first time a process touches a
+//! tenant, the indexes its collections rely on are created, and the tenant is remembered so
+//! that later calls cost a set lookup.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+use schemas::SubaccountId;
+use schemas::documents::{calendar, connector_subaccount, google_auth};
+
+use crate::config::{DatabaseTemplate, MongoUri};
+use crate::startup::{StartupError, retry_for};
+
+/// Hands out tenant databases. Cheap to clone (shared state behind an `Arc`).
+#[derive(Debug, Clone)]
+pub struct TenantDatabases {
+    client: Client,
+    template: DatabaseTemplate,
+    /// Tenants whose indexes this process has ensured.
+    indexed: Arc<Mutex<HashSet<SubaccountId>>>,
+}
+
+impl TenantDatabases {
+    /// Connects and pings the server, retrying for at most `limit`.
+    pub async fn connect(
+        uri: &MongoUri,
+        template: DatabaseTemplate,
+        app_name: &str,
+        limit: Duration,
+    ) -> Result<Self, StartupError> {
+        let mut options =
+            ClientOptions::parse(&uri.0)
+                .await
+                .map_err(|e| StartupError::Misconfigured {
+                    setting: "MONGODB_URI",
+                    cause: format!("cannot be used: {}", e.kind),
+                })?;
+        options.app_name = Some(app_name.to_owned());
+        // Fail a single operation fast when the server is gone, so callers can retry or park
+        // the work instead of hanging for the driver's 30 s default.
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(2));
+        let client = Client::with_options(options).map_err(|e| StartupError::Misconfigured {
+            setting: "MONGODB_URI",
+            cause: format!("cannot be used: {}", e.kind),
+        })?;
+        let ping_client = client.clone();
+        retry_for(limit, "MongoDB", || {
+            let client = ping_client.clone();
+            async move { ping(&client).await }
+        })
+        .await
+        .map_err(|cause| StartupError::Unreachable {
+            setting: "MONGODB_URI",
+            what: "MongoDB",
+            waited: limit,
+            cause,
+        })?;
+        Ok(Self {
+            client,
+            template,
+            indexed: Arc::default(),
+        })
+    }
+
+    /// The tenant's database, with its indexes ensured (once per process and tenant).
+    pub async fn connection_for(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> mongodb::error::Result<Database> {
+        let db = self
+            .client
+            .database(&self.template.database_for(subaccount));
+        let known = self
+            .indexed
+            .lock()
+            .map(|set| set.contains(subaccount))
+            .unwrap_or(false);
+        if !known {
+            ensure_indexes(&db).await?;
+            if let Ok(mut set) = self.indexed.lock() {
+                set.insert(subaccount.clone());
+            }
+        }
+        Ok(db)
+    }
+
+    /// The driver client, for readiness checks and administrative work.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Round-trips a `ping` to the server.
+pub async fn ping(client: &Client) -> mongodb::error::Result<()> {
+    client
+        .database("admin")
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map(|_| ())
+}
+
+/// The indexes a tenant database needs: the uniqueness the documents promise.
+pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    let unique = |keys| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().unique(true).build())
+            .build()
+    };
+    db.collection::<mongodb::bson::Document>(connector_subaccount::COLLECTION)
+        .create_index(unique(doc! { "subaccountId": 1, "connectorId": 1 }))
+        .await?;
+    db.collection::<mongodb::bson::Document>(google_auth::COLLECTION)
+        .create_index(unique(doc! { "subaccountId": 1, "googleEmail": 1 }))
+        .await?;
+    db.collection::<mongodb::bson::Document>(calendar::COLLECTION)
+        .create_index(unique(
+            doc! { "subaccountId": 1, "googleEmail": 1, "provider": 1 },
+        ))
+        .await?;
+    Ok(())
+}

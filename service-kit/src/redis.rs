@@ -1,0 +1,99 @@
+//! Redis: the connection manager (one multiplexed connection that reconnects by itself) and
+//! every key name the services use, in one place.
+//!
+//! Redis only holds what may be lost: OAuth state, cached access tokens, refresh locks and
+//! read caches.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use schemas::SubaccountId;
+
+use crate::config::RedisUrl;
+use crate::startup::{StartupError, retry_for};
+
+/// Connects, retrying for at most `limit`, and proves the connection with a `PING`.
+pub async fn connect(url: &RedisUrl, limit: Duration) -> Result<ConnectionManager, StartupError> {
+    let client = redis::Client::open(url.0.as_str()).map_err(|e| StartupError::Misconfigured {
+        setting: "REDIS_URL",
+        cause: format!("cannot be used: {:?}", e.kind()),
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(2));
+    retry_for(limit, "Redis", || {
+        let client = client.clone();
+        let config = config.clone();
+        async move {
+            let mut manager = ConnectionManager::new_with_config(client, config).await?;
+            ping(&mut manager).await?;
+            Ok::<_, redis::RedisError>(manager)
+        }
+    })
+    .await
+    .map_err(|cause| StartupError::Unreachable {
+        setting: "REDIS_URL",
+        what: "Redis",
+        waited: limit,
+        cause,
+    })
+}
+
+pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    redis::cmd("PING")
+        .query_async::<String>(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Every Redis key, built from the deployment's prefix so deployments (and parallel tests)
+/// sharing a server never collide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// Single-use OAuth state → the pending connect attempt (TTL = link lifetime).
+    pub fn oauth_state(&self, state: &str) -> String {
+        format!("{}:oauth:state:{state}", self.prefix)
+    }
+
+    /// Cached access token of one Google account (TTL = expiry minus a margin).
+    pub fn access_token(&self, subaccount: &SubaccountId, google_email: &str) -> String {
+        format!("{}:token:access:{subaccount}:{google_email}", self.prefix)
+    }
+
+    /// Refresh lock of one Google account (single-flight across replicas).
+    pub fn refresh_lock(&self, subaccount: &SubaccountId, google_email: &str) -> String {
+        format!(
+            "{}:token:refresh-lock:{subaccount}:{google_email}",
+            self.prefix
+        )
+    }
+
+    /// The api's cached list of a subaccount's connectors; invalidated by the metadata worker.
+    pub fn connector_list_cache(&self, subaccount: &SubaccountId) -> String {
+        format!("{}:cache:connectors:{subaccount}", self.prefix)
+    }
+
+    /// The api's cached single connector; invalidated by the metadata worker.
+    pub fn connector_cache(&self, subaccount: &SubaccountId, connector_id: &str) -> String {
+        format!(
+            "{}:cache:connector:{subaccount}:{connector_id}",
+            self.prefix
+        )
+    }
+
+    /// Result of validating a service token (by its hash, never the token), cached 5 minutes.
+    pub fn service_token(&self, token_sha256_hex: &str) -> String {
+        format!("{}:auth:service-token:{token_sha256_hex}", self.prefix)
+    }
+}

@@ -1,0 +1,63 @@
+//! What every binary's `main` does: read configuration (reporting every problem at once),
+//! set up logging, cancel on SIGTERM/SIGINT, run the service, and turn any start-up failure
+//! into a clear message and a non-zero exit code — never a panic, never an endless hang.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CommonConfig, ConfigError, Env, LogFormat};
+use crate::startup::StartupError;
+
+/// Exit code for invalid configuration (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit code for a dependency that stayed unreachable, or any other start-up failure.
+pub const EXIT_STARTUP: u8 = 1;
+
+/// A service's configuration: it knows the common part.
+pub trait ServiceConfig: Sized {
+    /// Reads every setting from `env`; problems are collected in `env`, not returned.
+    fn read(env: &mut Env) -> Self;
+    fn common(&self) -> &CommonConfig;
+
+    /// Reads and validates in one go.
+    fn from_env(mut env: Env) -> Result<Self, ConfigError> {
+        let config = Self::read(&mut env);
+        env.finish().map(|()| config)
+    }
+}
+
+/// Runs a service binary. `run` receives the configuration and the shutdown token.
+pub async fn main<C, F, Fut>(service: &'static str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), StartupError>>,
+{
+    let config = match C::from_env(Env::from_process()) {
+        Ok(config) => config,
+        Err(err) => {
+            crate::telemetry::init(LogFormat::Text);
+            eprintln!("{service}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::telemetry::init(config.common().log_format);
+    let shutdown = crate::shutdown::on_signal();
+    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+    match run(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!(service, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(service, error = %err, "could not start");
+            eprintln!("{service}: {err}");
+            match err {
+                StartupError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::from(EXIT_STARTUP),
+            }
+        }
+    }
+}

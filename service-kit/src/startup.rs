@@ -1,0 +1,85 @@
+//! Start-up: what can go wrong before a service takes work, and the bounded retry that waits
+//! for infrastructure that is still coming up.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::ConfigError;
+
+/// Why a service could not start. Every variant names the setting to look at; none carries a
+/// secret (URLs are never echoed).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "{setting}: {what} was unreachable for {waited:?} (STARTUP_TIMEOUT); last error: {cause}"
+    )]
+    Unreachable {
+        setting: &'static str,
+        what: &'static str,
+        waited: Duration,
+        cause: String,
+    },
+    #[error("{setting}: {cause}")]
+    Misconfigured {
+        setting: &'static str,
+        cause: String,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<StartupError>),
+    #[error("{setting}: cannot listen on {addr}: {cause}")]
+    Bind {
+        setting: &'static str,
+        addr: String,
+        cause: std::io::Error,
+    },
+}
+
+impl StartupError {
+    /// One error from several (each is still reported).
+    pub fn several(mut errors: Vec<StartupError>) -> Self {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            StartupError::Several(errors)
+        }
+    }
+}
+
+/// Retries `attempt` with jittered exponential backoff (100 ms up to 2 s) until it succeeds or
+/// `limit` has passed, whichever is first. The error of the last attempt is returned as text.
+pub async fn retry_for<T, E, F, Fut>(
+    limit: Duration,
+    what: &'static str,
+    attempt: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let last_error = std::sync::Mutex::new(String::from("no attempt finished in time"));
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(usize::MAX)
+        .with_jitter();
+    let attempts = attempt.retry(backoff).notify(|err: &E, next: Duration| {
+        let message = err.to_string();
+        tracing::warn!(dependency = what, error = %message, retry_in = ?next, "not reachable yet");
+        if let Ok(mut last) = last_error.lock() {
+            *last = message;
+        }
+    });
+    match tokio::time::timeout(limit, attempts).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_elapsed) => Err(last_error
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| "unknown".into())),
+    }
+}
