@@ -28,7 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> Result<(), StartupError> {
     let router = router
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::metrics::track_http(service, req, next)
@@ -40,4 +40,8 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+        .map_err(|e| StartupError::Failed {
+            what: "HTTP server",
+            cause: e.to_string(),
+        })
 }

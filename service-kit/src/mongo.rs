@@ -47,14 +47,23 @@ impl TenantDatabases {
         // the work instead of hanging for the driver's 30 s default.
         options.server_selection_timeout = Some(Duration::from_secs(5));
         options.connect_timeout = Some(Duration::from_secs(2));
-        let client = Client::with_options(options).map_err(|e| StartupError::Misconfigured {
-            setting: "MONGODB_URI",
-            cause: format!("cannot be used: {}", e.kind),
-        })?;
-        let ping_client = client.clone();
+        let client =
+            Client::with_options(options.clone()).map_err(|e| StartupError::Misconfigured {
+                setting: "MONGODB_URI",
+                cause: format!("cannot be used: {}", e.kind),
+            })?;
+        // Probe with a short-lived client whose server selection gives up after 2 s, so each
+        // attempt ends with the driver's real error (e.g. connection refused) well inside `limit`.
+        let mut probe_options = options.clone();
+        probe_options.server_selection_timeout = Some(Duration::from_secs(2));
+        let probe =
+            Client::with_options(probe_options).map_err(|e| StartupError::Misconfigured {
+                setting: "MONGODB_URI",
+                cause: format!("cannot be used: {}", e.kind),
+            })?;
         retry_for(limit, "MongoDB", || {
-            let client = ping_client.clone();
-            async move { ping(&client).await }
+            let probe = probe.clone();
+            async move { ping(&probe).await.map_err(|e| e.kind.to_string()) }
         })
         .await
         .map_err(|cause| StartupError::Unreachable {
@@ -63,6 +72,7 @@ impl TenantDatabases {
             waited: limit,
             cause,
         })?;
+        probe.shutdown().await;
         Ok(Self {
             client,
             template,

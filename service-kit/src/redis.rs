@@ -22,22 +22,29 @@ pub async fn connect(url: &RedisUrl, limit: Duration) -> Result<ConnectionManage
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_max_delay(Duration::from_secs(2));
+    // Probe with plain connections first: the manager retries its first connection by itself,
+    // which would hide the real error behind our own deadline.
     retry_for(limit, "Redis", || {
         let client = client.clone();
-        let config = config.clone();
         async move {
-            let mut manager = ConnectionManager::new_with_config(client, config).await?;
-            ping(&mut manager).await?;
-            Ok::<_, redis::RedisError>(manager)
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
         }
     })
     .await
-    .map_err(|cause| StartupError::Unreachable {
+    .map_err(|cause| unreachable(limit, cause))?;
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| unreachable(limit, e.to_string()))
+}
+
+fn unreachable(limit: Duration, cause: String) -> StartupError {
+    StartupError::Unreachable {
         setting: "REDIS_URL",
         what: "Redis",
         waited: limit,
         cause,
-    })
+    }
 }
 
 pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {

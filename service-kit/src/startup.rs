@@ -1,4 +1,4 @@
-//! Start-up: what can go wrong before a service takes work, and the bounded retry that waits
+//! Start-up: what can go wrong before a service takes work (or makes it stop), and the bounded retry that waits
 //! for infrastructure that is still coming up.
 
 use std::future::Future;
@@ -30,6 +30,9 @@ pub enum StartupError {
     },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<StartupError>),
+    /// A running service stopped on an error it could not recover from.
+    #[error("{what} failed: {cause}")]
+    Failed { what: &'static str, cause: String },
     #[error("{setting}: cannot listen on {addr}: {cause}")]
     Bind {
         setting: &'static str,
