@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::infrastructure::Infrastructure;
@@ -19,6 +20,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 struct HealthState {
     service: &'static str,
     infra: Infrastructure,
+    metrics: PrometheusHandle,
 }
 
 /// The three endpoints, to be merged into a service's router.
@@ -27,7 +29,12 @@ pub fn router(service: &'static str, infra: Infrastructure) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(HealthState { service, infra })
+        .with_state(HealthState {
+            service,
+            infra,
+            // Installed now, not at the first scrape, so nothing recorded before it is lost.
+            metrics: crate::metrics::handle(),
+        })
 }
 
 async fn healthz(State(state): State<HealthState>) -> Json<serde_json::Value> {
@@ -53,13 +60,13 @@ async fn readyz(State(state): State<HealthState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<HealthState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::handle().render(),
+        state.metrics.render(),
     )
         .into_response()
 }

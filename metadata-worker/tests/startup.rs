@@ -1,0 +1,11 @@
+//! The metadata-worker binary refuses bad configuration and unreachable infrastructure clearly.
+
+#[test]
+fn malformed_settings_exit_78_naming_every_one() {
+    e2e::startup::assert_rejects_malformed_settings(env!("CARGO_BIN_EXE_metadata-worker"));
+}
+
+#[test]
+fn unreachable_nats_exits_1_after_the_startup_timeout_naming_nats_url() {
+    e2e::startup::assert_gives_up_on_unreachable_nats(env!("CARGO_BIN_EXE_metadata-worker"));
+}

@@ -1,0 +1,23 @@
+//! The end-to-end harness: real servers on free loopback ports, isolated per test, and the
+//! services started in-process on port 0.
+//!
+//! - [`servers`]: nats-server, redis-server and secantusd-rs as child processes, each with its
+//!   own data directory; stoppable and restartable on the same port.
+//! - [`shared`]: one set of those servers per test binary, started on first use.
+//! - [`context`]: a [`TestContext`] per test — its own NATS namespace, database names and Redis
+//!   key prefix on the shared servers, so tests run in parallel without seeing each other.
+//! - [`service`]: a service's `run(config, listener, shutdown)` started on port 0 and waited on.
+//! - [`startup`]: runs a service *binary* to check how it fails at start-up.
+//!
+//! Logs of the services under test are silent unless `TEST_LOG=1`.
+
+pub mod context;
+pub mod process;
+pub mod servers;
+pub mod service;
+pub mod shared;
+pub mod startup;
+pub mod tools;
+
+pub use context::TestContext;
+pub use service::RunningService;

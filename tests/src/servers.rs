@@ -1,0 +1,204 @@
+//! The real servers, as child processes on loopback with their own data directories.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use crate::process::{free_port, scratch_dir, spawn, terminate, wait_for_line};
+use crate::tools::binary;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One running (or stopped) server: its process, port, data directory and log.
+#[derive(Debug)]
+struct ServerProcess {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// nats-server with JetStream.
+#[derive(Debug)]
+pub struct NatsServer(ServerProcess);
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = scratch_dir("nats");
+        let log = dir.join("nats.log");
+        let mut server = ServerProcess {
+            child: None,
+            port: 0,
+            dir,
+            log,
+        };
+        // -p -1: the server picks a free port and logs it; no race with other processes.
+        let port = Self::launch(&mut server, "-1");
+        server.port = port;
+        Self(server)
+    }
+
+    fn launch(server: &mut ServerProcess, port: &str) -> u16 {
+        let mut cmd = Command::new(binary("nats-server"));
+        cmd.args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
+            .arg(server.dir.join("js"));
+        let mut child = spawn(cmd, &server.log).expect("nats-server starts");
+        let line = wait_for_line(
+            &mut child,
+            &server.log,
+            "Listening for client connections on",
+            START_TIMEOUT,
+        )
+        .expect("nats-server listens");
+        // A restart appends to the same log: the last "Server is ready" follows this start.
+        wait_for_line(&mut child, &server.log, "Server is ready", START_TIMEOUT)
+            .expect("nats-server is ready");
+        server.child = Some(child);
+        parse_port(&line)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.0.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// Stops the server (SIGTERM); its data stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    /// Starts it again on the same port with the same JetStream data.
+    pub fn restart(&mut self) {
+        self.0.stop();
+        let _ = std::fs::write(&self.0.log, "");
+        let port = self.0.port.to_string();
+        Self::launch(&mut self.0, &port);
+    }
+}
+
+/// redis-server without persistence.
+#[derive(Debug)]
+pub struct RedisServer(ServerProcess);
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = scratch_dir("redis");
+        let log = dir.join("redis.log");
+        // Redis cannot pick its own port; if another process takes ours first, try again.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(binary("redis-server"));
+            cmd.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir);
+            let mut child = spawn(cmd, &log).expect("redis-server starts");
+            match wait_for_line(
+                &mut child,
+                &log,
+                "Ready to accept connections",
+                START_TIMEOUT,
+            ) {
+                Ok(_) => {
+                    return Self(ServerProcess {
+                        child: Some(child),
+                        port,
+                        dir,
+                        log,
+                    });
+                }
+                Err(e) if e.to_string().contains("Address already in use") => {
+                    terminate(&mut child);
+                    let _ = std::fs::write(&log, "");
+                }
+                Err(e) => panic!("redis-server did not start: {e}"),
+            }
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked).
+#[derive(Debug)]
+pub struct MongoServer(ServerProcess);
+
+impl MongoServer {
+    pub fn start() -> Self {
+        let dir = scratch_dir("mongo");
+        let log = dir.join("mongo.log");
+        // An explicit (empty) config file stops it from reading ~/.secantus or /etc/secantus.
+        let config = dir.join("secantusd.toml");
+        std::fs::write(&config, "# e2e harness: flags only\n").expect("config file");
+        let mut cmd = Command::new(binary("secantusd-rs"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--cache-size",
+                "256M",
+                "--log-file-max",
+                "16MB",
+            ])
+            .arg("--storage-path")
+            .arg(dir.join("data"));
+        let mut child = spawn(cmd, &log).expect("secantusd-rs starts");
+        let line = wait_for_line(&mut child, &log, "listening on 127.0.0.1:", START_TIMEOUT)
+            .expect("secantusd-rs listens");
+        Self(ServerProcess {
+            child: Some(child),
+            port: parse_port(&line),
+            dir,
+            log,
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.0.port)
+    }
+}
+
+/// The port at the end of `...127.0.0.1:PORT` in a log line.
+fn parse_port(line: &str) -> u16 {
+    line.rsplit(':')
+        .next()
+        .and_then(|p| {
+            p.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no port in log line {line:?}"))
+}

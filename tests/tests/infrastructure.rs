@@ -1,0 +1,107 @@
+//! service-kit's plumbing against the real servers.
+
+use std::time::Duration;
+
+use e2e::TestContext;
+use mongodb::bson::doc;
+use schemas::SubaccountId;
+use schemas::documents::connector_subaccount;
+use service_kit::Infrastructure;
+use service_kit::nats::{StreamChange, ensure_streams};
+
+#[tokio::test]
+async fn stream_provisioning_is_idempotent_and_updates_changed_settings() {
+    let ctx = TestContext::new();
+    let config = ctx.common(&[]);
+    let infra = Infrastructure::connect(&config, "provisioning-test")
+        .await
+        .expect("connect");
+    let changes = |c: Vec<(String, StreamChange)>| {
+        c.into_iter().map(|(_, change)| change).collect::<Vec<_>>()
+    };
+
+    let first = ensure_streams(&infra.jetstream, &infra.namespace, &config.streams)
+        .await
+        .expect("create");
+    assert_eq!(
+        changes(first),
+        [StreamChange::Created, StreamChange::Created]
+    );
+    let again = ensure_streams(&infra.jetstream, &infra.namespace, &config.streams)
+        .await
+        .expect("again");
+    assert_eq!(
+        changes(again),
+        [StreamChange::Unchanged, StreamChange::Unchanged]
+    );
+
+    let longer = ctx.common(&[("EVENTS_MAX_AGE", "45d"), ("EVENTS_DUPLICATE_WINDOW", "5m")]);
+    let updated = ensure_streams(&infra.jetstream, &infra.namespace, &longer.streams)
+        .await
+        .expect("update");
+    assert_eq!(
+        changes(updated),
+        [StreamChange::Updated, StreamChange::Updated],
+        "max age changes the events stream; the duplicate window changes both"
+    );
+    let mut stream = infra
+        .jetstream
+        .get_stream(infra.namespace.events_stream())
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.max_age, Duration::from_secs(45 * 86_400));
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(300));
+    infra.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_provisioning_from_many_replicas_agrees() {
+    let ctx = TestContext::new();
+    let config = ctx.common(&[]);
+    let infra = Infrastructure::connect(&config, "race-test")
+        .await
+        .expect("connect");
+    let runs = (0..6).map(|_| ensure_streams(&infra.jetstream, &infra.namespace, &config.streams));
+    for result in futures::future::join_all(runs).await {
+        result.expect("every replica provisions without error");
+    }
+    infra.close().await;
+}
+
+#[tokio::test]
+async fn tenant_databases_are_isolated_and_indexed_on_first_use() {
+    let ctx = TestContext::new();
+    let infra = Infrastructure::connect(&ctx.common(&[]), "tenant-test")
+        .await
+        .expect("connect");
+    let a = SubaccountId::parse("68cf05f060d294db17c0685e").expect("id");
+    let b = SubaccountId::parse("68cf05f060d294db17c0685f").expect("id");
+    let db_a = infra.mongo.connection_for(&a).await.expect("tenant a");
+    let db_b = infra.mongo.connection_for(&b).await.expect("tenant b");
+    assert_eq!(db_a.name(), format!("{}_{a}", ctx.id));
+    assert_ne!(db_a.name(), db_b.name());
+
+    let connectors = db_a.collection::<mongodb::bson::Document>(connector_subaccount::COLLECTION);
+    let doc = doc! { "subaccountId": a.as_str(), "connectorId": "google-calendar" };
+    connectors
+        .insert_one(doc.clone())
+        .await
+        .expect("first insert");
+    let duplicate = connectors
+        .insert_one(doc)
+        .await
+        .expect_err("unique (subaccountId, connectorId)");
+    assert!(
+        duplicate.to_string().contains("E11000")
+            || duplicate.to_string().to_lowercase().contains("duplicate"),
+        "{duplicate}"
+    );
+    let in_b = db_b.collection::<mongodb::bson::Document>(connector_subaccount::COLLECTION);
+    assert_eq!(
+        in_b.count_documents(doc! {}).await.expect("count"),
+        0,
+        "tenants are isolated"
+    );
+    infra.close().await;
+}
