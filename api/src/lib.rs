@@ -19,8 +19,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let infra = Infrastructure::connect(&config.common, SERVICE).await?;
-    let served =
-        service_kit::http::serve(SERVICE, listener, routes::router(infra.clone()), shutdown).await;
+    let served = service_kit::http::serve(
+        SERVICE,
+        listener,
+        routes::router(infra.clone()),
+        shutdown,
+        config.common.shutdown_grace,
+    )
+    .await;
     infra.close().await;
     served
 }

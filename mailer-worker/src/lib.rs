@@ -20,7 +20,14 @@ pub async fn run(
     let infra = Infrastructure::connect(&config.common, SERVICE).await?;
     infra.ensure_streams(&config.common).await?;
     let router = service_kit::health::router(SERVICE, infra.clone());
-    let served = service_kit::http::serve(SERVICE, listener, router, shutdown).await;
+    let served = service_kit::http::serve(
+        SERVICE,
+        listener,
+        router,
+        shutdown,
+        config.common.shutdown_grace,
+    )
+    .await;
     infra.close().await;
     served
 }

@@ -9,3 +9,11 @@ fn malformed_settings_exit_78_naming_every_one() {
 fn unreachable_nats_exits_1_after_the_startup_timeout_naming_nats_url() {
     e2e::startup::assert_gives_up_on_unreachable_nats(env!("CARGO_BIN_EXE_mailer-worker"));
 }
+
+#[test]
+fn sigterm_stops_it_cleanly_with_exit_code_0() {
+    e2e::startup::assert_stops_cleanly_on_sigterm(
+        env!("CARGO_BIN_EXE_mailer-worker"),
+        "MAILER_WORKER_HEALTH_ADDR",
+    );
+}

@@ -2,6 +2,7 @@
 //! layers every service wants (request metrics, request tracing).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -22,12 +23,14 @@ pub async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting
-/// connections and waits for in-flight requests to finish.
+/// connections and waits for in-flight requests to finish — at most `grace`
+/// (`SHUTDOWN_GRACE`), after which they are dropped.
 pub async fn serve(
     service: &'static str,
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    grace: Duration,
 ) -> Result<(), StartupError> {
     let router = router
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -37,11 +40,20 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "listening");
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(|e| StartupError::Failed {
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace_expired = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| StartupError::Failed {
             what: "HTTP server",
             cause: e.to_string(),
-        })
+        }),
+        () = grace_expired => {
+            tracing::warn!(service, ?grace, "in-flight requests outlived SHUTDOWN_GRACE; dropping them");
+            Ok(())
+        }
+    }
 }

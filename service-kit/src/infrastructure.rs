@@ -115,10 +115,13 @@ impl Infrastructure {
         }
     }
 
-    /// Flushes and drains the NATS connection: subscriptions stop, published messages are sent.
+    /// Flushes and drains the NATS connection: subscriptions stop, published messages are
+    /// sent. Bounded, so a NATS server that is down cannot hold the process open.
     pub async fn close(&self) {
-        if let Err(e) = self.nats.drain().await {
-            tracing::warn!(error = %e, "NATS drain failed");
+        match tokio::time::timeout(Duration::from_secs(5), self.nats.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "NATS drain failed"),
+            Err(_) => tracing::warn!("NATS drain did not finish within 5 s"),
         }
     }
 }

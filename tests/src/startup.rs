@@ -126,3 +126,78 @@ pub fn assert_gives_up_on_unreachable_nats(binary: &str) {
     );
     assert!(!exit.stderr.contains("panicked"), "panic:\n{}", exit.stderr);
 }
+
+/// Started against the shared servers, the binary becomes ready on `addr_setting`, and on
+/// SIGTERM stops within a few seconds with exit code 0.
+pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str) {
+    let infra = shared();
+    let port = free_port();
+    let dir = crate::process::scratch_dir("sigterm");
+    let mut child = Command::new(binary)
+        .env_clear()
+        .current_dir(&dir)
+        .envs([
+            ("NATS_URL", infra.nats.url()),
+            ("NATS_NAMESPACE", format!("sig{port}")),
+            ("MONGODB_URI", infra.mongo.uri()),
+            ("REDIS_URL", infra.redis.url()),
+            (addr_setting, format!("127.0.0.1:{port}")),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let ready = wait_until(Duration::from_secs(30), || {
+        http_status(port, "/readyz") == Some(200)
+    });
+    if !ready {
+        let _ = child.kill();
+        panic!("{binary} did not become ready on {addr_setting}");
+    }
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("{binary} did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(0), "{binary} exit status after SIGTERM");
+}
+
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A bare HTTP/1.1 GET (no async runtime needed here), returning the status code.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
