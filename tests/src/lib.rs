@@ -7,11 +7,13 @@
 //! - [`context`]: a [`TestContext`] per test — its own NATS namespace, database names and Redis
 //!   key prefix on the shared servers, so tests run in parallel without seeing each other.
 //! - [`service`]: a service's `run(config, listener, shutdown)` started on port 0 and waited on.
-//! - [`startup`]: runs a service *binary* to check how it fails at start-up.
+//! - [`startup`]: runs a service *binary* to check how it starts, fails and stops.
+//! - [`jwt`]: mints user JWTs for tests that call the api.
 //!
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
 
 pub mod context;
+pub mod jwt;
 pub mod process;
 pub mod servers;
 pub mod service;
