@@ -18,7 +18,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
-    let infra = Infrastructure::connect(&config.common, SERVICE).await?;
+    let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     let served = service_kit::http::serve(
         SERVICE,
         listener,

@@ -14,3 +14,8 @@ fn unreachable_nats_exits_1_after_the_startup_timeout_naming_nats_url() {
 fn sigterm_stops_it_cleanly_with_exit_code_0() {
     e2e::startup::assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_api"), "API_HTTP_ADDR");
 }
+
+#[test]
+fn sigterm_during_startup_exits_0_without_waiting_for_the_timeout() {
+    e2e::startup::assert_sigterm_interrupts_startup(env!("CARGO_BIN_EXE_api"));
+}

@@ -17,3 +17,8 @@ fn sigterm_stops_it_cleanly_with_exit_code_0() {
         "MAILER_WORKER_HEALTH_ADDR",
     );
 }
+
+#[test]
+fn sigterm_during_startup_exits_0_without_waiting_for_the_timeout() {
+    e2e::startup::assert_sigterm_interrupts_startup(env!("CARGO_BIN_EXE_mailer-worker"));
+}

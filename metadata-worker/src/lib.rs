@@ -17,7 +17,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
-    let infra = Infrastructure::connect(&config.common, SERVICE).await?;
+    let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
     let router = service_kit::health::router(SERVICE, infra.clone());
     let served = service_kit::http::serve(

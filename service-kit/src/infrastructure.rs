@@ -7,6 +7,7 @@ use async_nats::jetstream;
 use redis::aio::ConnectionManager;
 use schemas::subjects::Namespace;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonConfig;
 use crate::mongo::TenantDatabases;
@@ -35,8 +36,20 @@ impl std::fmt::Debug for Infrastructure {
 }
 
 impl Infrastructure {
-    /// Connects to all three at once. If several are unreachable, the error names each.
-    pub async fn connect(config: &CommonConfig, service: &str) -> Result<Self, StartupError> {
+    /// Connects to all three at once. If several are unreachable, the error names each. A
+    /// cancelled `shutdown` ends the wait at once with [`StartupError::Interrupted`].
+    pub async fn connect(
+        config: &CommonConfig,
+        service: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartupError> {
+        tokio::select! {
+            connected = Self::connect_all(config, service) => connected,
+            () = shutdown.cancelled() => Err(StartupError::Interrupted),
+        }
+    }
+
+    async fn connect_all(config: &CommonConfig, service: &str) -> Result<Self, StartupError> {
         let limit = config.startup_timeout;
         let (nats, mongo, redis) = tokio::join!(
             crate::nats::connect(&config.nats_url, service, limit),

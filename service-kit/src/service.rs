@@ -51,6 +51,10 @@ where
             tracing::info!(service, "stopped");
             ExitCode::SUCCESS
         }
+        Err(StartupError::Interrupted) => {
+            tracing::info!(service, "stopped during start-up");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             tracing::error!(service, error = %err, "could not start");
             eprintln!("{service}: {err}");

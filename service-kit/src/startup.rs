@@ -30,6 +30,9 @@ pub enum StartupError {
     },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<StartupError>),
+    /// Shutdown was requested before start-up finished (not a failure: exit code 0).
+    #[error("shutdown requested during start-up")]
+    Interrupted,
     /// A running service stopped on an error it could not recover from.
     #[error("{what} failed: {cause}")]
     Failed { what: &'static str, cause: String },

@@ -132,22 +132,16 @@ pub fn assert_gives_up_on_unreachable_nats(binary: &str) {
 pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str) {
     let infra = shared();
     let port = free_port();
-    let dir = crate::process::scratch_dir("sigterm");
-    let mut child = Command::new(binary)
-        .env_clear()
-        .current_dir(&dir)
-        .envs([
+    let (mut child, dir) = spawn_quiet(
+        binary,
+        &[
             ("NATS_URL", infra.nats.url()),
             ("NATS_NAMESPACE", format!("sig{port}")),
             ("MONGODB_URI", infra.mongo.uri()),
             ("REDIS_URL", infra.redis.url()),
             (addr_setting, format!("127.0.0.1:{port}")),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+        ],
+    );
     let ready = wait_until(Duration::from_secs(30), || {
         http_status(port, "/readyz") == Some(200)
     });
@@ -155,6 +149,58 @@ pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str)
         let _ = child.kill();
         panic!("{binary} did not become ready on {addr_setting}");
     }
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(15));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(0), "{binary} exit status after SIGTERM");
+}
+
+/// SIGTERM while start-up is still waiting for an unreachable NATS ends the wait at once:
+/// exit code 0 long before STARTUP_TIMEOUT.
+pub fn assert_sigterm_interrupts_startup(binary: &str) {
+    let infra = shared();
+    let (mut child, dir) = spawn_quiet(
+        binary,
+        &[
+            ("NATS_URL", format!("nats://127.0.0.1:{}", free_port())),
+            ("MONGODB_URI", infra.mongo.uri()),
+            ("REDIS_URL", infra.redis.url()),
+            ("STARTUP_TIMEOUT", "10m".into()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{binary} exit status after SIGTERM during start-up"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+fn spawn_quiet(
+    binary: &str,
+    settings: &[(&str, String)],
+) -> (std::process::Child, std::path::PathBuf) {
+    let dir = crate::process::scratch_dir("binary");
+    let child = Command::new(binary)
+        .env_clear()
+        .current_dir(&dir)
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    (child, dir)
+}
+
+fn sigterm_and_wait(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let pid = i32::try_from(child.id()).expect("pid fits i32");
     #[allow(unsafe_code)]
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -162,18 +208,16 @@ pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str)
         libc::kill(pid, libc::SIGTERM);
     }
     let started = Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            break status;
+            return status;
         }
-        if started.elapsed() > Duration::from_secs(15) {
+        if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("{binary} did not stop within 15 s of SIGTERM");
+            panic!("did not stop within {limit:?} of SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(status.code(), Some(0), "{binary} exit status after SIGTERM");
+    }
 }
 
 fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {

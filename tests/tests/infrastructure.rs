@@ -6,14 +6,14 @@ use e2e::TestContext;
 use mongodb::bson::doc;
 use schemas::SubaccountId;
 use schemas::documents::connector_subaccount;
-use service_kit::Infrastructure;
 use service_kit::nats::{StreamChange, ensure_streams};
+use service_kit::{CancellationToken, Infrastructure};
 
 #[tokio::test]
 async fn stream_provisioning_is_idempotent_and_updates_changed_settings() {
     let ctx = TestContext::new();
     let config = ctx.common(&[]);
-    let infra = Infrastructure::connect(&config, "provisioning-test")
+    let infra = Infrastructure::connect(&config, "provisioning-test", &CancellationToken::new())
         .await
         .expect("connect");
     let changes = |c: Vec<(String, StreamChange)>| {
@@ -59,7 +59,7 @@ async fn stream_provisioning_is_idempotent_and_updates_changed_settings() {
 async fn concurrent_provisioning_from_many_replicas_agrees() {
     let ctx = TestContext::new();
     let config = ctx.common(&[]);
-    let infra = Infrastructure::connect(&config, "race-test")
+    let infra = Infrastructure::connect(&config, "race-test", &CancellationToken::new())
         .await
         .expect("connect");
     let runs = (0..6).map(|_| ensure_streams(&infra.jetstream, &infra.namespace, &config.streams));
@@ -72,7 +72,7 @@ async fn concurrent_provisioning_from_many_replicas_agrees() {
 #[tokio::test]
 async fn tenant_databases_are_isolated_and_indexed_on_first_use() {
     let ctx = TestContext::new();
-    let infra = Infrastructure::connect(&ctx.common(&[]), "tenant-test")
+    let infra = Infrastructure::connect(&ctx.common(&[]), "tenant-test", &CancellationToken::new())
         .await
         .expect("connect");
     let a = SubaccountId::parse("68cf05f060d294db17c0685e").expect("id");

@@ -1,0 +1,566 @@
+#!/usr/bin/env bash
+# Runs the whole connector on this machine, on loopback, with no configuration:
+#
+#   scripts/run-local.sh              install/start NATS, Redis and MongoDB (secantusd-rs), build the
+#                                     four services, start them, wait until each is ready, then stay
+#                                     in the foreground; Ctrl-C stops everything
+#   scripts/run-local.sh --detach     the same, but exit once everything is ready and leave it running
+#   scripts/run-local.sh --stop       stop what a --detach run (or a running run-local.sh) started
+#
+# Options:
+#   --release     build and run the release binaries (default: debug)
+#   --keep-infra  on exit (or with --stop) leave NATS, Redis and MongoDB running
+#   --detach      start everything, print the summary and exit 0, leaving it running
+#   --stop        stop the services, then the infrastructure
+#   -h, --help    this text
+#
+#   services  .local/logs/<service>.log    .local/run/<service>.pid
+#   infra     .local/logs/{nats,redis,mongo}.log and .local/data/ (see scripts/infra/start.sh)
+#
+# The services read their settings from the environment and from a .env file in the repository
+# root (they run from there), with loopback defaults. This script reads the same places only to
+# find each service's address (API_HTTP_ADDR, OAUTH_WORKER_HTTP_ADDR, METADATA_WORKER_HEALTH_ADDR,
+# MAILER_WORKER_HEALTH_ADDR).
+#
+# Environment of this script:
+#   READY_TIMEOUT          seconds to wait for every service's /readyz to return 200 (60)
+#   SERVICE_STOP_TIMEOUT   seconds a service gets to exit after SIGTERM before SIGKILL (25)
+#   NATS_PORT, REDIS_PORT, MONGO_PORT   infrastructure ports (see scripts/infra/start.sh); when
+#                          set, NATS_URL / REDIS_URL / MONGODB_URI follow unless set themselves
+#   CARGO_TARGET_DIR       where cargo puts the binaries (target/)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# Infrastructure ports chosen for start.sh also apply to the services (unless given explicitly).
+if [[ -n "${NATS_PORT:-}" && -z "${NATS_URL:-}" ]]; then
+  export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
+fi
+if [[ -n "${REDIS_PORT:-}" && -z "${REDIS_URL:-}" ]]; then
+  export REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
+fi
+if [[ -n "${MONGO_PORT:-}" && -z "${MONGODB_URI:-}" ]]; then
+  export MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}"
+fi
+
+# Directories, ports of the infrastructure, pid_file/log_file, process_alive; also TOOLS_DIR/PATH.
+# shellcheck source=scripts/infra/lib.sh
+source "$ROOT/scripts/infra/lib.sh"
+
+APP_SERVICES=(api oauth-worker metadata-worker mailer-worker)
+READY_TIMEOUT="${READY_TIMEOUT:-60}"
+SERVICE_STOP_TIMEOUT="${SERVICE_STOP_TIMEOUT:-25}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+# Pid of the run-local.sh that is starting or running the services (for --stop and double starts).
+RUNNER_PID_FILE="$RUN_DIR/run-local.pid"
+
+PROFILE=debug
+KEEP_INFRA=0
+MODE=foreground # foreground | detach | stop
+
+# State for the exit trap.
+CLEANUP_ON_EXIT=0    # set once this run owns something to clean up
+INFRA_STARTED=0      # start.sh was run by this invocation
+INFRA_WAS_RUNNING=0  # all three servers were already up before start.sh
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+log() { printf 'run-local: %s\n' "$*"; }
+err() { printf 'run-local: error: %s\n' "$*" >&2; }
+die() {
+  err "$@"
+  exit 1
+}
+
+# --- service facts -------------------------------------------------------------------------------
+
+# The setting that holds service $1's listen address, and its built-in default.
+addr_setting() {
+  case "$1" in
+    api) printf 'API_HTTP_ADDR' ;;
+    oauth-worker) printf 'OAUTH_WORKER_HTTP_ADDR' ;;
+    metadata-worker) printf 'METADATA_WORKER_HEALTH_ADDR' ;;
+    mailer-worker) printf 'MAILER_WORKER_HEALTH_ADDR' ;;
+  esac
+}
+addr_default() {
+  case "$1" in
+    api) printf '127.0.0.1:3002' ;;
+    oauth-worker) printf '127.0.0.1:3004' ;;
+    metadata-worker) printf '127.0.0.1:3005' ;;
+    mailer-worker) printf '127.0.0.1:3006' ;;
+  esac
+}
+
+# The value the services see for setting $1: the environment wins over .env (like the services'
+# own reader, where the last line of .env counts); prints nothing when neither sets it.
+setting_value() {
+  local name="$1" line value
+  if [[ -n "${!name+set}" ]]; then
+    printf '%s' "${!name}"
+    return 0
+  fi
+  [[ -r "$ROOT/.env" ]] || return 0
+  line="$(grep -E "^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=" "$ROOT/.env" | tail -n 1)" || return 0
+  value="${line#*=}"
+  value="${value#"${value%%[![:space:]]*}"}"
+  case "$value" in
+    \"*) value="${value#\"}" value="${value%%\"*}" ;;
+    \'*) value="${value#\'}" value="${value%%\'*}" ;;
+    *) value="${value%%[[:space:]]#*}" ;;
+  esac
+  value="${value%"${value##*[![:space:]]}"}"
+  printf '%s' "$value"
+}
+
+# Sets ADDR, HOST (where to connect: a wildcard address becomes loopback), PORT and URL (base
+# URL, no trailing slash) for service $1.
+resolve_addr() {
+  ADDR="$(setting_value "$(addr_setting "$1")")"
+  [[ -n "$ADDR" ]] || ADDR="$(addr_default "$1")"
+  PORT="${ADDR##*:}"
+  HOST="${ADDR%:*}"
+  case "$HOST" in
+    0.0.0.0 | "") HOST=127.0.0.1 ;;
+    "[::]") HOST=::1 ;;
+    \[*\]) HOST="${HOST#\[}" HOST="${HOST%\]}" ;;
+  esac
+  if [[ "$HOST" == *:* ]]; then
+    URL="http://[$HOST]:$PORT"
+  else
+    URL="http://$HOST:$PORT"
+  fi
+}
+
+# Prints the pid of service $1 if its pid file names a live process running that binary.
+service_pid() {
+  local name="$1" pid_f pid exe
+  pid_f="$(pid_file "$name")"
+  [[ -r "$pid_f" ]] || return 1
+  pid="$(tr -dc '0-9' <"$pid_f")"
+  [[ -n "$pid" ]] && process_alive "$pid" || return 1
+  if [[ -e "/proc/$pid/exe" ]]; then
+    # " (deleted)" when the binary was rebuilt while it ran.
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+    exe="${exe% (deleted)}"
+    [[ -z "$exe" || "${exe##*/}" == "$name" ]] || return 1
+  fi
+  printf '%s' "$pid"
+}
+
+# Prints the pid of another run-local.sh that is starting or running the services.
+runner_pid() {
+  local pid
+  [[ -r "$RUNNER_PID_FILE" ]] || return 1
+  pid="$(tr -dc '0-9' <"$RUNNER_PID_FILE")"
+  [[ -n "$pid" && "$pid" != "$$" ]] && process_alive "$pid" || return 1
+  if [[ -r "/proc/$pid/cmdline" ]]; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'run-local\.sh' || return 1
+  fi
+  printf '%s' "$pid"
+}
+
+# True if something accepts TCP connections on $1:$2.
+port_in_use() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+# Best effort: who listens on port $1 ("python3 pid 1234"), or nothing.
+port_owner() {
+  command -v ss >/dev/null 2>&1 || return 0
+  ss -Hltnp "sport = :$1" 2>/dev/null \
+    | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n 1
+}
+
+# GET $URL$1; sets HTTP_CODE ("000" when nothing answered) and HTTP_BODY. Uses curl, or bash's
+# /dev/tcp when curl is missing.
+http_get() {
+  local path="$1" out line
+  HTTP_CODE=000 HTTP_BODY=""
+  if command -v curl >/dev/null 2>&1; then
+    out="$(curl -s --connect-timeout 2 --max-time 3 -w '\n%{http_code}' "$URL$path" 2>/dev/null)" || true
+    HTTP_CODE="${out##*$'\n'}"
+    HTTP_BODY="${out%$'\n'*}"
+  else
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    out="$(timeout 3 bash -c '
+      exec 3<>"/dev/tcp/$0/$1" || exit 1
+      printf "GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n" "$2" "$0" >&3
+      cat <&3' "$HOST" "$PORT" "$path" 2>/dev/null)" || true
+    line="${out%%$'\n'*}"
+    if [[ "$line" == HTTP/* ]]; then
+      line="${line#* }"
+      HTTP_CODE="${line%% *}"
+      HTTP_BODY="${out#*$'\r\n\r\n'}"
+    fi
+  fi
+  [[ "$HTTP_CODE" =~ ^[0-9]{3}$ ]] || HTTP_CODE=000
+}
+
+# Prints what service $1 logged since its last start (at most 40 lines) to stderr.
+show_log_tail() {
+  local log_f
+  log_f="$(log_file "$1")"
+  [[ -s "$log_f" ]] || return 0
+  printf -- '--- %s (last 40 lines of this start) ---\n' "$log_f" >&2
+  awk '/^==== .* run-local\.sh: /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$log_f" \
+    | tail -n 40 >&2 || true
+  printf -- '---\n' >&2
+}
+
+# What a service's exit status means.
+explain_exit() {
+  case "$1" in
+    78) printf 'invalid configuration; the log names each bad setting' ;;
+    1) printf 'could not start: a dependency stayed unreachable for STARTUP_TIMEOUT, or the address was taken' ;;
+    0) printf 'it stopped by itself' ;;
+    *) if (($1 > 128)); then printf 'killed by signal %s' "$(kill -l "$(($1 - 128))" 2>/dev/null || echo $(($1 - 128)))"; else printf 'see its log'; fi ;;
+  esac
+}
+
+# --- stopping ------------------------------------------------------------------------------------
+
+# Stops the four services: SIGTERM to all at once, then up to SERVICE_STOP_TIMEOUT seconds for
+# each to exit, then SIGKILL.
+stop_services() {
+  local name pid i names=() pids=() status=0
+  for name in "${APP_SERVICES[@]}"; do
+    if pid="$(service_pid "$name")"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      names+=("$name")
+      pids+=("$pid")
+    else
+      rm -f "$(pid_file "$name")"
+    fi
+  done
+  ((${#pids[@]} > 0)) || return 0
+  log "stopping ${names[*]} (SIGTERM; up to ${SERVICE_STOP_TIMEOUT}s before SIGKILL) ..."
+  local deadline=$((SECONDS + SERVICE_STOP_TIMEOUT))
+  for i in "${!names[@]}"; do
+    name="${names[$i]}"
+    pid="${pids[$i]}"
+    while process_alive "$pid" && ((SECONDS < deadline)); do
+      sleep 0.2
+    done
+    if process_alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+      if process_alive "$pid"; then
+        err "$name: pid $pid survived SIGKILL"
+        status=1
+        continue
+      fi
+      log "$name: killed (did not exit within ${SERVICE_STOP_TIMEOUT}s of SIGTERM)"
+    else
+      log "$name: stopped (pid $pid)"
+    fi
+    # Reap it if it is our child; harmless otherwise.
+    wait "$pid" 2>/dev/null || true
+    rm -f "$(pid_file "$name")"
+  done
+  return "$status"
+}
+
+# Runs scripts/infra/stop.sh, immune to a second Ctrl-C (it would otherwise leave servers behind).
+stop_infra() {
+  (
+    trap '' INT
+    exec "$ROOT/scripts/infra/stop.sh"
+  )
+}
+
+# The exit trap: stops what this run started, unless it detached successfully.
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  if ((CLEANUP_ON_EXIT)); then
+    # A second Ctrl-C must not cut the shutdown short.
+    trap 'log "already stopping; please wait (up to ${SERVICE_STOP_TIMEOUT}s for the services)"' INT TERM HUP
+    stop_services || rc=1
+    if ((KEEP_INFRA)); then
+      log "infrastructure left running (--keep-infra); stop it with scripts/infra/stop.sh"
+    elif ((INFRA_WAS_RUNNING)); then
+      log "infrastructure was already running before this run; left running (scripts/infra/stop.sh stops it)"
+    elif ((INFRA_STARTED)); then
+      log "stopping the infrastructure ..."
+      stop_infra || rc=1
+    fi
+  fi
+  if [[ "$(runner_pid_self)" == "$$" ]]; then
+    rm -f "$RUNNER_PID_FILE"
+  fi
+  exit "$rc"
+}
+
+# The pid recorded in the runner pid file (maybe ours), or nothing.
+runner_pid_self() {
+  if [[ -r "$RUNNER_PID_FILE" ]]; then
+    tr -dc '0-9' <"$RUNNER_PID_FILE"
+  fi
+}
+
+on_signal() {
+  log "$1 received; shutting down"
+  case "$1" in
+    SIGINT) exit 130 ;;
+    SIGHUP) exit 129 ;;
+    *) exit 143 ;;
+  esac
+}
+
+# --stop: ends a running run-local.sh (which cleans up after itself), then stops whatever is left.
+stop_all() {
+  local pid waited=0 limit=$((SERVICE_STOP_TIMEOUT + 20)) status=0
+  if pid="$(runner_pid)"; then
+    log "asking the running run-local.sh (pid $pid) to stop ..."
+    kill -TERM "$pid" 2>/dev/null || true
+    while process_alive "$pid" && ((waited < limit * 5)); do
+      sleep 0.2
+      waited=$((waited + 1))
+    done
+    process_alive "$pid" && err "run-local.sh pid $pid still running after ${limit}s; stopping its services directly"
+  fi
+  stop_services || status=1
+  if ((KEEP_INFRA)); then
+    log "infrastructure left running (--keep-infra)"
+  else
+    stop_infra || status=1
+  fi
+  local name left=()
+  for name in "${APP_SERVICES[@]}"; do
+    service_pid "$name" >/dev/null && left+=("$name")
+  done
+  if ((${#left[@]} > 0)); then
+    err "still running: ${left[*]}"
+    status=1
+  fi
+  ((status == 0)) && log "stopped"
+  return "$status"
+}
+
+# --- starting ------------------------------------------------------------------------------------
+
+# Fails before anything is started if the services are already running or a port is taken.
+preflight() {
+  local name pid owner problems=0
+  if pid="$(runner_pid)"; then
+    die "run-local.sh is already running (pid $pid); stop it with Ctrl-C there or: scripts/run-local.sh --stop"
+  fi
+  for name in "${APP_SERVICES[@]}"; do
+    if pid="$(service_pid "$name")"; then
+      die "$name is already running (pid $pid, from an earlier --detach run); stop it first: scripts/run-local.sh --stop"
+    fi
+  done
+  for name in "${APP_SERVICES[@]}"; do
+    resolve_addr "$name"
+    if [[ ! "$PORT" =~ ^[0-9]+$ ]]; then
+      continue # not an address; the service itself reports the bad setting (exit 78)
+    fi
+    if port_in_use "$HOST" "$PORT"; then
+      owner="$(port_owner "$PORT")"
+      err "$name: port $PORT ($HOST:$PORT) is already in use${owner:+ by $owner}." \
+        "Stop that process, or give $name another address with $(addr_setting "$name")=127.0.0.1:<port> (environment or .env)."
+      problems=$((problems + 1))
+    fi
+  done
+  ((problems == 0)) || exit 1
+}
+
+find_cargo() {
+  if command -v cargo >/dev/null 2>&1; then
+    command -v cargo
+  elif [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    printf '%s' "$HOME/.cargo/bin/cargo"
+  else
+    die "cargo not found; install Rust (https://rustup.rs) and run this again"
+  fi
+}
+
+build() {
+  local cargo args=(build --bins)
+  cargo="$(find_cargo)"
+  [[ "$PROFILE" == release ]] && args+=(--release)
+  log "building: cargo ${args[*]}"
+  "$cargo" "${args[@]}" || die "cargo ${args[*]} failed"
+}
+
+# Starts service $1 in the background, in its own session (so a terminal's Ctrl-C reaches only
+# this script, which then stops the services in order).
+launch() {
+  local name="$1" bin="$TARGET_DIR/$PROFILE/$1" log_f pid
+  log_f="$(log_file "$name")"
+  [[ -x "$bin" ]] || die "$bin not found after the build"
+  printf '\n==== %s run-local.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" >>"$log_f"
+  # In a non-interactive shell setsid execs in place, so $! is the service's own pid.
+  setsid "$bin" >>"$log_f" 2>&1 </dev/null &
+  pid=$!
+  printf '%s\n' "$pid" >"$(pid_file "$name")"
+  log "$name: started (pid $pid), log $log_f"
+}
+
+# Waits until every service's /readyz returns 200; on a service that exits or is not ready in
+# time, prints why and its log, and fails.
+wait_ready() {
+  local name pid rc pending=("${APP_SERVICES[@]}") next
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  log "waiting for /readyz of every service (up to ${READY_TIMEOUT}s) ..."
+  while ((${#pending[@]} > 0)); do
+    next=()
+    for name in "${pending[@]}"; do
+      pid="$(tr -dc '0-9' <"$(pid_file "$name")")"
+      if ! process_alive "$pid"; then
+        rc=0
+        wait "$pid" 2>/dev/null || rc=$?
+        rm -f "$(pid_file "$name")"
+        show_log_tail "$name"
+        err "$name exited during startup with status $rc ($(explain_exit "$rc")); full log: $(log_file "$name")"
+        return 1
+      fi
+      resolve_addr "$name"
+      http_get /readyz
+      if [[ "$HTTP_CODE" == 200 ]]; then
+        log "$name: ready ($URL/readyz)"
+      else
+        next+=("$name")
+        if [[ "$HTTP_CODE" == 000 ]]; then
+          LAST_READYZ["$name"]="no HTTP answer on $URL"
+        else
+          LAST_READYZ["$name"]="$HTTP_CODE $HTTP_BODY"
+        fi
+      fi
+    done
+    pending=("${next[@]+"${next[@]}"}")
+    ((${#pending[@]} > 0)) || break
+    if ((SECONDS >= deadline)); then
+      for name in "${pending[@]}"; do
+        show_log_tail "$name"
+        err "$name: not ready after ${READY_TIMEOUT}s; last /readyz: ${LAST_READYZ[$name]}; full log: $(log_file "$name")"
+      done
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+declare -A LAST_READYZ=()
+
+row() { printf '  %-16s %-8s %-24s %-9s %s\n' "$@"; }
+
+summary() {
+  local name pid ready
+  printf '\n'
+  row SERVICE PID URL READY LOG
+  for name in "${APP_SERVICES[@]}"; do
+    resolve_addr "$name"
+    pid="$(service_pid "$name" || printf '-')"
+    http_get /readyz
+    ready="no ($HTTP_CODE)"
+    [[ "$HTTP_CODE" != 200 ]] || ready=yes
+    row "$name" "$pid" "$URL" "$ready" "${LOG_DIR#"$ROOT"/}/$name.log"
+  done
+  printf '\n'
+  printf '  Endpoints on each URL: /healthz /readyz /metrics\n'
+  printf '  Infrastructure: NATS %s (monitoring http://%s:%s), Redis %s, MongoDB %s\n' \
+    "${NATS_URL:-nats://$BIND_HOST:$NATS_PORT}" "$BIND_HOST" "$NATS_MONITOR_PORT" \
+    "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
+  printf '  Logs: %s/<service>.log (infrastructure: nats.log, redis.log, mongo.log)\n' "${LOG_DIR#"$ROOT"/}"
+  if [[ "$MODE" == detach ]]; then
+    printf '  Running in the background. Stop with: scripts/run-local.sh --stop%s\n' \
+      "$( ((KEEP_INFRA)) && printf ' (add --keep-infra to leave NATS, Redis and MongoDB running)')"
+  else
+    printf '  Press Ctrl-C to stop the services%s.\n' \
+      "$( ((KEEP_INFRA)) || ((INFRA_WAS_RUNNING)) || printf ' and the infrastructure')"
+  fi
+  printf '\n'
+}
+
+# Foreground: returns only if a service exits by itself (Ctrl-C/SIGTERM go through on_signal).
+watch_services() {
+  local name pid pids=() rc
+  for name in "${APP_SERVICES[@]}"; do
+    pids+=("$(tr -dc '0-9' <"$(pid_file "$name")")")
+  done
+  while true; do
+    rc=0
+    wait -n "${pids[@]}" || rc=$?
+    for name in "${APP_SERVICES[@]}"; do
+      if ! service_pid "$name" >/dev/null; then
+        rm -f "$(pid_file "$name")"
+        show_log_tail "$name"
+        err "$name exited unexpectedly (status $rc: $(explain_exit "$rc")); stopping everything"
+        return 1
+      fi
+    done
+  done
+}
+
+start_all() {
+  preflight
+  mkdir -p "$LOG_DIR" "$RUN_DIR"
+  printf '%s\n' "$$" >"$RUNNER_PID_FILE"
+  CLEANUP_ON_EXIT=1
+
+  log "installing the infrastructure tools (fast when already installed) ..."
+  "$ROOT/scripts/infra/install.sh"
+
+  if "$ROOT/scripts/infra/status.sh" >/dev/null 2>&1; then
+    INFRA_WAS_RUNNING=1
+  fi
+  log "starting NATS, Redis and MongoDB ..."
+  INFRA_STARTED=1
+  "$ROOT/scripts/infra/start.sh"
+
+  build
+
+  local name
+  for name in "${APP_SERVICES[@]}"; do
+    launch "$name"
+  done
+  wait_ready || exit 1
+  summary
+
+  if [[ "$MODE" == detach ]]; then
+    CLEANUP_ON_EXIT=0
+    rm -f "$RUNNER_PID_FILE"
+    exit 0
+  fi
+  watch_services || exit 1
+}
+
+main() {
+  while (($# > 0)); do
+    case "$1" in
+      --release) PROFILE=release ;;
+      --keep-infra) KEEP_INFRA=1 ;;
+      --detach) [[ "$MODE" == stop ]] && die "--detach and --stop exclude each other"; MODE=detach ;;
+      --stop) [[ "$MODE" == detach ]] && die "--detach and --stop exclude each other"; MODE=stop ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      *)
+        err "unknown option: $1 (see scripts/run-local.sh --help)"
+        exit 2
+        ;;
+    esac
+    shift
+  done
+
+  trap on_exit EXIT
+  trap 'on_signal SIGINT' INT
+  trap 'on_signal SIGTERM' TERM
+  trap 'on_signal SIGHUP' HUP
+
+  if [[ "$MODE" == stop ]]; then
+    stop_all
+  else
+    start_all
+  fi
+}
+
+# Run unless sourced (sourcing gives the functions to a test).
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi
