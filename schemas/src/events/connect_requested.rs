@@ -34,7 +34,9 @@ pub enum ConnectRequestedReply {
         auth_url: String,
         /// When the state behind the URL expires; after that the callback refuses it.
         expires_at: DateTime<Utc>,
-        /// True only once the auth-link-issued event was acknowledged by JetStream.
+        /// True only once the auth-link-issued event was acknowledged by JetStream. False when
+        /// no email was asked for, or when JetStream did not accept it: the link still works
+        /// and the caller can hand it to the user directly.
         email_sent: bool,
     },
     #[serde(rename_all = "camelCase")]
@@ -51,8 +53,6 @@ pub enum ConnectRequestedReply {
 pub enum ConnectRejectionCode {
     /// The request could not be decoded (a contract mismatch between deployed versions).
     InvalidRequest,
-    /// Redis, where the single-use state lives, is unavailable.
+    /// Redis, where the single-use state lives, is unavailable: no link can be issued.
     StateStoreUnavailable,
-    /// The email was requested but JetStream did not accept the auth-link-issued event.
-    EmailQueueUnavailable,
 }
