@@ -50,6 +50,8 @@ impl Infrastructure {
     }
 
     async fn connect_all(config: &CommonConfig, service: &str) -> Result<Self, StartupError> {
+        // Services embedded in another program (tests, benchmarks) skip `service::main`.
+        crate::tls::install_crypto_provider();
         let limit = config.startup_timeout;
         let (nats, mongo, redis) = tokio::join!(
             crate::nats::connect(&config.nats_url, service, limit),

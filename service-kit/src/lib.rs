@@ -3,7 +3,9 @@
 //! provisioning, tenant [`mongo`] databases, [`redis`] with every key in one place, the
 //! [`health`] and [`metrics`] endpoints, [`http`] serving, and the [`service`] entry point.
 
+pub mod auth;
 pub mod config;
+pub mod consumer;
 pub mod health;
 pub mod http;
 pub mod infrastructure;
@@ -15,6 +17,7 @@ pub mod service;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{CommonConfig, Env};
 pub use infrastructure::Infrastructure;

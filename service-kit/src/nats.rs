@@ -177,3 +177,43 @@ fn merge(mut current: stream::Config, wanted: &stream::Config) -> stream::Config
     current.description = wanted.description.clone();
     current
 }
+
+/// Why an event was not accepted by JetStream.
+#[derive(Debug, thiserror::Error)]
+#[error("JetStream did not accept {event_type} {event_id} on {subject}: {cause}")]
+pub struct PublishError {
+    pub event_type: &'static str,
+    pub event_id: uuid::Uuid,
+    pub subject: String,
+    pub cause: String,
+}
+
+/// Publishes `event` on its subject and waits for JetStream's acknowledgement, so a returned
+/// `Ok` means the event is stored. The event id is the `Nats-Msg-Id`: publishing the same
+/// event twice inside the duplicate window stores it once (`PublishAck::duplicate`).
+pub async fn publish_event<E: schemas::StreamEvent>(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    event: &schemas::Envelope<E>,
+) -> Result<jetstream::publish::PublishAck, PublishError> {
+    let subject = ns.event::<E>(&event.subaccount_id);
+    let error = |cause: String| PublishError {
+        event_type: E::TYPE,
+        event_id: event.id,
+        subject: subject.clone(),
+        cause,
+    };
+    let message = jetstream::message::PublishMessage::build()
+        .payload(event.to_bytes().into())
+        .message_id(event.id.to_string())
+        .header(schemas::subjects::headers::EVENT_TYPE, E::TYPE)
+        .header(
+            schemas::subjects::headers::CORRELATION_ID,
+            event.correlation_id.to_string().as_str(),
+        );
+    let ack = js
+        .send_publish(subject.clone(), message)
+        .await
+        .map_err(|e| error(e.to_string()))?;
+    ack.await.map_err(|e| error(e.to_string()))
+}

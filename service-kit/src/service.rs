@@ -35,6 +35,7 @@ where
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), StartupError>>,
 {
+    crate::tls::install_crypto_provider();
     let config = match C::from_env(Env::from_process()) {
         Ok(config) => config,
         Err(err) => {

@@ -19,6 +19,7 @@ impl TestContext {
     /// A context on the shared servers (starting them if this is the first test).
     pub fn new() -> Self {
         init_logging();
+        service_kit::tls::install_crypto_provider();
         let infra: &SharedInfra = shared();
         Self {
             id: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),

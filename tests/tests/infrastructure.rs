@@ -105,3 +105,14 @@ async fn tenant_databases_are_isolated_and_indexed_on_first_use() {
     );
     infra.close().await;
 }
+
+#[test]
+fn tls_clients_work_although_the_build_has_two_rustls_backends() {
+    // This test binary links rustls with both ring (our clients) and aws-lc-rs (the SMTP
+    // sink's dependency), so rustls cannot choose a default provider by itself.
+    service_kit::tls::install_crypto_provider();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    assert!(config.alpn_protocols.is_empty());
+}

@@ -1,0 +1,434 @@
+//! Durable JetStream consumers, the same for every worker.
+//!
+//! A worker supplies an [`EventHandler`] for one event type and a [`ConsumerSpec`]; this module
+//! does the rest:
+//! - provisions the durable pull consumer (explicit ack, finite `max_deliver`, bounded
+//!   `max_ack_pending`), creating or updating it;
+//! - decodes each message; an undecodable one is dead-lettered at once with the decode error;
+//! - runs the handler with bounded concurrency, sending `+WPI` (progress) while it works so a
+//!   slow but healthy handler is not redelivered under it;
+//! - acks only after the handler returned `Ok` (its effect is durable by then);
+//! - a [`HandlerError::Retryable`] is NAKed with a growing delay (never an immediate NAK loop)
+//!   until the last allowed delivery, then dead-lettered; a [`HandlerError::Permanent`] is
+//!   dead-lettered at once;
+//! - dead-lettering publishes the original payload and headers, plus why, where and when, to
+//!   the dead-letter stream, and acks the original only once that publish is acknowledged — the
+//!   original also stays in the domain stream, so nothing is ever lost;
+//! - on shutdown stops pulling and lets in-flight handlers finish.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use schemas::subjects::{Namespace, headers};
+use schemas::{Envelope, StreamEvent};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::startup::StartupError;
+
+/// How one durable consumer behaves.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable name, shared by every replica of the worker (they split the work).
+    pub durable: &'static str,
+    /// Which subjects of the domain stream it reads.
+    pub filter_subject: String,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Deliveries before a retryable failure is dead-lettered.
+    pub max_deliver: i64,
+    /// Unacknowledged messages the server hands out at once (across replicas).
+    pub max_ack_pending: i64,
+    /// Messages one replica handles at the same time.
+    pub concurrency: usize,
+    /// NAK delay after the n-th failed delivery; the last entry repeats.
+    pub retry_delays: Vec<Duration>,
+}
+
+impl ConsumerSpec {
+    fn retry_delay(&self, delivered: i64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
+        self.retry_delays
+            .get(index)
+            .or(self.retry_delays.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// What went wrong in a handler, and so what happens to the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (a server unreachable, a timeout): redeliver after a delay.
+    #[error("{0}")]
+    Retryable(String),
+    /// Will never work (bad data, a refused recipient): dead-letter now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Where a message stands in its delivery history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub stream_sequence: u64,
+    /// 1 on the first delivery.
+    pub delivered: i64,
+    pub max_deliver: i64,
+}
+
+impl Delivery {
+    /// No redelivery follows a retryable failure of this attempt.
+    pub fn is_last_attempt(&self) -> bool {
+        self.delivered >= self.max_deliver
+    }
+}
+
+/// Handles one event type. Must be idempotent: JetStream delivers at least once.
+pub trait EventHandler<E: StreamEvent>: Send + Sync + 'static {
+    fn handle(
+        &self,
+        event: Envelope<E>,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Creates the durable consumer, or updates it to `spec`.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    spec: &ConsumerSpec,
+) -> Result<PullConsumer, StartupError> {
+    let misconfigured = |cause: String| StartupError::Misconfigured {
+        setting: "NATS_URL",
+        cause: format!(
+            "cannot provision JetStream consumer {}: {cause}",
+            spec.durable
+        ),
+    };
+    let stream = js
+        .get_stream(ns.events_stream())
+        .await
+        .map_err(|e| misconfigured(e.to_string()))?;
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(spec.durable.to_owned()),
+        description: Some(format!("{} (calendar connector)", spec.durable)),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: spec.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| misconfigured(e.to_string()))
+}
+
+/// Runs the consumer until `shutdown`, then waits up to `grace` for in-flight handlers.
+pub async fn run<E, H>(
+    js: jetstream::Context,
+    ns: Namespace,
+    consumer: PullConsumer,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    E: StreamEvent,
+    H: EventHandler<E>,
+{
+    let worker = Arc::new(Worker {
+        js,
+        dead_letter_subject: ns.dead_letter(spec.durable),
+        spec,
+        handler,
+        first_errors: Mutex::default(),
+    });
+    let permits = Arc::new(Semaphore::new(worker.spec.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    tracing::info!(consumer = worker.spec.durable, filter = %worker.spec.filter_subject, "consuming");
+    'pull: while !shutdown.is_cancelled() {
+        // No more than can run at once: a prefetched message waits without progress acks.
+        let batch = worker.spec.concurrency.max(1);
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(consumer = worker.spec.durable, error = %e, "cannot pull; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue 'pull,
+                    () = shutdown.cancelled() => break 'pull,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                () = shutdown.cancelled() => break 'pull,
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = shutdown.cancelled() => break 'pull,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let worker = worker.clone();
+                    tracker.spawn(async move {
+                        worker.process(message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    // Missed heartbeats and the like: the pull is renewed below.
+                    tracing::warn!(consumer = worker.spec.durable, error = %e, "pull interrupted; renewing");
+                    continue 'pull;
+                }
+                None => continue 'pull,
+            }
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            consumer = worker.spec.durable,
+            ?grace,
+            "handlers outlived SHUTDOWN_GRACE; their messages will be redelivered"
+        );
+    }
+    tracing::info!(consumer = worker.spec.durable, "stopped consuming");
+}
+
+struct Worker<H> {
+    js: jetstream::Context,
+    dead_letter_subject: String,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    /// First error of messages still being retried, by stream sequence (for the dead letter).
+    first_errors: Mutex<HashMap<u64, String>>,
+}
+
+/// Bound on remembered first errors; past it, a dead letter reports only the last error.
+const MAX_REMEMBERED_ERRORS: usize = 10_000;
+
+impl<H> Worker<H> {
+    async fn process<E>(&self, message: jetstream::Message)
+    where
+        E: StreamEvent,
+        H: EventHandler<E>,
+    {
+        let durable = self.spec.durable;
+        let Ok(info) = message.info() else {
+            tracing::error!(consumer = durable, subject = %message.subject, "message without JetStream metadata; terminating it");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let delivery = Delivery {
+            stream_sequence: info.stream_sequence,
+            delivered: info.delivered,
+            max_deliver: self.spec.max_deliver,
+        };
+        // RFC 3339, as the header promises (`OffsetDateTime`'s Display is not).
+        let published = chrono::DateTime::from_timestamp(
+            info.published.unix_timestamp(),
+            info.published.nanosecond(),
+        )
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_else(|| info.published.to_string());
+        let event = match Envelope::<E>::decode(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let reason = format!("undecodable {} event: {e}", E::TYPE);
+                self.park(&message, delivery, &published, reason).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("event", consumer = durable, event_type = E::TYPE, event_id = %event.id,
+            correlation_id = %event.correlation_id, subaccount_id = %event.subaccount_id,
+            stream_sequence = delivery.stream_sequence, delivered = delivery.delivered);
+        self.settle(&message, delivery, &published, event)
+            .instrument(span)
+            .await;
+    }
+
+    /// Runs the handler on a decoded event and acks, NAKs or parks the message accordingly.
+    async fn settle<E>(
+        &self,
+        message: &jetstream::Message,
+        delivery: Delivery,
+        published: &str,
+        event: Envelope<E>,
+    ) where
+        E: StreamEvent,
+        H: EventHandler<E>,
+    {
+        let durable = self.spec.durable;
+        let started = Instant::now();
+        let result = self
+            .with_progress(message, self.handler.handle(event, delivery))
+            .await;
+        metrics::histogram!("event_handling_duration_seconds", "consumer" => durable)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.forget(delivery.stream_sequence);
+                if let Err(e) = message.ack().await {
+                    // The effect is durable and handlers are idempotent: a redelivery is harmless.
+                    tracing::warn!(error = %e, "ack failed; the event will be redelivered");
+                }
+                count(durable, "acked");
+            }
+            Err(HandlerError::Retryable(reason)) if !delivery.is_last_attempt() => {
+                self.remember(delivery.stream_sequence, &reason);
+                let delay = self.spec.retry_delay(delivery.delivered);
+                tracing::warn!(%reason, retry_in = ?delay, "handler failed; will retry");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                count(durable, "retried");
+            }
+            Err(HandlerError::Retryable(reason)) => {
+                let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
+                self.park(message, delivery, published, reason).await;
+            }
+            Err(HandlerError::Permanent(reason)) => {
+                self.park(message, delivery, published, reason).await;
+            }
+        }
+    }
+
+    /// Runs `work`, telling the server every `ack_wait / 3` that the message is in progress.
+    async fn with_progress<T>(
+        &self,
+        message: &jetstream::Message,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let interval = (self.spec.ack_wait / 3).max(Duration::from_millis(100));
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(interval) => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the message to the dead-letter stream, then acks it. If the dead-letter
+    /// publish fails, the message is NAKed instead, so it is retried rather than lost.
+    async fn park(
+        &self,
+        message: &jetstream::Message,
+        delivery: Delivery,
+        published: &str,
+        reason: String,
+    ) {
+        let durable = self.spec.durable;
+        let first_error = self
+            .forget(delivery.stream_sequence)
+            .unwrap_or_else(|| reason.clone());
+        let mut dead_headers = message.headers.clone().unwrap_or_default();
+        dead_headers.insert(headers::DEAD_LETTER_SUBJECT, message.subject.as_str());
+        dead_headers.insert(
+            headers::DEAD_LETTER_STREAM_SEQUENCE,
+            delivery.stream_sequence.to_string().as_str(),
+        );
+        dead_headers.insert(headers::DEAD_LETTER_CONSUMER, durable);
+        dead_headers.insert(
+            headers::DEAD_LETTER_DELIVERIES,
+            delivery.delivered.to_string().as_str(),
+        );
+        dead_headers.insert(
+            headers::DEAD_LETTER_FIRST_ERROR,
+            header_safe(&first_error).as_str(),
+        );
+        dead_headers.insert(
+            headers::DEAD_LETTER_LAST_ERROR,
+            header_safe(&reason).as_str(),
+        );
+        dead_headers.insert(headers::DEAD_LETTER_PUBLISHED_AT, published);
+        dead_headers.insert(
+            headers::DEAD_LETTER_PARKED_AT,
+            chrono::Utc::now().to_rfc3339().as_str(),
+        );
+        // One dead letter per original message and consumer, even if parking is retried.
+        dead_headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("{durable}-{}", delivery.stream_sequence).as_str(),
+        );
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(dead_headers);
+        let stored = match self
+            .js
+            .send_publish(self.dead_letter_subject.clone(), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
+                let _ = message.ack().await;
+                count(durable, "dead_lettered");
+            }
+            Err(e) => {
+                tracing::error!(%reason, error = %e, "dead-letter publish failed; the event stays pending");
+                self.remember(delivery.stream_sequence, &first_error);
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(
+                        self.spec.retry_delay(delivery.delivered),
+                    )))
+                    .await;
+                count(durable, "park_failed");
+            }
+        }
+    }
+
+    fn remember(&self, sequence: u64, error: &str) {
+        if let Ok(mut map) = self.first_errors.lock()
+            && map.len() < MAX_REMEMBERED_ERRORS
+        {
+            map.entry(sequence).or_insert_with(|| error.to_owned());
+        }
+    }
+
+    fn forget(&self, sequence: u64) -> Option<String> {
+        self.first_errors
+            .lock()
+            .ok()
+            .and_then(|mut map| map.remove(&sequence))
+    }
+}
+
+fn count(consumer: &'static str, outcome: &'static str) {
+    metrics::counter!("events_handled_total", "consumer" => consumer, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Header values are one line of visible ASCII; errors may hold anything. Cap the length too.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(1024)
+        .collect()
+}
