@@ -1,30 +1,110 @@
 //! The api's settings.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use service_kit::ServiceConfig;
-use service_kit::config::{CommonConfig, Env};
+use service_kit::auth::JwtConfig;
+use service_kit::config::{CommonConfig, Env, HumanDuration};
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub common: CommonConfig,
     /// Where the REST API (and its health endpoints) listen.
     pub http_addr: SocketAddr,
+    /// How user tokens are verified.
+    pub auth: JwtConfig,
+    /// How long a connect request waits for the oauth-worker's reply before answering 503.
+    /// The frontend is waiting, so this is short; the request never hangs past it.
+    pub connect_request_timeout: Duration,
+    /// How long the connector read caches live. Zero turns caching off.
+    pub connector_cache_ttl: Duration,
+    /// Largest request body accepted (413 beyond it). Bodies here are a few hundred bytes.
+    pub max_body_bytes: usize,
 }
 
 impl ServiceConfig for ApiConfig {
     fn read(env: &mut Env) -> Self {
+        let common = CommonConfig::from_env(env);
+        let http_addr = env.value(
+            "API_HTTP_ADDR",
+            "127.0.0.1:3002",
+            "Address the REST API listens on.",
+        );
+        let auth = JwtConfig::from_env(env);
+        let connect_request_timeout: Duration = env
+            .value::<HumanDuration>(
+                "CONNECT_REQUEST_TIMEOUT",
+                "5s",
+                "How long the api waits for the oauth-worker to issue an authorization link before answering 503.",
+            )
+            .into();
+        if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&connect_request_timeout)
+        {
+            env.problem("CONNECT_REQUEST_TIMEOUT", "must be between 50ms and 60s");
+        }
+        let connector_cache_ttl: Duration = env
+            .value::<HumanDuration>(
+                "CONNECTOR_CACHE_TTL",
+                "5m",
+                "How long connector reads are cached in Redis (0s turns the cache off).",
+            )
+            .into();
+        let max_body_bytes: usize = env.value(
+            "API_MAX_BODY_BYTES",
+            "16384",
+            "Largest request body the api accepts, in bytes (larger ones get 413).",
+        );
+        if !(1024..=1024 * 1024).contains(&max_body_bytes) {
+            env.problem("API_MAX_BODY_BYTES", "must be between 1024 and 1048576");
+        }
         Self {
-            common: CommonConfig::from_env(env),
-            http_addr: env.value(
-                "API_HTTP_ADDR",
-                "127.0.0.1:3002",
-                "Address the REST API listens on.",
-            ),
+            common,
+            http_addr,
+            auth,
+            connect_request_timeout,
+            connector_cache_ttl,
+            max_body_bytes,
         }
     }
 
     fn common(&self) -> &CommonConfig {
         &self.common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_all_parse_and_run_on_loopback() {
+        let config = ApiConfig::from_env(Env::from_pairs(Vec::<(String, String)>::new()))
+            .expect("defaults are valid");
+        assert!(config.http_addr.ip().is_loopback());
+        assert_eq!(config.connect_request_timeout, Duration::from_secs(5));
+        assert_eq!(config.connector_cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.max_body_bytes, 16 * 1024);
+        assert!(config.auth.uses_dev_secret());
+    }
+
+    #[test]
+    fn every_api_setting_is_checked_by_name() {
+        let err = ApiConfig::from_env(Env::from_pairs([
+            ("CONNECT_REQUEST_TIMEOUT", "2h"),
+            ("CONNECTOR_CACHE_TTL", "soon"),
+            ("API_MAX_BODY_BYTES", "10"),
+            ("JWT_ALGORITHM", "RS256"),
+        ]))
+        .expect_err("bad settings");
+        let names: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
+        for name in [
+            "CONNECT_REQUEST_TIMEOUT",
+            "CONNECTOR_CACHE_TTL",
+            "API_MAX_BODY_BYTES",
+            "JWT_JWKS_URL",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {err}");
+        }
     }
 }

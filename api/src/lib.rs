@@ -1,12 +1,31 @@
 //! The api: the only surface the frontend calls.
+//!
+//! - [`routes`]: `POST /api/connectors/{subaccountId}/handlegooglecalendar` and the connector
+//!   endpoints, plus the shared `/healthz`, `/readyz`, `/metrics`.
+//! - [`extract`] and [`error`]: input parsed into valid values, every failure in the spec's
+//!   error shape.
+//! - [`connectors`]: the tenant's `connectorsubaccount` collection behind a Redis cache-aside.
+//! - [`oauth_worker`]: the NATS request that asks the oauth-worker for an authorization link.
+//!
+//! Users authenticate with a bearer JWT (`service_kit::auth`).
 
 pub mod config;
+pub mod connectors;
+pub mod error;
+pub mod extract;
+pub mod oauth_worker;
 pub mod routes;
+pub mod state;
 
+use service_kit::auth::JwtVerifier;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
 use tokio::net::TcpListener;
 
 pub use config::ApiConfig;
+
+use crate::connectors::ConnectorStore;
+use crate::extract::BodyLimit;
+use crate::state::AppState;
 
 /// The name in logs, metrics and the NATS connection.
 pub const SERVICE: &str = "api";
@@ -18,11 +37,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
+    let verifier = JwtVerifier::new(&config.auth)?;
+    if config.auth.uses_dev_secret() {
+        tracing::warn!(
+            "JWT_SECRET is the public development default: anyone can mint a token this api \
+             accepts. Set JWT_SECRET (or JWT_ALGORITHM and JWT_JWKS_URL) before exposing it."
+        );
+    }
+    tracing::info!(algorithm = %config.auth.algorithm, "user tokens: algorithm pinned");
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
+    let state = AppState {
+        infra: infra.clone(),
+        verifier,
+        connectors: ConnectorStore::new(infra.clone(), config.connector_cache_ttl),
+        connect_timeout: config.connect_request_timeout,
+        body_limit: BodyLimit(config.max_body_bytes),
+    };
     let served = service_kit::http::serve(
         SERVICE,
         listener,
-        routes::router(infra.clone()),
+        routes::router(state),
         shutdown,
         config.common.shutdown_grace,
     )

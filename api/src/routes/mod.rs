@@ -1,10 +1,52 @@
-//! The api's HTTP surface: one module per route group, merged here.
+//! The api's HTTP surface: one module per route group, merged here with the shared health
+//! endpoints. Every error, including an unknown path or method, answers in the house shape.
+
+pub mod connectors;
+pub mod google_calendar;
 
 use axum::Router;
-use service_kit::Infrastructure;
+use axum::extract::DefaultBodyLimit;
+use serde::Serialize;
 
-/// Every route the api serves. The connector routes arrive with the connect-flow issue; today
-/// the api serves the shared health and metrics endpoints.
-pub fn router(infra: Infrastructure) -> Router {
-    service_kit::health::router(crate::SERVICE, infra)
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route the api serves.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(connectors::router())
+        .merge(google_calendar::router())
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Enforced while the body streams in, so an oversized body is never buffered whole.
+        .layer(DefaultBodyLimit::max(state.body_limit.0))
+        .with_state(state.clone());
+    service_kit::health::router(crate::SERVICE, state.infra).merge(api)
+}
+
+/// The spec's success body: `{"success": true, "message"?, "data"}`.
+#[derive(Debug, Serialize)]
+pub struct Success<T> {
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub data: T,
+}
+
+impl<T> Success<T> {
+    pub fn new(message: Option<String>, data: T) -> Self {
+        Self {
+            success: true,
+            message,
+            data,
+        }
+    }
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

@@ -1,0 +1,402 @@
+//! A subaccount's connectors: the tenant's `connectorsubaccount` collection behind a Redis
+//! cache-aside.
+//!
+//! Reads try Redis first (`RedisKeys::connector_list_cache` / `connector_cache`), fall back to
+//! MongoDB and fill the cache for `CONNECTOR_CACHE_TTL`. Writes go to MongoDB and then delete
+//! both keys; the metadata worker deletes the same keys when it changes `metadata`. Redis only
+//! ever makes reads faster: when it fails or is slow the request reads MongoDB (and logs it),
+//! it never fails because of Redis. After a Redis failure the cache is bypassed for a few
+//! seconds, so an outage costs one timeout every few seconds rather than one per request.
+//!
+//! Documents are returned as the platform's Node services return them (Mongoose's JSON):
+//! `_id` and other ObjectIds as hex strings, dates as ISO 8601 strings with milliseconds,
+//! `config` and `metadata` as objects, and any field written by another system kept as is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
+use mongodb::error::{ErrorKind, WriteFailure};
+use redis::AsyncCommands;
+use schemas::documents::connector_subaccount::{COLLECTION, ConnectorSubaccount};
+use schemas::{ConnectorId, SubaccountId};
+use serde_json::{Map, Value};
+use service_kit::Infrastructure;
+
+use crate::error::ApiError;
+
+/// A cache operation slower than this is abandoned and the request reads MongoDB instead.
+/// Redis answers in well under a millisecond when it is healthy.
+const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a cache failure, reads skip Redis for this long before trying it again.
+const CACHE_BYPASS: Duration = Duration::from_secs(5);
+/// MongoDB's duplicate-key error code (the unique `(subaccountId, connectorId)` index).
+const DUPLICATE_KEY: i32 = 11000;
+
+/// What `POST /api/connectors/{subaccountId}` asks to create, already validated.
+#[derive(Debug, Clone)]
+pub struct NewConnector {
+    pub connector_id: ConnectorId,
+    pub connector_type: String,
+    pub config: Document,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectorStore {
+    infra: Infrastructure,
+    /// Zero: no caching.
+    ttl: Duration,
+    breaker: Arc<Breaker>,
+}
+
+/// Remembers a recent Redis failure so that reads stop waiting on a cache that is down.
+#[derive(Debug)]
+struct Breaker {
+    epoch: Instant,
+    /// Milliseconds after `epoch` before which reads do not use the cache.
+    closed_until_ms: AtomicU64,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn allows(&self) -> bool {
+        self.now_ms() >= self.closed_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn tripped(&self) {
+        let until = self
+            .now_ms()
+            .saturating_add(CACHE_BYPASS.as_millis() as u64);
+        self.closed_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+impl ConnectorStore {
+    pub fn new(infra: Infrastructure, ttl: Duration) -> Self {
+        Self {
+            infra,
+            ttl,
+            breaker: Arc::new(Breaker {
+                epoch: Instant::now(),
+                closed_until_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Every connector of the subaccount, oldest first.
+    pub async fn list(&self, subaccount: &SubaccountId) -> Result<Vec<Value>, ApiError> {
+        let key = self.infra.keys.connector_list_cache(subaccount);
+        if let Some(Value::Array(cached)) = self.cache_get(&key).await {
+            return Ok(cached);
+        }
+        let collection = self.collection(subaccount).await?;
+        let documents: Vec<Document> = collection
+            .find(doc! { "subaccountId": subaccount.as_str() })
+            .sort(doc! { "createdAt": 1, "_id": 1 })
+            .await
+            .map_err(|e| database_error(e, "listing connectors"))?
+            .try_collect()
+            .await
+            .map_err(|e| database_error(e, "listing connectors"))?;
+        let rendered: Vec<Value> = documents.into_iter().map(render_document).collect();
+        self.cache_put(&key, &Value::Array(rendered.clone())).await;
+        Ok(rendered)
+    }
+
+    /// One connector, or `None` when the subaccount does not have it. Only found documents
+    /// are cached, so a connector added by another system shows up at once.
+    pub async fn get(
+        &self,
+        subaccount: &SubaccountId,
+        connector: &ConnectorId,
+    ) -> Result<Option<Value>, ApiError> {
+        let key = self
+            .infra
+            .keys
+            .connector_cache(subaccount, connector.as_str());
+        if let Some(cached @ Value::Object(_)) = self.cache_get(&key).await {
+            return Ok(Some(cached));
+        }
+        let found = self
+            .collection(subaccount)
+            .await?
+            .find_one(
+                doc! { "subaccountId": subaccount.as_str(), "connectorId": connector.as_str() },
+            )
+            .await
+            .map_err(|e| database_error(e, "reading a connector"))?;
+        let Some(document) = found else {
+            return Ok(None);
+        };
+        let rendered = render_document(document);
+        self.cache_put(&key, &rendered).await;
+        Ok(Some(rendered))
+    }
+
+    /// Adds a connector; a second add of the same connector is a conflict (the unique index
+    /// decides, so two concurrent adds cannot both win).
+    pub async fn create(
+        &self,
+        subaccount: &SubaccountId,
+        new: NewConnector,
+    ) -> Result<Value, ApiError> {
+        let now = bson::DateTime::now();
+        let document = ConnectorSubaccount {
+            id: ObjectId::new(),
+            subaccount_id: subaccount.as_str().to_owned(),
+            connector_id: new.connector_id.as_str().to_owned(),
+            connector_type: new.connector_type,
+            config: new.config,
+            metadata: Document::new(),
+            is_active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let raw = bson::to_document(&document)
+            .map_err(|e| ApiError::Internal(format!("connector document: {e}")))?;
+        let inserted = self
+            .collection(subaccount)
+            .await?
+            .insert_one(raw.clone())
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                return Err(ApiError::ConnectorExists {
+                    subaccount: subaccount.clone(),
+                    connector: new.connector_id,
+                });
+            }
+            Err(e) => return Err(database_error(e, "adding a connector")),
+        }
+        self.invalidate(subaccount, &new.connector_id).await;
+        Ok(render_document(raw))
+    }
+
+    /// Deletes both cached reads this connector appears in. A failure is logged: the cache
+    /// then serves the old answer until its TTL, which is the bound we accept.
+    pub async fn invalidate(&self, subaccount: &SubaccountId, connector: &ConnectorId) {
+        let keys = [
+            self.infra.keys.connector_list_cache(subaccount),
+            self.infra
+                .keys
+                .connector_cache(subaccount, connector.as_str()),
+        ];
+        let mut redis = self.infra.redis.clone();
+        match tokio::time::timeout(CACHE_TIMEOUT, redis.del::<_, ()>(&keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %subaccount, "connector cache not invalidated; stale reads until it expires")
+            }
+            Err(_) => {
+                tracing::warn!(%subaccount, "connector cache invalidation timed out; stale reads until it expires")
+            }
+        }
+    }
+
+    async fn collection(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<mongodb::Collection<Document>, ApiError> {
+        let db = self
+            .infra
+            .mongo
+            .connection_for(subaccount)
+            .await
+            .map_err(|e| database_error(e, "opening the tenant database"))?;
+        Ok(db.collection::<Document>(COLLECTION))
+    }
+
+    async fn cache_get(&self, key: &str) -> Option<Value> {
+        if self.ttl.is_zero() || !self.breaker.allows() {
+            return None;
+        }
+        let mut redis = self.infra.redis.clone();
+        match tokio::time::timeout(CACHE_TIMEOUT, redis.get::<_, Option<String>>(key)).await {
+            Ok(Ok(Some(text))) => match serde_json::from_str(&text) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "unreadable cache entry ignored");
+                    None
+                }
+            },
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, bypass = ?CACHE_BYPASS, "Redis read failed; reading MongoDB");
+                self.breaker.tripped();
+                None
+            }
+            Err(_) => {
+                tracing::warn!(bypass = ?CACHE_BYPASS, "Redis read timed out; reading MongoDB");
+                self.breaker.tripped();
+                None
+            }
+        }
+    }
+
+    async fn cache_put(&self, key: &str, value: &Value) {
+        if self.ttl.is_zero() || !self.breaker.allows() {
+            return;
+        }
+        let mut redis = self.infra.redis.clone();
+        let seconds = self.ttl.as_secs().max(1);
+        let text = value.to_string();
+        match tokio::time::timeout(CACHE_TIMEOUT, redis.set_ex::<_, _, ()>(key, text, seconds))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis write failed; not cached");
+                self.breaker.tripped();
+            }
+            Err(_) => {
+                tracing::warn!("Redis write timed out; not cached");
+                self.breaker.tripped();
+            }
+        }
+    }
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+/// Logs a MongoDB failure and says what the caller sees: unavailable when the server could
+/// not be reached (retrying helps), internal otherwise.
+fn database_error(error: mongodb::error::Error, doing: &'static str) -> ApiError {
+    tracing::error!(error = %error, doing, "MongoDB operation failed");
+    match error.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. } => ApiError::DatabaseUnavailable,
+        _ => ApiError::Internal(format!("MongoDB failed while {doing}")),
+    }
+}
+
+/// A stored document as JSON (see the module docs).
+pub fn render_document(document: Document) -> Value {
+    render(Bson::Document(document))
+}
+
+fn render(value: Bson) -> Value {
+    match value {
+        Bson::ObjectId(id) => Value::String(id.to_hex()),
+        Bson::DateTime(at) => {
+            let at = at.to_chrono();
+            Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        }
+        Bson::Document(document) => Value::Object(
+            document
+                .into_iter()
+                .map(|(k, v)| (k, render(v)))
+                .collect::<Map<_, _>>(),
+        ),
+        Bson::Array(items) => Value::Array(items.into_iter().map(render).collect()),
+        Bson::String(s) => Value::String(s),
+        Bson::Boolean(b) => Value::Bool(b),
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Bson::Decimal128(d) => Value::String(d.to_string()),
+        // Rare in connector documents; extended JSON keeps them lossless.
+        other => other.into_relaxed_extjson(),
+    }
+}
+
+/// JSON `config` from a request as a BSON document. Keys MongoDB would refuse or misread
+/// (`$`-prefixed, dotted, NUL) are refused here with the path that has one.
+pub fn config_document(config: Map<String, Value>) -> Result<Document, ApiError> {
+    check_keys(&config, "config")?;
+    bson::to_document(&config).map_err(|e| ApiError::InvalidField {
+        field: Some("config".into()),
+        reason: format!("cannot be stored: {e}"),
+    })
+}
+
+fn check_keys(object: &Map<String, Value>, path: &str) -> Result<(), ApiError> {
+    for (key, value) in object {
+        let here = format!("{path}.{key}");
+        if key.is_empty() || key.starts_with('$') || key.contains('.') || key.contains('\0') {
+            return Err(ApiError::InvalidField {
+                field: Some(here),
+                reason: "keys may not be empty, start with `$` or contain `.`".into(),
+            });
+        }
+        check_value(value, &here)?;
+    }
+    Ok(())
+}
+
+fn check_value(value: &Value, path: &str) -> Result<(), ApiError> {
+    match value {
+        Value::Object(object) => check_keys(object, path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| check_value(item, &format!("{path}[{i}]"))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn documents_render_like_mongoose_json() {
+        let id = ObjectId::parse_str("507f1f77bcf86cd799439011").expect("oid");
+        let at = bson::DateTime::from_millis(1_759_665_600_000);
+        let rendered = render_document(doc! {
+            "_id": id, "subaccountId": "68cf05f060d294db17c0685e", "connectorId": "google-calendar",
+            "connectorType": "calendar", "config": { "n": 1_i32, "nested": { "at": at } },
+            "metadata": { "connectedAt": "2025-10-05T12:00:00.000Z", "isConnected": true },
+            "isActive": true, "createdAt": at, "updatedAt": at, "__v": 0_i32,
+        });
+        assert_eq!(
+            rendered,
+            json!({
+                "_id": "507f1f77bcf86cd799439011", "subaccountId": "68cf05f060d294db17c0685e",
+                "connectorId": "google-calendar", "connectorType": "calendar",
+                "config": { "n": 1, "nested": { "at": "2025-10-05T12:00:00.000Z" } },
+                "metadata": { "connectedAt": "2025-10-05T12:00:00.000Z", "isConnected": true },
+                "isActive": true, "createdAt": "2025-10-05T12:00:00.000Z",
+                "updatedAt": "2025-10-05T12:00:00.000Z", "__v": 0,
+            })
+        );
+    }
+
+    #[test]
+    fn config_keys_mongodb_would_refuse_are_named() {
+        let ok = json!({ "calendar": { "timezone": "Europe/Paris" }, "list": [1, {"a": 2}] });
+        let Value::Object(ok) = ok else {
+            unreachable!()
+        };
+        assert!(config_document(ok).is_ok());
+        let bad = json!({ "list": [ {"$where": "1"} ] });
+        let Value::Object(bad) = bad else {
+            unreachable!()
+        };
+        match config_document(bad) {
+            Err(ApiError::InvalidField { field, .. }) => {
+                assert_eq!(field.as_deref(), Some("config.list[0].$where"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

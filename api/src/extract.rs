@@ -1,0 +1,298 @@
+//! Extractors that turn a request into valid domain values or an [`ApiError`] in the house
+//! shape — axum's own rejections answer with plain text, which the spec's clients cannot read.
+//!
+//! - [`SubaccountPath`] / [`ConnectorPath`]: path segments parsed into `SubaccountId` and
+//!   `ConnectorId`.
+//! - [`ApiJson`]: `Content-Type: application/json` (415 otherwise), at most the configured
+//!   number of bytes (413), and a JSON document whose errors name the field (400).
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use schemas::{ConnectorId, SubaccountId};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The configured body cap (`API_MAX_BODY_BYTES`), for the 413 message. The cap itself is
+/// enforced by the `DefaultBodyLimit` layer while the body streams in.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// `{subaccountId}` of the route, valid.
+#[derive(Debug, Clone)]
+pub struct SubaccountPath(pub SubaccountId);
+
+/// `{subaccountId}/{connectorId}` of the route, both valid.
+#[derive(Debug, Clone)]
+pub struct ConnectorPath {
+    pub subaccount: SubaccountId,
+    pub connector: ConnectorId,
+}
+
+async fn path_param<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &'static str,
+) -> Result<String, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        // Only a segment that is not UTF-8 once percent-decoded gets here.
+        .map_err(|_| ApiError::InvalidField {
+            field: Some(name.to_owned()),
+            reason: "the path is not valid UTF-8".into(),
+        })?;
+    params
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+        .ok_or_else(|| ApiError::Internal(format!("route has no {{{name}}} parameter")))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SubaccountPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let raw = path_param(parts, state, "subaccountId").await?;
+        SubaccountId::parse(&raw)
+            .map(Self)
+            .map_err(|error| ApiError::InvalidPath {
+                field: "subaccountId",
+                error,
+            })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectorPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let SubaccountPath(subaccount) = SubaccountPath::from_request_parts(parts, state).await?;
+        let raw = path_param(parts, state, "connectorId").await?;
+        let connector = ConnectorId::parse(&raw).map_err(|error| ApiError::InvalidPath {
+            field: "connectorId",
+            error,
+        })?;
+        Ok(Self {
+            subaccount,
+            connector,
+        })
+    }
+}
+
+/// A JSON body of type `T`, or the precise reason it is not one.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+    BodyLimit: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let limit = BodyLimit::from_ref(state).0;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::InvalidJson {
+                        field: None,
+                        reason: "the body could not be read".into(),
+                        line: 0,
+                        column: 0,
+                    }
+                }
+            })?;
+        parse_json(&bytes).map(Self)
+    }
+}
+
+/// `application/json`, with or without parameters, or an `application/*+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserializes `bytes`, naming the field of the first problem (`userEmail`, `config.x`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        classify(err.into_inner(), &path)
+    })?;
+    // Trailing bytes after the document are as malformed as a missing brace.
+    de.end().map_err(|err| classify(err, "."))?;
+    Ok(value)
+}
+
+fn classify(err: serde_json::Error, path: &str) -> ApiError {
+    use serde_json::error::Category;
+    let field = (path != "." && !path.is_empty()).then(|| path.to_owned());
+    let message = strip_position(&err.to_string());
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson {
+            field,
+            reason: message,
+            line: err.line(),
+            column: err.column(),
+        },
+        Category::Data => {
+            if let Some(name) = backticked_after(&message, "unknown field `") {
+                ApiError::UnknownField {
+                    field: join(field.as_deref(), &name),
+                    message,
+                }
+            } else if let Some(name) = backticked_after(&message, "missing field `") {
+                ApiError::MissingField {
+                    field: join(field.as_deref(), &name),
+                    message,
+                }
+            } else {
+                ApiError::InvalidField {
+                    field,
+                    reason: friendlier(&message),
+                }
+            }
+        }
+    }
+}
+
+/// The full path of field `name` reported at `path`: serde_path_to_error reports an unknown
+/// field at the field itself and a missing one at its parent.
+fn join(path: Option<&str>, name: &str) -> String {
+    match path {
+        Some(path) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+        Some(parent) => format!("{parent}.{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// serde names our Rust types ("expected struct ConnectBody"); callers know a JSON object.
+fn friendlier(message: &str) -> String {
+    match message.find("expected struct ") {
+        Some(cut) => format!("{}expected a JSON object", &message[..cut]),
+        None => message.to_owned(),
+    }
+}
+
+/// serde_json appends " at line L column C"; the error carries those separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(cut) => message[..cut].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn backticked_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.find('`').map(|end| rest[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::UserEmail;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Body {
+        #[allow(dead_code)]
+        user_email: UserEmail,
+        #[allow(dead_code)]
+        send_email: Option<bool>,
+    }
+
+    fn err(raw: &str) -> ApiError {
+        parse_json::<Body>(raw.as_bytes()).expect_err("should fail")
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        match err(r#"{"userEmail": "x@example.com", "surprise": 1}"#) {
+            ApiError::UnknownField { field, message } => {
+                assert_eq!(field, "surprise");
+                assert!(
+                    message.contains("userEmail"),
+                    "lists accepted fields: {message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"sendEmail": true}"#) {
+            ApiError::MissingField { field, .. } => assert_eq!(field, "userEmail"),
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"userEmail": "not-an-address"}"#) {
+            ApiError::InvalidField { field, reason } => {
+                assert_eq!(field.as_deref(), Some("userEmail"));
+                assert!(reason.contains("not a valid email address"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"userEmail": "x@example.com", "sendEmail": "yes"}"#) {
+            ApiError::InvalidField { field, .. } => assert_eq!(field.as_deref(), Some("sendEmail")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_says_where() {
+        match err(r#"{"userEmail": "x@example.com", "sendEmail": tru}"#) {
+            ApiError::InvalidJson {
+                field,
+                line,
+                column,
+                ..
+            } => {
+                assert_eq!(field.as_deref(), Some("sendEmail"));
+                assert_eq!((line, column), (1, 48));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(err(""), ApiError::InvalidJson { .. }));
+        assert!(matches!(
+            err(r#"{"userEmail": "x@example.com"} trailing"#),
+            ApiError::InvalidJson { .. }
+        ));
+        let array = err("[]").to_string();
+        assert!(array.contains("expected a JSON object"), "{array}");
+    }
+
+    #[test]
+    fn json_content_types() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (value, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/merge-patch+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header"));
+            assert_eq!(is_json(&headers), ok, "{value}");
+        }
+    }
+}
