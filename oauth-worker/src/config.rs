@@ -1,26 +1,147 @@
-//! The oauth-worker's settings.
+//! The oauth-worker's settings. The provider is configured by its endpoints, so any OAuth 2.0
+//! provider that speaks Google's protocol (including the test suite's fake Google) works.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
 
 use service_kit::ServiceConfig;
-use service_kit::config::{CommonConfig, Env};
+use service_kit::config::{CommonConfig, Env, HumanDuration};
 
 #[derive(Debug, Clone)]
 pub struct OAuthWorkerConfig {
     pub common: CommonConfig,
     /// Address of the OAuth redirect callback and the health endpoints.
     pub http_addr: SocketAddr,
+    pub provider: ProviderConfig,
+    /// How long an authorization link (its state and PKCE verifier) stays usable.
+    pub state_ttl: Duration,
+}
+
+/// The OAuth 2.0 provider: where users consent and where codes become tokens.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_url: url::Url,
+    pub token_url: url::Url,
+    /// Must match, byte for byte, a redirect URI registered with the provider.
+    pub redirect_uri: url::Url,
+    /// Every scope the connection needs; the callback refuses a grant missing any of them.
+    pub scopes: Scopes,
+}
+
+/// A value that never prints (logs, panics, `Debug` of a config).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(raw.to_owned()))
+    }
+}
+
+/// Space-separated OAuth scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scopes(pub Vec<String>);
+
+impl FromStr for Scopes {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let scopes: Vec<String> = raw.split_whitespace().map(str::to_owned).collect();
+        if scopes.is_empty() {
+            return Err("must list at least one scope".into());
+        }
+        Ok(Scopes(scopes))
+    }
+}
+
+/// An absolute http(s) URL.
+fn http_url(
+    env: &mut Env,
+    name: &'static str,
+    default: &'static str,
+    description: &'static str,
+) -> url::Url {
+    let url: url::Url = env.value(name, default, description);
+    if !matches!(url.scheme(), "http" | "https") {
+        env.problem(name, "must be an http:// or https:// URL");
+    }
+    url
 }
 
 impl ServiceConfig for OAuthWorkerConfig {
     fn read(env: &mut Env) -> Self {
-        Self {
-            common: CommonConfig::from_env(env),
-            http_addr: env.value(
-                "OAUTH_WORKER_HTTP_ADDR",
-                "127.0.0.1:3004",
-                "Address of the OAuth redirect callback and the health endpoints.",
+        let common = CommonConfig::from_env(env);
+        let http_addr = env.value(
+            "OAUTH_WORKER_HTTP_ADDR",
+            "127.0.0.1:3004",
+            "Address of the OAuth redirect callback and the health endpoints.",
+        );
+        let provider = ProviderConfig {
+            client_id: env.value(
+                "GOOGLE_CLIENT_ID",
+                "gcal-local-client",
+                "OAuth client id registered with the provider.",
             ),
+            client_secret: env.value(
+                "GOOGLE_CLIENT_SECRET",
+                "gcal-local-secret",
+                "OAuth client secret (never logged).",
+            ),
+            auth_url: http_url(
+                env,
+                "GOOGLE_AUTH_URL",
+                "https://accounts.google.com/o/oauth2/v2/auth",
+                "The provider's authorization (consent) endpoint.",
+            ),
+            token_url: http_url(
+                env,
+                "GOOGLE_TOKEN_URL",
+                "https://oauth2.googleapis.com/token",
+                "The provider's token endpoint.",
+            ),
+            redirect_uri: http_url(
+                env,
+                "OAUTH_REDIRECT_URI",
+                "http://127.0.0.1:3004/api/google/callback",
+                "This worker's callback URL, exactly as registered with the provider.",
+            ),
+            scopes: env.value(
+                "GOOGLE_SCOPES",
+                "https://www.googleapis.com/auth/calendar openid email",
+                "Space-separated scopes the connection requires.",
+            ),
+        };
+        let state_ttl: Duration = env
+            .value::<HumanDuration>(
+                "OAUTH_STATE_TTL",
+                "10m",
+                "How long an authorization link stays usable.",
+            )
+            .into();
+        if state_ttl < Duration::from_secs(60) || state_ttl > Duration::from_secs(24 * 3600) {
+            env.problem("OAUTH_STATE_TTL", "must be between 1m and 24h");
+        }
+        Self {
+            common,
+            http_addr,
+            provider,
+            state_ttl,
         }
     }
 

@@ -146,6 +146,12 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.0.port)
     }
+
+    /// Stops the server (SIGTERM). Redis keeps nothing on disk here: a stop loses its data,
+    /// as a real Redis outage may.
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked).

@@ -1,0 +1,108 @@
+//! Answers connect-requested: issue an authorization link, remember the attempt, and — when
+//! asked — queue the email, replying only once JetStream has the email job.
+
+use chrono::Utc;
+use schemas::events::{
+    AuthLinkIssued, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
+};
+use schemas::{Envelope, SubaccountId};
+use service_kit::Infrastructure;
+
+use crate::authorization::{ProviderClient, issue_link};
+use crate::state_store::{PendingAttempt, StateStore};
+
+#[derive(Debug)]
+pub struct ConnectRequestedHandler {
+    pub provider: ProviderClient,
+    pub scopes: Vec<String>,
+    pub states: StateStore,
+    pub infra: Infrastructure,
+}
+
+impl ConnectRequestedHandler {
+    /// The reply for one request body. Never fails: every problem becomes a `Rejected` reply
+    /// (or `emailSent: false`), so the api always gets an answer it can map.
+    pub async fn handle(&self, body: &[u8]) -> ConnectRequestedReply {
+        let request = match Envelope::<ConnectRequested>::decode(body) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable connect request");
+                return ConnectRequestedReply::Rejected {
+                    code: ConnectRejectionCode::InvalidRequest,
+                    message: format!("connect request not understood: {e}"),
+                };
+            }
+        };
+        let span = tracing::info_span!("connect_requested", correlation_id = %request.correlation_id,
+            subaccount_id = %request.subaccount_id);
+        tracing::Instrument::instrument(self.issue(request), span).await
+    }
+
+    async fn issue(&self, request: Envelope<ConnectRequested>) -> ConnectRequestedReply {
+        let user_email = request.payload.user_email.clone();
+        let link = issue_link(&self.provider, &self.scopes, user_email.as_str());
+        let issued_at = Utc::now();
+        let expires_at = issued_at + self.states.ttl();
+        let attempt = PendingAttempt {
+            subaccount_id: request.subaccount_id.clone(),
+            user_email: user_email.clone(),
+            pkce_verifier: link.pkce_verifier,
+            correlation_id: request.correlation_id,
+            issued_at,
+        };
+        if let Err(e) = self.states.put(&link.state, &attempt).await {
+            tracing::error!(error = %e, "cannot store the OAuth state; no link issued");
+            metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable")
+                .increment(1);
+            return ConnectRequestedReply::Rejected {
+                code: ConnectRejectionCode::StateStoreUnavailable,
+                message: "the state store (Redis) is unavailable; try again shortly".into(),
+            };
+        }
+        let auth_url = link.url.to_string();
+        let email_sent = request.payload.send_email
+            && self
+                .queue_email(
+                    &request.subaccount_id,
+                    request.correlation_id,
+                    AuthLinkIssued {
+                        user_email,
+                        auth_url: auth_url.clone(),
+                        expires_at,
+                    },
+                )
+                .await;
+        let outcome = match (request.payload.send_email, email_sent) {
+            (false, _) => "issued",
+            (true, true) => "issued_and_queued",
+            (true, false) => "issued_email_failed",
+        };
+        metrics::counter!("connect_requests_total", "outcome" => outcome).increment(1);
+        tracing::info!(email_sent, %expires_at, "authorization link issued");
+        ConnectRequestedReply::Issued {
+            auth_url,
+            expires_at,
+            email_sent,
+        }
+    }
+
+    /// Publishes auth-link-issued and waits for JetStream's ack. `false` when not stored: the
+    /// link is still valid and is returned to the caller, who can pass it on.
+    async fn queue_email(
+        &self,
+        subaccount: &SubaccountId,
+        correlation_id: uuid::Uuid,
+        payload: AuthLinkIssued,
+    ) -> bool {
+        let event = Envelope::new(subaccount.clone(), correlation_id, payload);
+        match service_kit::nats::publish_event(&self.infra.jetstream, &self.infra.namespace, &event)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "email job not accepted by JetStream; replying emailSent=false");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per message the oauth-worker answers.
+
+pub mod connect_requested;

@@ -1,0 +1,241 @@
+//! The oauth-worker's side of the connect flow over real NATS, Redis and JetStream: a connect
+//! request gets an authorization URL, the attempt is stored under its state, and the email job
+//! is in JetStream before the reply says so.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use e2e::{RunningService, TestContext};
+use futures::StreamExt;
+use oauth_worker::OAuthWorkerConfig;
+use redis::AsyncCommands;
+use schemas::events::{AuthLinkIssued, ConnectRequested, ConnectRequestedReply};
+use schemas::subjects::Namespace;
+use schemas::{Envelope, SubaccountId, UserEmail};
+
+const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
+
+async fn start_worker(ctx: &TestContext) -> RunningService {
+    let config: OAuthWorkerConfig = ctx.config(&[
+        ("GOOGLE_CLIENT_ID", "client-e2e"),
+        (
+            "GOOGLE_AUTH_URL",
+            "https://accounts.example/o/oauth2/v2/auth",
+        ),
+        ("OAUTH_STATE_TTL", "10m"),
+    ]);
+    let mut worker = RunningService::start(oauth_worker::SERVICE, |l, s| {
+        oauth_worker::run(config, l, s)
+    })
+    .await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+    worker
+}
+
+async fn connect(
+    nats: &async_nats::Client,
+    ns: &Namespace,
+    email: &str,
+    send_email: bool,
+) -> (Envelope<ConnectRequested>, ConnectRequestedReply) {
+    let request = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectRequested {
+            user_email: UserEmail::parse(email).expect("email"),
+            send_email,
+        },
+    );
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request(ns.connect_requested(), request.to_bytes().into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a responder answered");
+    (
+        request,
+        serde_json::from_slice(&reply.payload).expect("reply decodes"),
+    )
+}
+
+#[tokio::test]
+async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_email() {
+    let ctx = TestContext::new();
+    let worker = start_worker(&ctx).await;
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let ns = Namespace::new(&ctx.id).expect("ns");
+
+    let (request, reply) = connect(&nats, &ns, "user@example.com", true).await;
+    let ConnectRequestedReply::Issued {
+        auth_url,
+        expires_at,
+        email_sent,
+    } = reply
+    else {
+        panic!("rejected: {reply:?}");
+    };
+    assert!(email_sent);
+    let ttl = expires_at - chrono::Utc::now();
+    assert!(
+        ttl > chrono::Duration::minutes(9) && ttl <= chrono::Duration::minutes(10),
+        "{ttl}"
+    );
+    let url = url::Url::parse(&auth_url).expect("url");
+    assert_eq!(url.host_str(), Some("accounts.example"));
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], "client-e2e");
+    assert_eq!(q["login_hint"], "user@example.com");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(
+        q["redirect_uri"],
+        "http://127.0.0.1:3004/api/google/callback"
+    );
+
+    // The attempt waits in Redis under its state, with the TTL, holding what the callback needs.
+    let redis = redis::Client::open(ctx.redis_url.as_str()).expect("redis");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis conn");
+    let key = format!("{}:oauth:state:{}", ctx.id, q["state"]);
+    let stored: String = conn.get(&key).await.expect("state stored");
+    let attempt: serde_json::Value = serde_json::from_str(&stored).expect("json");
+    assert_eq!(attempt["subaccountId"], SUBACCOUNT);
+    assert_eq!(attempt["userEmail"], "user@example.com");
+    assert_eq!(attempt["correlationId"], request.correlation_id.to_string());
+    assert!(
+        attempt["pkceVerifier"]
+            .as_str()
+            .is_some_and(|v| v.len() >= 43)
+    );
+    let ttl_ms: i64 = conn.pttl(&key).await.expect("pttl");
+    assert!(ttl_ms > 590_000 && ttl_ms <= 600_000, "{ttl_ms}");
+
+    // The email job was stored in JetStream before the reply.
+    let js = jetstream::new(nats.clone());
+    let stream = js.get_stream(ns.events_stream()).await.expect("stream");
+    let reader = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: ns.event_filter::<AuthLinkIssued>(),
+            ..Default::default()
+        })
+        .await
+        .expect("reader");
+    let mut batch = reader
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("fetch");
+    let message = batch.next().await.expect("one event").expect("message");
+    let event: Envelope<AuthLinkIssued> = Envelope::decode(&message.payload).expect("decodes");
+    assert_eq!(event.payload.auth_url, auth_url);
+    assert_eq!(event.correlation_id, request.correlation_id);
+    assert_eq!(event.subaccount_id.as_str(), SUBACCOUNT);
+    assert!(batch.next().await.is_none(), "exactly one email job");
+
+    worker.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn no_email_requested_means_no_email_job_and_each_link_is_unique() {
+    let ctx = TestContext::new();
+    let worker = start_worker(&ctx).await;
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let ns = Namespace::new(&ctx.id).expect("ns");
+
+    let mut states = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let (_, reply) = connect(&nats, &ns, "user@example.com", false).await;
+        let ConnectRequestedReply::Issued {
+            auth_url,
+            email_sent,
+            ..
+        } = reply
+        else {
+            panic!("rejected: {reply:?}");
+        };
+        assert!(!email_sent);
+        let url = url::Url::parse(&auth_url).expect("url");
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())
+            .expect("state");
+        assert!(states.insert(state), "state reused");
+    }
+    let js = jetstream::new(nats.clone());
+    let mut stream = js.get_stream(ns.events_stream()).await.expect("stream");
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        0,
+        "nothing published"
+    );
+    worker.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn redis_down_means_a_clear_refusal_and_no_email_job() {
+    let ctx = TestContext::new();
+    let mut redis = e2e::servers::RedisServer::start();
+    let url = redis.url();
+    let config: OAuthWorkerConfig = ctx.config(&[("REDIS_URL", url.as_str())]);
+    let mut worker = RunningService::start(oauth_worker::SERVICE, |l, s| {
+        oauth_worker::run(config, l, s)
+    })
+    .await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let ns = Namespace::new(&ctx.id).expect("ns");
+
+    redis.stop();
+    let (_, reply) = connect(&nats, &ns, "user@example.com", true).await;
+    assert!(
+        matches!(
+            reply,
+            ConnectRequestedReply::Rejected {
+                code: schemas::events::ConnectRejectionCode::StateStoreUnavailable,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let js = jetstream::new(nats.clone());
+    let mut stream = js.get_stream(ns.events_stream()).await.expect("stream");
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        0,
+        "no link, so no email job"
+    );
+    worker.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_undecodable_request_is_refused_not_ignored() {
+    let ctx = TestContext::new();
+    let worker = start_worker(&ctx).await;
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let reply = nats
+        .request(
+            ns.connect_requested(),
+            r#"{"type":"connect-requested","extra":1}"#.into(),
+        )
+        .await
+        .expect("answered");
+    let reply: ConnectRequestedReply = serde_json::from_slice(&reply.payload).expect("decodes");
+    assert!(
+        matches!(
+            reply,
+            ConnectRequestedReply::Rejected {
+                code: schemas::events::ConnectRejectionCode::InvalidRequest,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    worker.stop().await.expect("clean stop");
+}
