@@ -2,8 +2,8 @@
 # Runs the whole connector on this machine, on loopback, with no configuration:
 #
 #   scripts/run-local.sh              install/start NATS, Redis and MongoDB (secantusd-rs), build the
-#                                     four services, start them, wait until each is ready, then stay
-#                                     in the foreground; Ctrl-C stops everything
+#                                     four services and the local SMTP sink, start them, wait until
+#                                     each is ready, then stay in the foreground; Ctrl-C stops everything
 #   scripts/run-local.sh --detach     the same, but exit once everything is ready and leave it running
 #   scripts/run-local.sh --stop       stop what a --detach run (or a running run-local.sh) started
 #
@@ -14,13 +14,19 @@
 #   --stop        stop the services, then the infrastructure
 #   -h, --help    this text
 #
-#   services  .local/logs/<service>.log    .local/run/<service>.pid
+#   services  .local/logs/<service>.log    .local/run/<service>.pid   (dev-smtp-sink too)
 #   infra     .local/logs/{nats,redis,mongo}.log and .local/data/ (see scripts/infra/start.sh)
 #
 # The services read their settings from the environment and from a .env file in the repository
 # root (they run from there), with loopback defaults. This script reads the same places only to
 # find each service's address (API_HTTP_ADDR, OAUTH_WORKER_HTTP_ADDR, METADATA_WORKER_HEALTH_ADDR,
 # MAILER_WORKER_HEALTH_ADDR).
+#
+# Local mail: dev-smtp-sink (a real SMTP server, a binary of the e2e package) is started before
+# the services on 127.0.0.1:1025, where the mailer-worker sends by default. It prints every email
+# to .local/logs/dev-smtp-sink.log and shows them at http://127.0.0.1:8025/ (JSON: /messages).
+# DEV_SMTP_SINK_HTTP_ADDR moves the page; DEV_SMTP_SINK_SMTP_ADDR moves the SMTP port (then set
+# SMTP_URL=smtp://<that address> too). When SMTP_URL points anywhere else, the sink is not started.
 #
 # Environment of this script:
 #   READY_TIMEOUT          seconds to wait for every service's /readyz to return 200 (60)
@@ -48,7 +54,11 @@ fi
 # shellcheck source=scripts/infra/lib.sh
 source "$ROOT/scripts/infra/lib.sh"
 
-APP_SERVICES=(api oauth-worker metadata-worker mailer-worker)
+# The local SMTP sink first, so it listens before the mailer-worker sends; left out of a start
+# when SMTP_URL points elsewhere (start_all), always looked for when stopping.
+SINK=dev-smtp-sink
+ALL_PROCESSES=("$SINK" api oauth-worker metadata-worker mailer-worker)
+APP_SERVICES=("${ALL_PROCESSES[@]}")
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 SERVICE_STOP_TIMEOUT="${SERVICE_STOP_TIMEOUT:-25}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -83,6 +93,7 @@ addr_setting() {
     oauth-worker) printf 'OAUTH_WORKER_HTTP_ADDR' ;;
     metadata-worker) printf 'METADATA_WORKER_HEALTH_ADDR' ;;
     mailer-worker) printf 'MAILER_WORKER_HEALTH_ADDR' ;;
+    dev-smtp-sink) printf 'DEV_SMTP_SINK_HTTP_ADDR' ;;
   esac
 }
 addr_default() {
@@ -91,7 +102,30 @@ addr_default() {
     oauth-worker) printf '127.0.0.1:3004' ;;
     metadata-worker) printf '127.0.0.1:3005' ;;
     mailer-worker) printf '127.0.0.1:3006' ;;
+    dev-smtp-sink) printf '127.0.0.1:8025' ;;
   esac
+}
+
+# Where the sink takes SMTP (DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025).
+sink_smtp_addr() {
+  local addr
+  addr="$(setting_value DEV_SMTP_SINK_SMTP_ADDR)"
+  printf '%s' "${addr:-127.0.0.1:1025}"
+}
+
+# True when the mailer will send to the sink: SMTP_URL unset, or smtp://<the sink's address>.
+sink_wanted() {
+  local url
+  url="$(setting_value SMTP_URL)"
+  [[ -z "$url" || "${url%/}" == "smtp://$(sink_smtp_addr)" ]]
+}
+
+# Command-line arguments of process $1 (the sink is given its addresses, as it reads no .env).
+launch_args() {
+  if [[ "$1" == "$SINK" ]]; then
+    resolve_addr "$SINK"
+    printf '%s\n' --smtp "$(sink_smtp_addr)" --http "$ADDR"
+  fi
 }
 
 # The value the services see for setting $1: the environment wins over .env (like the services'
@@ -223,7 +257,7 @@ explain_exit() {
 
 # --- stopping ------------------------------------------------------------------------------------
 
-# Stops the four services: SIGTERM to all at once, then up to SERVICE_STOP_TIMEOUT seconds for
+# Stops the services (and the SMTP sink): SIGTERM to all at once, then up to SERVICE_STOP_TIMEOUT seconds for
 # each to exit, then SIGKILL.
 stop_services() {
   local name pid i names=() pids=() status=0
@@ -323,6 +357,7 @@ stop_all() {
     done
     process_alive "$pid" && err "run-local.sh pid $pid still running after ${limit}s; stopping its services directly"
   fi
+  APP_SERVICES=("${ALL_PROCESSES[@]}")
   stop_services || status=1
   if ((KEEP_INFRA)); then
     log "infrastructure left running (--keep-infra)"
@@ -330,7 +365,7 @@ stop_all() {
     stop_infra || status=1
   fi
   local name left=()
-  for name in "${APP_SERVICES[@]}"; do
+  for name in "${ALL_PROCESSES[@]}"; do
     service_pid "$name" >/dev/null && left+=("$name")
   done
   if ((${#left[@]} > 0)); then
@@ -366,6 +401,16 @@ preflight() {
       problems=$((problems + 1))
     fi
   done
+  if [[ " ${APP_SERVICES[*]} " == *" $SINK "* ]]; then
+    local smtp
+    smtp="$(sink_smtp_addr)"
+    if port_in_use "${smtp%:*}" "${smtp##*:}"; then
+      owner="$(port_owner "${smtp##*:}")"
+      err "$SINK: SMTP port ${smtp##*:} ($smtp) is already in use${owner:+ by $owner}." \
+        "If that is an SMTP server you want the mailer to use, set SMTP_URL=smtp://$smtp (the sink then is not started); otherwise stop it, or move the sink with DEV_SMTP_SINK_SMTP_ADDR and SMTP_URL."
+      problems=$((problems + 1))
+    fi
+  fi
   ((problems == 0)) || exit 1
 }
 
@@ -390,12 +435,13 @@ build() {
 # Starts service $1 in the background, in its own session (so a terminal's Ctrl-C reaches only
 # this script, which then stops the services in order).
 launch() {
-  local name="$1" bin="$TARGET_DIR/$PROFILE/$1" log_f pid
+  local name="$1" bin="$TARGET_DIR/$PROFILE/$1" log_f pid args=()
   log_f="$(log_file "$name")"
   [[ -x "$bin" ]] || die "$bin not found after the build"
+  mapfile -t args < <(launch_args "$name")
   printf '\n==== %s run-local.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" >>"$log_f"
   # In a non-interactive shell setsid execs in place, so $! is the service's own pid.
-  setsid "$bin" >>"$log_f" 2>&1 </dev/null &
+  setsid "$bin" "${args[@]+"${args[@]}"}" >>"$log_f" 2>&1 </dev/null &
   pid=$!
   printf '%s\n' "$pid" >"$(pid_file "$name")"
   log "$name: started (pid $pid), log $log_f"
@@ -461,7 +507,14 @@ summary() {
     row "$name" "$pid" "$URL" "$ready" "${LOG_DIR#"$ROOT"/}/$name.log"
   done
   printf '\n'
-  printf '  Endpoints on each URL: /healthz /readyz /metrics\n'
+  printf '  Endpoints on each service URL: /healthz /readyz /metrics\n'
+  if [[ " ${APP_SERVICES[*]} " == *" $SINK "* ]]; then
+    resolve_addr "$SINK"
+    printf '  Mailbox: %s/ (JSON: %s/messages) shows every email sent (SMTP %s; also printed to %s)\n' \
+      "$URL" "$URL" "$(sink_smtp_addr)" "${LOG_DIR#"$ROOT"/}/$SINK.log"
+  else
+    printf '  Mail goes to SMTP_URL (set in the environment or .env); no local SMTP sink was started\n'
+  fi
   printf '  Infrastructure: NATS %s (monitoring http://%s:%s), Redis %s, MongoDB %s\n' \
     "${NATS_URL:-nats://$BIND_HOST:$NATS_PORT}" "$BIND_HOST" "$NATS_MONITOR_PORT" \
     "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
@@ -497,6 +550,10 @@ watch_services() {
 }
 
 start_all() {
+  if ! sink_wanted; then
+    APP_SERVICES=("${ALL_PROCESSES[@]:1}")
+    log "SMTP_URL points at another SMTP server: mail goes there, the local SMTP sink is not started"
+  fi
   preflight
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   printf '%s\n' "$$" >"$RUNNER_PID_FILE"

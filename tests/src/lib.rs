@@ -23,3 +23,4 @@ pub mod tools;
 
 pub use context::TestContext;
 pub use service::RunningService;
+pub mod smtp;

@@ -1,0 +1,3 @@
+//! One file per event the mailer-worker handles.
+
+pub mod auth_link_issued;
