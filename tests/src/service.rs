@@ -107,6 +107,17 @@ impl RunningService {
     }
 }
 
+impl RunningService {
+    /// Stops the service abruptly, like a crash: its task is aborted without a graceful
+    /// shutdown (work it had handed to other tasks may still finish).
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for RunningService {
     fn drop(&mut self) {
         self.shutdown.cancel();
