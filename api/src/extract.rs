@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use schemas::{ConnectorId, SubaccountId};
+use schemas::{ConnectorId, DecodeError, SubaccountId};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -135,44 +135,50 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Deserializes `bytes`, naming the field of the first problem (`userEmail`, `config.x`).
+/// The decoding and its error classification are the contracts crate's, shared with events.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        classify(err.into_inner(), &path)
-    })?;
-    // Trailing bytes after the document are as malformed as a missing brace.
-    de.end().map_err(|err| classify(err, "."))?;
-    Ok(value)
+    schemas::json::decode(bytes).map_err(into_api_error)
 }
 
-fn classify(err: serde_json::Error, path: &str) -> ApiError {
-    use serde_json::error::Category;
-    let field = (path != "." && !path.is_empty()).then(|| path.to_owned());
-    let message = strip_position(&err.to_string());
-    match err.classify() {
-        Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson {
-            field,
+fn into_api_error(error: DecodeError) -> ApiError {
+    let field_at = |path: &str| (path != "." && !path.is_empty()).then(|| path.to_owned());
+    match error {
+        DecodeError::Syntax {
+            path,
+            line,
+            column,
+            message,
+        } => ApiError::InvalidJson {
+            field: field_at(&path),
             reason: message,
-            line: err.line(),
-            column: err.column(),
+            line,
+            column,
         },
-        Category::Data => {
-            if let Some(name) = backticked_after(&message, "unknown field `") {
-                ApiError::UnknownField {
-                    field: join(field.as_deref(), &name),
-                    message,
-                }
-            } else if let Some(name) = backticked_after(&message, "missing field `") {
-                ApiError::MissingField {
-                    field: join(field.as_deref(), &name),
-                    message,
-                }
-            } else {
-                ApiError::InvalidField {
-                    field,
-                    reason: friendlier(&message),
-                }
+        DecodeError::UnknownField {
+            path,
+            field,
+            message,
+        } => ApiError::UnknownField {
+            field: join(field_at(&path).as_deref(), &field),
+            message,
+        },
+        DecodeError::MissingField {
+            path,
+            field,
+            message,
+        } => ApiError::MissingField {
+            field: join(field_at(&path).as_deref(), &field),
+            message,
+        },
+        DecodeError::InvalidValue { path, message } => ApiError::InvalidField {
+            field: field_at(&path),
+            reason: friendlier(&message),
+        },
+        // Only envelopes have a type and version; a request body never yields these.
+        other @ (DecodeError::WrongType { .. } | DecodeError::UnsupportedVersion { .. }) => {
+            ApiError::InvalidField {
+                field: None,
+                reason: other.to_string(),
             }
         }
     }
@@ -194,19 +200,6 @@ fn friendlier(message: &str) -> String {
         Some(cut) => format!("{}expected a JSON object", &message[..cut]),
         None => message.to_owned(),
     }
-}
-
-/// serde_json appends " at line L column C"; the error carries those separately.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(cut) => message[..cut].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn backticked_after(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.strip_prefix(prefix)?;
-    rest.find('`').map(|end| rest[..end].to_owned())
 }
 
 #[cfg(test)]

@@ -120,20 +120,10 @@ fn html_body(link: &str, expiry: &Expiry) -> String {
     )
 }
 
-/// Escapes text for HTML element content and double- or single-quoted attribute values.
+/// Escapes text for HTML element content and quoted attribute values (`&`, `<`, `>`, `"`,
+/// `'`), with the `html-escape` crate.
 pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 8);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_quoted_attribute(text).into_owned()
 }
 
 #[cfg(test)]
@@ -166,7 +156,7 @@ mod tests {
     fn html_escaping_covers_every_special_character() {
         assert_eq!(
             escape_html(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+            "&lt;a href=&quot;x&quot;&gt;&#x27;&amp;&#x27;&lt;/a&gt;"
         );
     }
 

@@ -88,7 +88,7 @@ impl<P: Event> Envelope<P> {
                 found: raw.version,
             });
         }
-        let payload = from_json_at::<P>(raw.payload.get().as_bytes(), "payload")?;
+        let payload = crate::json::decode_at::<P>(raw.payload.get().as_bytes(), "payload")?;
         Ok(Envelope {
             id: raw.id,
             event_type: raw.event_type,
@@ -104,7 +104,7 @@ impl<P: Event> Envelope<P> {
 impl RawEnvelope {
     /// Decodes the envelope of any event, leaving the payload as raw JSON.
     pub fn decode_raw(bytes: &[u8]) -> Result<Self, DecodeError> {
-        from_json_at(bytes, "")
+        crate::json::decode_at(bytes, "")
     }
 }
 
@@ -114,14 +114,27 @@ impl RawEnvelope {
 pub enum DecodeError {
     #[error("not valid JSON at line {line} column {column}: {message}")]
     Syntax {
+        /// Where in the document the parser was (`.` for the top level).
+        path: String,
         line: usize,
         column: usize,
         message: String,
     },
+    /// `path` includes the field itself (`payload.surprise`); `message` is serde's, with the
+    /// fields that are allowed.
     #[error("unknown field `{field}` at `{path}`")]
-    UnknownField { path: String, field: String },
+    UnknownField {
+        path: String,
+        field: String,
+        message: String,
+    },
+    /// `path` is the object the field is missing from (`payload`, or `.`).
     #[error("missing required field `{field}` at `{path}`")]
-    MissingField { path: String, field: String },
+    MissingField {
+        path: String,
+        field: String,
+        message: String,
+    },
     #[error("invalid value at `{path}`: {message}")]
     InvalidValue { path: String, message: String },
     #[error("expected an event of type `{expected}`, got `{found}`")]
@@ -137,61 +150,6 @@ pub enum DecodeError {
         supported: u32,
         found: u32,
     },
-}
-
-/// Deserializes `bytes`, reporting where in the document a failure happened (`payload.userEmail`).
-fn from_json_at<T: DeserializeOwned>(bytes: &[u8], base: &str) -> Result<T, DecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = join_path(base, &err.path().to_string());
-        classify(err.into_inner(), path)
-    })?;
-    // Trailing bytes after the document are as malformed as a missing brace.
-    de.end().map_err(|err| classify(err, join_path(base, "")))?;
-    Ok(value)
-}
-
-fn join_path(base: &str, rest: &str) -> String {
-    match (base.is_empty(), rest == "." || rest.is_empty()) {
-        (true, true) => ".".to_owned(),
-        (true, false) => rest.to_owned(),
-        (false, true) => base.to_owned(),
-        (false, false) => format!("{base}.{rest}"),
-    }
-}
-
-fn classify(err: serde_json::Error, path: String) -> DecodeError {
-    use serde_json::error::Category;
-    match err.classify() {
-        Category::Syntax | Category::Eof | Category::Io => DecodeError::Syntax {
-            line: err.line(),
-            column: err.column(),
-            message: strip_position(&err.to_string()),
-        },
-        Category::Data => {
-            let message = strip_position(&err.to_string());
-            if let Some(field) = backticked_after(&message, "unknown field `") {
-                DecodeError::UnknownField { path, field }
-            } else if let Some(field) = backticked_after(&message, "missing field `") {
-                DecodeError::MissingField { path, field }
-            } else {
-                DecodeError::InvalidValue { path, message }
-            }
-        }
-    }
-}
-
-/// serde_json appends " at line L column C" to its messages; the typed error carries the path.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(cut) => message[..cut].to_owned(),
-        None => message.to_owned(),
-    }
-}
-
-fn backticked_after(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.strip_prefix(prefix)?;
-    rest.find('`').map(|end| rest[..end].to_owned())
 }
 
 #[cfg(test)]
@@ -237,7 +195,10 @@ mod tests {
             decode(&v).unwrap_err(),
             DecodeError::UnknownField {
                 path: "payload.surprise".into(),
-                field: "surprise".into()
+                field: "surprise".into(),
+                message: "unknown field `surprise`, expected one of `calendarId`, `userEmail`, \
+                          `googleEmail`, `connectedAt`"
+                    .into(),
             }
         );
     }
@@ -262,7 +223,8 @@ mod tests {
             decode(&v).unwrap_err(),
             DecodeError::MissingField {
                 path: "payload".into(),
-                field: "calendarId".into()
+                field: "calendarId".into(),
+                message: "missing field `calendarId`".into(),
             }
         );
         let mut v = valid();

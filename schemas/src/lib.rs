@@ -12,6 +12,7 @@ pub mod documents;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod json;
 pub mod json_schema;
 pub mod subjects;
 
