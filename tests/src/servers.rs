@@ -19,6 +19,10 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
@@ -38,6 +42,11 @@ impl Drop for ServerProcess {
 pub struct NatsServer(ServerProcess);
 
 impl NatsServer {
+    /// The server process, while it runs (for resource accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
     pub fn start() -> Self {
         let dir = scratch_dir("nats");
         let log = dir.join("nats.log");
@@ -99,6 +108,11 @@ impl NatsServer {
 pub struct RedisServer(ServerProcess);
 
 impl RedisServer {
+    /// The server process, while it runs (for resource accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
     pub fn start() -> Self {
         let dir = scratch_dir("redis");
         let log = dir.join("redis.log");
@@ -159,6 +173,11 @@ impl RedisServer {
 pub struct MongoServer(ServerProcess);
 
 impl MongoServer {
+    /// The server process, while it runs (for resource accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
     pub fn start() -> Self {
         let dir = scratch_dir("mongo");
         let log = dir.join("mongo.log");

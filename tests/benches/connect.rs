@@ -1,0 +1,508 @@
+//! Benchmark of `POST /api/connectors/{id}/handlegooglecalendar` against its floor, measured
+//! in the same run so the ratio means something on a noisy machine.
+//!
+//! - **stack**: the real api, oauth-worker, mailer-worker and metadata-worker as release
+//!   processes on real NATS, Redis and the MongoDB-wire server (started by the e2e harness),
+//!   plus the dev SMTP sink. Each request is JWT-verified, validated, checked against the
+//!   tenant's connector, sent to the oauth-worker (state + PKCE into Redis, and with
+//!   `sendEmail` the auth-link-issued event into JetStream, acknowledged) and answered.
+//! - **floor**: an axum handler that verifies the same JWT with the same verifier and does one
+//!   NATS request/reply to an echo responder: the least any design with this shape must do.
+//!
+//! 64 concurrent keep-alive clients; each phase runs `BENCH_SECONDS` (default 10) after a
+//! 2-second warm-up; floor and stack alternate so drift hits both. Prints req/s, p50/p99, the
+//! ratio to the floor, and each service's peak RSS (VmHWM).
+//!
+//! Run: `cargo bench -p e2e --bench connect` (builds the release binaries first).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use e2e::jwt::UserClaims;
+use futures::StreamExt;
+use service_kit::auth::{JwtConfig, JwtVerifier};
+
+const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
+const SECRET: &str = "bench-secret-bench-secret-bench-secret";
+const CLIENTS: usize = 64;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let phase = Duration::from_secs(seconds);
+    let bins = build_release_binaries();
+    let infra = e2e::shared::shared();
+    let namespace = format!("bench{}", std::process::id());
+    let common = vec![
+        ("NATS_URL".to_owned(), infra.nats.url()),
+        ("NATS_NAMESPACE".to_owned(), namespace.clone()),
+        ("MONGODB_URI".to_owned(), infra.mongo.uri()),
+        (
+            "MONGODB_DATABASE_TEMPLATE".to_owned(),
+            format!("{namespace}_{{subaccountId}}"),
+        ),
+        ("REDIS_URL".to_owned(), infra.redis.url()),
+        ("REDIS_KEY_PREFIX".to_owned(), namespace.clone()),
+        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ];
+    seed_connector(&infra.mongo.uri(), &format!("{namespace}_{SUBACCOUNT}")).await;
+
+    let smtp_port = e2e::process::free_port();
+    let sink_http = e2e::process::free_port();
+    let mut processes = vec![spawn(
+        "dev-smtp-sink",
+        &bins,
+        &[],
+        &[
+            ("DEV_SMTP_SINK_SMTP_ADDR", format!("127.0.0.1:{smtp_port}")),
+            ("DEV_SMTP_SINK_HTTP_ADDR", format!("127.0.0.1:{sink_http}")),
+        ],
+    )];
+    let api_port = e2e::process::free_port();
+    let services: [(&str, &str, u16); 4] = [
+        ("api", "API_HTTP_ADDR", api_port),
+        (
+            "oauth-worker",
+            "OAUTH_WORKER_HTTP_ADDR",
+            e2e::process::free_port(),
+        ),
+        (
+            "metadata-worker",
+            "METADATA_WORKER_HEALTH_ADDR",
+            e2e::process::free_port(),
+        ),
+        (
+            "mailer-worker",
+            "MAILER_WORKER_HEALTH_ADDR",
+            e2e::process::free_port(),
+        ),
+    ];
+    for (name, setting, port) in services {
+        let extra = [
+            (setting.to_owned(), format!("127.0.0.1:{port}")),
+            (
+                "SMTP_URL".to_owned(),
+                format!("smtp://127.0.0.1:{smtp_port}"),
+            ),
+        ];
+        processes.push(spawn(name, &bins, &common, &extra));
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    for (name, _, port) in services {
+        wait_ready(&http, name, port).await;
+    }
+
+    let floor_port = start_floor(&infra.nats.url(), &namespace).await;
+    let token = UserClaims::for_subaccount(SUBACCOUNT, Duration::from_secs(3600))
+        .sign_hs256(SECRET.as_bytes());
+    let stack_url =
+        format!("http://127.0.0.1:{api_port}/api/connectors/{SUBACCOUNT}/handlegooglecalendar");
+    let floor_url = format!("http://127.0.0.1:{floor_port}/floor/{SUBACCOUNT}");
+    let no_email = r#"{"userEmail":"bench@example.com","sendEmail":false}"#;
+    let with_email = r#"{"userEmail":"bench@example.com","sendEmail":true}"#;
+
+    // Every process that works for a request, for CPU accounting.
+    let mut accounted: Vec<(&str, u32)> = vec![("bench (clients, floor)", std::process::id())];
+    for (name, pid) in [
+        ("nats-server", infra.nats.pid()),
+        ("redis-server", infra.redis.pid()),
+        ("secantusd-rs", infra.mongo.pid()),
+    ] {
+        accounted.extend(pid.map(|p| (name, p)));
+    }
+    for (child, name) in processes.iter().zip([
+        "dev-smtp-sink",
+        "api",
+        "oauth-worker",
+        "metadata-worker",
+        "mailer-worker",
+    ]) {
+        accounted.push((name, child.id()));
+    }
+
+    let mut floor = Vec::new();
+    let mut stack = Vec::new();
+    let mut stack_email = Vec::new();
+    let mut cpu: Vec<(&str, Vec<f64>, usize)> = Vec::new();
+    for round in 0..2 {
+        for (label, url, body, results) in [
+            ("floor", &floor_url, no_email, &mut floor),
+            ("stack, sendEmail=false", &stack_url, no_email, &mut stack),
+            (
+                "stack, sendEmail=true",
+                &stack_url,
+                with_email,
+                &mut stack_email,
+            ),
+        ] {
+            println!("round {}: {label}", round + 1);
+            let pids: Vec<u32> = accounted.iter().map(|(_, pid)| *pid).collect();
+            let (summary, used) = load(&http, url, &token, body, phase, &pids).await;
+            match cpu.iter_mut().find(|(l, _, _)| *l == label) {
+                Some((_, total, requests)) => {
+                    total.iter_mut().zip(&used).for_each(|(t, u)| *t += u);
+                    *requests += summary.latencies.len();
+                }
+                None => cpu.push((label, used, summary.latencies.len())),
+            }
+            results.push(summary);
+        }
+    }
+
+    let floor = Summary::merge(&floor);
+    let stack = Summary::merge(&stack);
+    let stack_email = Summary::merge(&stack_email);
+    println!();
+    println!(
+        "{CLIENTS} concurrent clients, {seconds}s per phase, 2 rounds, floor and stack interleaved"
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "vs floor"
+    );
+    for (label, s) in [
+        ("floor (JWT + NATS echo)", &floor),
+        ("stack, sendEmail=false", &stack),
+        ("stack, sendEmail=true", &stack_email),
+    ] {
+        println!(
+            "{label:<28} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>9.0}%",
+            s.rate(),
+            s.percentile(0.50).as_secs_f64() * 1000.0,
+            s.percentile(0.99).as_secs_f64() * 1000.0,
+            s.errors,
+            100.0 * s.rate() / floor.rate()
+        );
+    }
+    println!();
+    println!("CPU per request, µs (the bench process also runs the 64 clients):");
+    print!("{:<24}", "");
+    for (label, _, _) in &cpu {
+        print!(" {label:>24}");
+    }
+    println!();
+    for (i, (name, _)) in accounted.iter().enumerate() {
+        print!("{name:<24}");
+        for (_, used, requests) in &cpu {
+            print!(" {:>24.0}", used[i] * 1e6 / (*requests).max(1) as f64);
+        }
+        println!();
+    }
+    println!();
+    println!("peak RSS (VmHWM) during the run:");
+    for (child, name) in processes.iter().zip([
+        "dev-smtp-sink",
+        "api",
+        "oauth-worker",
+        "metadata-worker",
+        "mailer-worker",
+    ]) {
+        println!(
+            "  {name:<16} {:>8.1} MiB",
+            peak_rss_kib(child.id()) as f64 / 1024.0
+        );
+    }
+    for mut child in processes {
+        e2e::process::terminate(&mut child);
+    }
+}
+
+/// Latencies of one phase, and how long it ran.
+struct Summary {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+impl Summary {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+
+    fn merge(parts: &[Summary]) -> Summary {
+        let mut latencies: Vec<Duration> = parts
+            .iter()
+            .flat_map(|s| s.latencies.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        Summary {
+            latencies,
+            errors: parts.iter().map(|s| s.errors).sum(),
+            elapsed: parts.iter().map(|s| s.elapsed).sum(),
+        }
+    }
+}
+
+/// `CLIENTS` tasks POST in a loop: 2 s of warm-up (not counted), then `phase` measured, with
+/// the CPU seconds each of `pids` used during the measured part.
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &'static str,
+    phase: Duration,
+    pids: &[u32],
+) -> (Summary, Vec<f64>) {
+    let run = |duration: Duration| {
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let http = http.clone();
+                let url = url.to_owned();
+                let auth = format!("Bearer {token}");
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut errors = 0;
+                    let deadline = Instant::now() + duration;
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let ok = http
+                            .post(&url)
+                            .header("authorization", &auth)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .map(|r| r.status() == StatusCode::OK)
+                            .unwrap_or(false);
+                        if ok {
+                            latencies.push(started.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        async move {
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            for task in tasks {
+                let (l, e) = task.await.expect("client task");
+                latencies.extend(l);
+                errors += e;
+            }
+            latencies.sort_unstable();
+            Summary {
+                latencies,
+                errors,
+                elapsed: started.elapsed(),
+            }
+        }
+    };
+    run(Duration::from_secs(2)).await;
+    let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
+    let summary = run(phase).await;
+    let used = pids
+        .iter()
+        .zip(&before)
+        .map(|(pid, b)| cpu_seconds(*pid) - b)
+        .collect();
+    (summary, used)
+}
+
+#[derive(Clone)]
+struct Floor {
+    verifier: Arc<JwtVerifier>,
+    nats: async_nats::Client,
+    subject: String,
+}
+
+/// The floor server and its NATS echo responder, on this process's runtime.
+async fn start_floor(nats_url: &str, namespace: &str) -> u16 {
+    let mut env = service_kit::Env::from_pairs([("JWT_SECRET", SECRET)]);
+    let jwt = JwtConfig::from_env(&mut env);
+    env.finish().expect("floor config");
+    let nats = async_nats::connect(nats_url).await.expect("nats");
+    let subject = format!("{namespace}.floor.echo");
+    let mut echo = nats
+        .queue_subscribe(subject.clone(), "echo".into())
+        .await
+        .expect("subscribe");
+    let responder = nats.clone();
+    tokio::spawn(async move {
+        while let Some(message) = echo.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder.publish(reply, message.payload).await;
+            }
+        }
+    });
+    let state = Floor {
+        verifier: Arc::new(JwtVerifier::new(&jwt).expect("verifier")),
+        nats,
+        subject,
+    };
+    let app = axum::Router::new()
+        .route("/floor/{subaccount}", post(floor_handler))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+async fn floor_handler(
+    State(floor): State<Floor>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if floor.verifier.verify(token).await.is_err() {
+        return StatusCode::UNAUTHORIZED;
+    }
+    match floor.nats.request(floor.subject.clone(), body).await {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The `google-calendar` connector the endpoint requires.
+async fn seed_connector(uri: &str, database: &str) {
+    let client = mongodb::Client::with_uri_str(uri).await.expect("mongo");
+    let now = mongodb::bson::DateTime::now();
+    client
+        .database(database)
+        .collection::<mongodb::bson::Document>("connectorsubaccount")
+        .insert_one(mongodb::bson::doc! {
+            "subaccountId": SUBACCOUNT, "connectorId": "google-calendar", "connectorType": "calendar",
+            "config": {}, "metadata": {}, "isActive": true, "createdAt": now, "updatedAt": now,
+        })
+        .await
+        .expect("seed connector");
+}
+
+/// Builds the services as release binaries in a target directory of their own: `cargo bench`
+/// resolves features with the e2e crate's dev-dependencies, a plain build without them, and
+/// sharing one directory would rebuild half the dependency tree on every run.
+fn build_release_binaries() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("bench-services");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bins"])
+        .args([
+            "-p",
+            "api",
+            "-p",
+            "oauth-worker",
+            "-p",
+            "metadata-worker",
+            "-p",
+            "mailer-worker",
+            "-p",
+            "e2e",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "release build failed");
+    target.join("release")
+}
+
+fn spawn(
+    name: &str,
+    bins: &std::path::Path,
+    common: &[(String, String)],
+    extra: &[(impl AsRef<str>, String)],
+) -> Child {
+    let mut command = Command::new(bins.join(name));
+    command
+        .env_clear()
+        .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+async fn wait_ready(http: &reqwest::Client, name: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} not ready on port {port}");
+}
+
+/// Peak resident set size of a process, from /proc (KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
