@@ -17,7 +17,22 @@ source "$ROOT/scripts/infra/env.sh"
 
 # Two cores: keep test binaries from starving each other's servers.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
-if [[ $# -gt 0 ]]; then
-  exec cargo test "$@"
+
+# Default targets: libraries, binaries, integration and doc tests (benchmarks only run with
+# `cargo bench`). Extra arguments replace the workspace-wide selection.
+if [[ $# -eq 0 ]]; then
+  set -- --workspace --locked
 fi
-exec cargo test --workspace --all-targets --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# cargo prints one "test result:" line per test binary, the last often a crate's empty doc
+# tests; one total line says what the whole run did.
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"

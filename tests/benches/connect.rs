@@ -32,6 +32,12 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CLIENTS: usize = 64;
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
+    // a benchmark is no test (it builds release binaries and runs for minutes).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("connect benchmark: run it with `cargo bench -p e2e --bench connect`");
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
