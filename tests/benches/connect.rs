@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use e2e::jwt::UserClaims;
+use e2e::jwt::{MintToken, UserClaims};
 use futures::StreamExt;
 use service_kit::auth::{JwtConfig, JwtVerifier};
 

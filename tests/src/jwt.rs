@@ -1,52 +1,39 @@
 //! Mints user JWTs the way the platform's auth server would, for tests that call the api.
 //!
-//! The claim names are the api's contract for user tokens: `sub`, `subaccountIds` (the
-//! subaccounts the user may act on), `roles` (`admin` grants every subaccount), `permissions`
-//! (e.g. `connectors:manage`), plus the registered `iss`, `aud`, `iat`, `nbf`, `exp`.
+//! The claims are the api's own type ([`service_kit::auth::UserClaims`], the contract in its
+//! module docs), so a test can never mint a shape the verifier does not read.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
+use service_kit::auth::MANAGE_CONNECTORS;
+pub use service_kit::auth::UserClaims;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserClaims {
-    pub sub: String,
-    #[serde(default)]
-    pub subaccount_ids: Vec<String>,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    #[serde(default)]
-    pub permissions: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
+/// Building and signing [`UserClaims`] in tests.
+pub trait MintToken: Sized {
+    /// A user allowed to manage connectors of `subaccount`, valid for `ttl` from now.
+    fn for_subaccount(subaccount: &str, ttl: Duration) -> Self;
+    /// Signs with HS256 and a shared secret.
+    fn sign_hs256(&self, secret: &[u8]) -> String;
 }
 
-impl UserClaims {
-    /// A user allowed to manage connectors of `subaccount`, valid for `ttl` from now.
-    pub fn for_subaccount(subaccount: &str, ttl: Duration) -> Self {
+impl MintToken for UserClaims {
+    fn for_subaccount(subaccount: &str, ttl: Duration) -> Self {
         let now = now();
         Self {
             sub: "user-e2e".into(),
             subaccount_ids: vec![subaccount.into()],
             roles: Vec::new(),
-            permissions: vec!["connectors:manage".into()],
+            permissions: vec![MANAGE_CONNECTORS.into()],
             iss: None,
             aud: None,
-            iat: now,
-            nbf: now,
             exp: now + ttl.as_secs(),
+            nbf: Some(now),
+            iat: Some(now),
         }
     }
 
-    /// Signs with HS256 and a shared secret.
-    pub fn sign_hs256(&self, secret: &[u8]) -> String {
+    fn sign_hs256(&self, secret: &[u8]) -> String {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             self,
@@ -95,7 +82,7 @@ mod tests {
     fn expired_token_is_rejected() {
         let mut claims =
             UserClaims::for_subaccount("68cf05f060d294db17c0685e", Duration::from_secs(60));
-        claims.exp = claims.iat - 3600;
+        claims.exp = claims.iat.expect("iat") - 3600;
         let token = claims.sign_hs256(b"k");
         let validation = Validation::new(Algorithm::HS256);
         assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use api_support::*;
 use axum::Json;
 use axum::routing::get;
-use e2e::jwt::UserClaims;
+use e2e::jwt::{MintToken, UserClaims};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -91,7 +91,7 @@ fn key(pem: &[u8], algorithm: Algorithm, kid: &str) -> (EncodingKey, Jwk) {
 fn idp_claims() -> UserClaims {
     let mut claims = claims(SUBACCOUNT);
     claims.iss = Some(ISSUER.into());
-    claims.aud = Some(AUDIENCE.into());
+    claims.aud = Some(service_kit::auth::Audience::One(AUDIENCE.into()));
     claims
 }
 
@@ -282,7 +282,7 @@ async fn an_unreachable_jwks_endpoint_is_a_503_not_a_401() {
     let url = format!("http://127.0.0.1:{closed}/.well-known/jwks.json");
     let api = Api::start(&[("JWT_ALGORITHM", "RS256"), ("JWT_JWKS_URL", url.as_str())]).await;
     let mut claims = claims(SUBACCOUNT);
-    claims.aud = Some("anything".into());
+    claims.aud = Some(service_kit::auth::Audience::One("anything".into()));
 
     let reply = api
         .get(

@@ -7,6 +7,7 @@ mod api_support;
 use std::time::{Duration, Instant};
 
 use api_support::*;
+use e2e::jwt::MintToken;
 use schemas::Event;
 use schemas::events::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
 use schemas::subjects::headers;
@@ -140,7 +141,7 @@ async fn missing_malformed_forged_and_expired_tokens_get_401_and_nothing_is_sent
     let body = json!({ "userEmail": "user@example.com" }).to_string();
 
     let mut expired = claims(SUBACCOUNT);
-    expired.exp = expired.iat - 3600;
+    expired.exp = expired.iat.expect("iat") - 3600;
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("no Authorization header", None, "missing_token"),
         (

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::ApiConfig;
-use e2e::jwt::UserClaims;
+use e2e::jwt::{MintToken, UserClaims};
 use e2e::{RunningService, TestContext};
 use futures::StreamExt;
 use schemas::documents::connector_subaccount::{
