@@ -276,21 +276,17 @@ stop_services() {
   for i in "${!names[@]}"; do
     name="${names[$i]}"
     pid="${pids[$i]}"
-    while process_alive "$pid" && ((SECONDS < deadline)); do
-      sleep 0.2
-    done
-    if process_alive "$pid"; then
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-      if process_alive "$pid"; then
+    local outcome=0
+    await_exit_or_kill "$pid" "$deadline" || outcome=$?
+    case "$outcome" in
+      0) log "$name: stopped (pid $pid)" ;;
+      1) log "$name: killed (did not exit within ${SERVICE_STOP_TIMEOUT}s of SIGTERM)" ;;
+      *)
         err "$name: pid $pid survived SIGKILL"
         status=1
         continue
-      fi
-      log "$name: killed (did not exit within ${SERVICE_STOP_TIMEOUT}s of SIGTERM)"
-    else
-      log "$name: stopped (pid $pid)"
-    fi
+        ;;
+    esac
     # Reap it if it is our child; harmless otherwise.
     wait "$pid" 2>/dev/null || true
     rm -f "$(pid_file "$name")"

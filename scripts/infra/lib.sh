@@ -82,6 +82,22 @@ process_alive() {
   return 0
 }
 
+# Waits until process $1 has exited or SECONDS reaches $2, then SIGKILLs it if it is still
+# there. Returns 0 if it exited by itself, 1 if it had to be killed, 2 if it survived SIGKILL.
+await_exit_or_kill() {
+  local pid="$1" deadline="$2"
+  while process_alive "$pid" && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
+  process_alive "$pid" || return 0
+  kill -KILL "$pid" 2>/dev/null || true
+  sleep 0.5
+  if process_alive "$pid"; then
+    return 2
+  fi
+  return 1
+}
+
 # Prints the pid of service $1 and returns 0 if its pid file names a live process running the
 # service's binary (so a recycled pid is not mistaken for our server).
 running_pid() {

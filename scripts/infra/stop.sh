@@ -29,21 +29,17 @@ main() {
   for i in "${!names[@]}"; do
     name="${names[$i]}"
     pid="${pids[$i]}"
-    while process_alive "$pid" && ((SECONDS < deadline)); do
-      sleep 0.2
-    done
-    if process_alive "$pid"; then
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-      if process_alive "$pid"; then
+    local outcome=0
+    await_exit_or_kill "$pid" "$deadline" || outcome=$?
+    case "$outcome" in
+      0) say "$name: stopped (pid $pid)" ;;
+      1) say "$name: killed (pid $pid did not exit within ${STOP_TIMEOUT}s of SIGTERM)" ;;
+      *)
         say "$name: ERROR pid $pid survived SIGKILL" >&2
         status=1
         continue
-      fi
-      say "$name: killed (pid $pid did not exit within ${STOP_TIMEOUT}s of SIGTERM)"
-    else
-      say "$name: stopped (pid $pid)"
-    fi
+        ;;
+    esac
     rm -f "$(pid_file "$name")"
   done
   return "$status"
