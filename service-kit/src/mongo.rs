@@ -16,7 +16,12 @@ use schemas::SubaccountId;
 use schemas::documents::{calendar, connector_subaccount, google_auth};
 
 use crate::config::{DatabaseTemplate, MongoUri};
-use crate::startup::{StartupError, retry_for};
+use crate::startup::{Dependency, StartupError, retry_for};
+
+const MONGODB: Dependency = Dependency {
+    setting: "MONGODB_URI",
+    what: "MongoDB",
+};
 
 /// Hands out tenant databases. Cheap to clone (shared state behind an `Arc`).
 #[derive(Debug, Clone)]
@@ -61,17 +66,11 @@ impl TenantDatabases {
                 setting: "MONGODB_URI",
                 cause: format!("cannot be used: {}", e.kind),
             })?;
-        retry_for(limit, "MongoDB", || {
+        retry_for(limit, MONGODB, || {
             let probe = probe.clone();
             async move { ping(&probe).await.map_err(|e| e.kind.to_string()) }
         })
-        .await
-        .map_err(|cause| StartupError::Unreachable {
-            setting: "MONGODB_URI",
-            what: "MongoDB",
-            waited: limit,
-            cause,
-        })?;
+        .await?;
         probe.shutdown().await;
         Ok(Self {
             client,

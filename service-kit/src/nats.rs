@@ -8,7 +8,12 @@ use async_nats::jetstream::{self, stream};
 use schemas::subjects::Namespace;
 
 use crate::config::{NatsUrl, StreamSettings};
-use crate::startup::{StartupError, retry_for};
+use crate::startup::{Dependency, StartupError, retry_for};
+
+const NATS: Dependency = Dependency {
+    setting: "NATS_URL",
+    what: "NATS",
+};
 
 /// Connects to NATS, retrying for at most `limit`. After the first connection the client
 /// reconnects by itself forever; disconnections are logged and show on `/readyz`.
@@ -34,14 +39,7 @@ pub async fn connect(
         let addr = url.0.clone();
         async move { options.connect(addr).await }
     };
-    retry_for(limit, "NATS", connect_once)
-        .await
-        .map_err(|cause| StartupError::Unreachable {
-            setting: "NATS_URL",
-            what: "NATS",
-            waited: limit,
-            cause,
-        })
+    retry_for(limit, NATS, connect_once).await
 }
 
 /// The two streams every deployment has.

@@ -10,7 +10,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::SubaccountId;
 
 use crate::config::RedisUrl;
-use crate::startup::{StartupError, retry_for};
+use crate::startup::{Dependency, StartupError, retry_for};
+
+const REDIS: Dependency = Dependency {
+    setting: "REDIS_URL",
+    what: "Redis",
+};
 
 /// Connects, retrying for at most `limit`, and proves the connection with a `PING`.
 pub async fn connect(url: &RedisUrl, limit: Duration) -> Result<ConnectionManager, StartupError> {
@@ -24,27 +29,17 @@ pub async fn connect(url: &RedisUrl, limit: Duration) -> Result<ConnectionManage
         .set_max_delay(Duration::from_secs(2));
     // Probe with plain connections first: the manager retries its first connection by itself,
     // which would hide the real error behind our own deadline.
-    retry_for(limit, "Redis", || {
+    retry_for(limit, REDIS, || {
         let client = client.clone();
         async move {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await
         }
     })
-    .await
-    .map_err(|cause| unreachable(limit, cause))?;
+    .await?;
     ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|e| unreachable(limit, e.to_string()))
-}
-
-fn unreachable(limit: Duration, cause: String) -> StartupError {
-    StartupError::Unreachable {
-        setting: "REDIS_URL",
-        what: "Redis",
-        waited: limit,
-        cause,
-    }
+        .map_err(|e| REDIS.unreachable(limit, e.to_string()))
 }
 
 pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {

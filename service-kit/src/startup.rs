@@ -55,13 +55,35 @@ impl StartupError {
     }
 }
 
+/// An infrastructure dependency, as start-up errors name it.
+#[derive(Debug, Clone, Copy)]
+pub struct Dependency {
+    /// The setting that points at it (`NATS_URL`).
+    pub setting: &'static str,
+    /// Its name for people (`NATS`).
+    pub what: &'static str,
+}
+
+impl Dependency {
+    /// It stayed unreachable for `waited`; `cause` is the last error seen.
+    pub fn unreachable(self, waited: Duration, cause: String) -> StartupError {
+        StartupError::Unreachable {
+            setting: self.setting,
+            what: self.what,
+            waited,
+            cause,
+        }
+    }
+}
+
 /// Retries `attempt` with jittered exponential backoff (100 ms up to 2 s) until it succeeds or
-/// `limit` has passed, whichever is first. The error of the last attempt is returned as text.
+/// `limit` has passed, whichever is first; then `dependency` is unreachable, with the error of
+/// the last attempt as the cause.
 pub async fn retry_for<T, E, F, Fut>(
     limit: Duration,
-    what: &'static str,
+    dependency: Dependency,
     attempt: F,
-) -> Result<T, String>
+) -> Result<T, StartupError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -75,17 +97,20 @@ where
         .with_jitter();
     let attempts = attempt.retry(backoff).notify(|err: &E, next: Duration| {
         let message = err.to_string();
-        tracing::warn!(dependency = what, error = %message, retry_in = ?next, "not reachable yet");
+        tracing::warn!(dependency = dependency.what, error = %message, retry_in = ?next, "not reachable yet");
         if let Ok(mut last) = last_error.lock() {
             *last = message;
         }
     });
     match tokio::time::timeout(limit, attempts).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_elapsed) => Err(last_error
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| "unknown".into())),
+        Ok(Err(err)) => Err(dependency.unreachable(limit, err.to_string())),
+        Err(_elapsed) => Err(dependency.unreachable(
+            limit,
+            last_error
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_else(|_| "unknown".into()),
+        )),
     }
 }
