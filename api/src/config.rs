@@ -47,7 +47,8 @@ impl ServiceConfig for ApiConfig {
             .value::<HumanDuration>(
                 "CONNECTOR_CACHE_TTL",
                 "5m",
-                "How long connector reads are cached in Redis (0s turns the cache off).",
+                "How long connector reads are cached in Redis (0s turns the cache off); connector \
+                 existence is also remembered in-process for this long, at most 30s.",
             )
             .into();
         let max_body_bytes: usize = env.value(

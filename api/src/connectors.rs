@@ -8,6 +8,12 @@
 //! it never fails because of Redis. After a Redis failure the cache is bypassed for a few
 //! seconds, so an outage costs one timeout every few seconds rather than one per request.
 //!
+//! The connect endpoint only needs to know that a connector *exists*; positive answers are
+//! also remembered in-process ([`ConnectorStore::exists`]) for `CONNECTOR_CACHE_TTL` (at most
+//! [`EXISTS_TTL_CAP`]), which takes a Redis round trip and a JSON parse off every connect
+//! request. Connectors are never removed through this api, so a remembered "exists" can only
+//! be wrong after another system deletes the document, for at most that long.
+//!
 //! Documents are returned as the platform's Node services return them (Mongoose's JSON):
 //! `_id` and other ObjectIds as hex strings, dates as ISO 8601 strings with milliseconds,
 //! `config` and `metadata` as objects, and any field written by another system kept as is.
@@ -32,6 +38,11 @@ use crate::error::ApiError;
 const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a cache failure, reads skip Redis for this long before trying it again.
 const CACHE_BYPASS: Duration = Duration::from_secs(5);
+/// The longest an in-process "this connector exists" is trusted.
+pub const EXISTS_TTL_CAP: Duration = Duration::from_secs(30);
+/// Distinct `(subaccount, connector)` pairs remembered in-process; the least recently used
+/// go first.
+const EXISTS_CAPACITY: u64 = 100_000;
 /// MongoDB's duplicate-key error code (the unique `(subaccountId, connectorId)` index).
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -49,6 +60,8 @@ pub struct ConnectorStore {
     /// Zero: no caching.
     ttl: Duration,
     breaker: Arc<Breaker>,
+    /// Connectors seen to exist recently; `None` when caching is off.
+    known: Option<moka::sync::Cache<(SubaccountId, ConnectorId), ()>>,
 }
 
 /// Remembers a recent Redis failure so that reads stop waiting on a cache that is down.
@@ -85,7 +98,34 @@ impl ConnectorStore {
                 epoch: Instant::now(),
                 closed_until_ms: AtomicU64::new(0),
             }),
+            known: (!ttl.is_zero()).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(EXISTS_CAPACITY)
+                    .time_to_live(ttl.min(EXISTS_TTL_CAP))
+                    .build()
+            }),
         }
+    }
+
+    /// Whether the subaccount has the connector: answered in-process when it was seen
+    /// recently, otherwise by [`Self::get`] (Redis, then MongoDB). Only "exists" is remembered,
+    /// so a connector added a moment ago is found at once.
+    pub async fn exists(
+        &self,
+        subaccount: &SubaccountId,
+        connector: &ConnectorId,
+    ) -> Result<bool, ApiError> {
+        let key = (subaccount.clone(), connector.clone());
+        if let Some(known) = &self.known
+            && known.contains_key(&key)
+        {
+            return Ok(true);
+        }
+        let found = self.get(subaccount, connector).await?.is_some();
+        if found && let Some(known) = &self.known {
+            known.insert(key, ());
+        }
+        Ok(found)
     }
 
     /// Every connector of the subaccount, oldest first.

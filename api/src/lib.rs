@@ -25,7 +25,7 @@ pub use config::ApiConfig;
 
 use crate::connectors::ConnectorStore;
 use crate::extract::BodyLimit;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// The name in logs, metrics and the NATS connection.
 pub const SERVICE: &str = "api";
@@ -46,13 +46,13 @@ pub async fn run(
     }
     tracing::info!(algorithm = %config.auth.algorithm, "user tokens: algorithm pinned");
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
-    let state = AppState {
+    let state = AppState::new(Shared {
         infra: infra.clone(),
         verifier,
         connectors: ConnectorStore::new(infra.clone(), config.connector_cache_ttl),
         connect_timeout: config.connect_request_timeout,
         body_limit: BodyLimit(config.max_body_bytes),
-    };
+    });
     let served = service_kit::http::serve(
         SERVICE,
         listener,

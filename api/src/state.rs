@@ -1,5 +1,7 @@
 //! What every handler can reach.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
@@ -9,8 +11,13 @@ use service_kit::auth::JwtVerifier;
 use crate::connectors::ConnectorStore;
 use crate::extract::BodyLimit;
 
+/// Cloned for every request by axum's `State`, so it is one `Arc`: a single reference count
+/// instead of one per field.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
     pub infra: Infrastructure,
     /// Read by the `AuthenticatedUser` extractor.
     pub verifier: JwtVerifier,
@@ -19,6 +26,20 @@ pub struct AppState {
     pub connect_timeout: Duration,
     /// Read by the `ApiJson` extractor for its 413 message.
     pub body_limit: BodyLimit,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl FromRef<AppState> for JwtVerifier {

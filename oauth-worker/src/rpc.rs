@@ -30,6 +30,8 @@ pub async fn serve_connect_requests(
         .await?;
     tracing::info!(%subject, queue = OAUTH_WORKER_QUEUE, "answering connect requests");
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // One reference count per request rather than one per field of the client and handler.
+    let shared = Arc::new((handler, nats.clone()));
     let tracker = TaskTracker::new();
     loop {
         let message = tokio::select! {
@@ -37,16 +39,16 @@ pub async fn serve_connect_requests(
             () = shutdown.cancelled() => break,
         };
         let Some(message) = message else { break };
-        let Some(reply_to) = message.reply.clone() else {
+        let Some(reply_to) = message.reply else {
             tracing::warn!("connect request without a reply subject; ignored");
             continue;
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let handler = handler.clone();
-        let nats = nats.clone();
+        let shared = shared.clone();
         tracker.spawn(async move {
+            let (handler, nats) = &*shared;
             let reply = handler.handle(&message.payload).await;
             let body = serde_json::to_vec(&reply).unwrap_or_default();
             if let Err(e) = nats.publish(reply_to, body.into()).await {

@@ -12,7 +12,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Deserializes `bytes`, reporting where in the document a failure happened (`payload.userEmail`).
+///
+/// Valid input (nearly all of it) takes serde_json's plain path; only a failure is decoded a
+/// second time with path tracking, which costs allocations on every field.
 pub(crate) fn decode_at<T: DeserializeOwned>(bytes: &[u8], base: &str) -> Result<T, DecodeError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = join_path(base, &err.path().to_string());

@@ -8,6 +8,11 @@
 //!   `sendEmail` the auth-link-issued event into JetStream, acknowledged) and answered.
 //! - **floor**: an axum handler that verifies the same JWT with the same verifier and does one
 //!   NATS request/reply to an echo responder: the least any design with this shape must do.
+//!   Measured twice: as the issue words it, inside the load generator's process (server,
+//!   echo and clients share one runtime and one NATS connection, so the request and its reply
+//!   travel over the same socket), and in the stack's process shape — server and echo each
+//!   in a process of their own with their own NATS connection, as the api and the
+//!   oauth-worker are (this binary re-run with `--floor-server` / `--floor-echo`).
 //!
 //! 64 concurrent keep-alive clients; each phase runs `BENCH_SECONDS` (default 10) after a
 //! 2-second warm-up; floor and stack alternate so drift hits both. Prints req/s, p50/p99, the
@@ -30,19 +35,40 @@ use service_kit::auth::{JwtConfig, JwtVerifier};
 const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CLIENTS: usize = 64;
+/// Runs this binary as the floor's HTTP server process (`FLOOR_HTTP_ADDR`, `FLOOR_NATS_URL`,
+/// `FLOOR_SUBJECT`).
+const FLOOR_SERVER_ARG: &str = "--floor-server";
+/// Runs this binary as the floor's echo responder process (`FLOOR_NATS_URL`, `FLOOR_SUBJECT`).
+const FLOOR_ECHO_ARG: &str = "--floor-echo";
+
+// Like the services, so the floor processes cost what a service built the same way would.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // The floor's own processes: this binary started again by `bench`.
+    if args.iter().any(|a| a == FLOOR_SERVER_ARG) {
+        runtime().block_on(floor_server_process());
+        return;
+    }
+    if args.iter().any(|a| a == FLOOR_ECHO_ARG) {
+        runtime().block_on(floor_echo_process());
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
     // a benchmark is no test (it builds release binaries and runs for minutes).
-    if !std::env::args().any(|a| a == "--bench") {
+    if !args.iter().any(|a| a == "--bench") {
         println!("connect benchmark: run it with `cargo bench -p e2e --bench connect`");
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(bench());
+    runtime().block_on(bench());
 }
 
 async fn bench() {
@@ -118,11 +144,14 @@ async fn bench() {
     }
 
     let floor_port = start_floor(&infra.nats.url(), &namespace).await;
+    let (floor_processes_port, floor_processes) =
+        start_floor_processes(&infra.nats.url(), &namespace);
     let token = UserClaims::for_subaccount(SUBACCOUNT, Duration::from_secs(3600))
         .sign_hs256(SECRET.as_bytes());
     let stack_url =
         format!("http://127.0.0.1:{api_port}/api/connectors/{SUBACCOUNT}/handlegooglecalendar");
     let floor_url = format!("http://127.0.0.1:{floor_port}/floor/{SUBACCOUNT}");
+    let floor_processes_url = format!("http://127.0.0.1:{floor_processes_port}/floor/{SUBACCOUNT}");
     let no_email = r#"{"userEmail":"bench@example.com","sendEmail":false}"#;
     let with_email = r#"{"userEmail":"bench@example.com","sendEmail":true}"#;
 
@@ -144,14 +173,28 @@ async fn bench() {
     ]) {
         accounted.push((name, child.id()));
     }
+    for (child, name) in floor_processes
+        .iter()
+        .zip(["floor echo process", "floor server process"])
+    {
+        accounted.push((name, child.id()));
+    }
+    wait_floor(&http, &floor_processes_url, &token, no_email).await;
 
     let mut floor = Vec::new();
+    let mut floor_processes_results = Vec::new();
     let mut stack = Vec::new();
     let mut stack_email = Vec::new();
     let mut cpu: Vec<(&str, Vec<f64>, usize)> = Vec::new();
     for round in 0..2 {
         for (label, url, body, results) in [
             ("floor", &floor_url, no_email, &mut floor),
+            (
+                "floor, own processes",
+                &floor_processes_url,
+                no_email,
+                &mut floor_processes_results,
+            ),
             ("stack, sendEmail=false", &stack_url, no_email, &mut stack),
             (
                 "stack, sendEmail=true",
@@ -175,6 +218,7 @@ async fn bench() {
     }
 
     let floor = Summary::merge(&floor);
+    let floor_processes_summary = Summary::merge(&floor_processes_results);
     let stack = Summary::merge(&stack);
     let stack_email = Summary::merge(&stack_email);
     println!();
@@ -182,21 +226,23 @@ async fn bench() {
         "{CLIENTS} concurrent clients, {seconds}s per phase, 2 rounds, floor and stack interleaved"
     );
     println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "", "req/s", "p50 ms", "p99 ms", "errors", "vs floor"
+        "{:<34} {:>9} {:>8} {:>8} {:>7} {:>10} {:>14}",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "vs floor", "vs own-process"
     );
     for (label, s) in [
-        ("floor (JWT + NATS echo)", &floor),
+        ("floor (JWT + NATS echo, in-bench)", &floor),
+        ("floor, own processes", &floor_processes_summary),
         ("stack, sendEmail=false", &stack),
         ("stack, sendEmail=true", &stack_email),
     ] {
         println!(
-            "{label:<28} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>9.0}%",
+            "{label:<34} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>9.0}% {:>13.0}%",
             s.rate(),
             s.percentile(0.50).as_secs_f64() * 1000.0,
             s.percentile(0.99).as_secs_f64() * 1000.0,
             s.errors,
-            100.0 * s.rate() / floor.rate()
+            100.0 * s.rate() / floor.rate(),
+            100.0 * s.rate() / floor_processes_summary.rate()
         );
     }
     println!();
@@ -227,9 +273,29 @@ async fn bench() {
             peak_rss_kib(child.id()) as f64 / 1024.0
         );
     }
-    for mut child in processes {
+    for mut child in processes.into_iter().chain(floor_processes) {
         e2e::process::terminate(&mut child);
     }
+}
+
+/// Until the floor processes answer a request (the echo may subscribe after the server binds).
+async fn wait_floor(http: &reqwest::Client, url: &str, token: &str, body: &'static str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = http
+            .post(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            && r.status() == StatusCode::OK
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the floor processes do not answer on {url}");
 }
 
 /// Latencies of one phase, and how long it ran.
@@ -342,39 +408,93 @@ struct Floor {
     subject: String,
 }
 
-/// The floor server and its NATS echo responder, on this process's runtime.
+/// The floor server and its NATS echo responder, on this process's runtime (the floor as
+/// the issue words it: one process besides NATS, sharing the load generator's runtime).
 async fn start_floor(nats_url: &str, namespace: &str) -> u16 {
-    let mut env = service_kit::Env::from_pairs([("JWT_SECRET", SECRET)]);
-    let jwt = JwtConfig::from_env(&mut env);
-    env.finish().expect("floor config");
     let nats = async_nats::connect(nats_url).await.expect("nats");
     let subject = format!("{namespace}.floor.echo");
+    serve_echo(nats.clone(), subject.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = floor_router(nats, subject);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// The floor in the stack's process shape: the HTTP server and the echo responder each in
+/// a process of their own (this binary again), with their own NATS connections, as the api
+/// and the oauth-worker are. Returns the server's port and both children.
+fn start_floor_processes(nats_url: &str, namespace: &str) -> (u16, Vec<Child>) {
+    let exe = std::env::current_exe().expect("bench binary path");
+    let subject = format!("{namespace}.floor-processes.echo");
+    let port = e2e::process::free_port();
+    let child = |arg: &str| {
+        Command::new(&exe)
+            .arg(arg)
+            .env("FLOOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("FLOOR_NATS_URL", nats_url)
+            .env("FLOOR_SUBJECT", &subject)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("floor process starts")
+    };
+    (port, vec![child(FLOOR_ECHO_ARG), child(FLOOR_SERVER_ARG)])
+}
+
+fn floor_setting(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the bench"))
+}
+
+async fn floor_server_process() {
+    let nats = async_nats::connect(floor_setting("FLOOR_NATS_URL"))
+        .await
+        .expect("nats");
+    let listener = tokio::net::TcpListener::bind(floor_setting("FLOOR_HTTP_ADDR"))
+        .await
+        .expect("bind");
+    let app = floor_router(nats, floor_setting("FLOOR_SUBJECT"));
+    axum::serve(listener, app).await.expect("floor server");
+}
+
+async fn floor_echo_process() {
+    let nats = async_nats::connect(floor_setting("FLOOR_NATS_URL"))
+        .await
+        .expect("nats");
+    serve_echo(nats, floor_setting("FLOOR_SUBJECT")).await;
+    std::future::pending::<()>().await;
+}
+
+/// Answers every request on `subject` with its own payload; subscribed when this returns.
+async fn serve_echo(nats: async_nats::Client, subject: String) {
     let mut echo = nats
-        .queue_subscribe(subject.clone(), "echo".into())
+        .queue_subscribe(subject, "echo".into())
         .await
         .expect("subscribe");
-    let responder = nats.clone();
     tokio::spawn(async move {
         while let Some(message) = echo.next().await {
             if let Some(reply) = message.reply {
-                let _ = responder.publish(reply, message.payload).await;
+                let _ = nats.publish(reply, message.payload).await;
             }
         }
     });
+}
+
+/// `POST /floor/{subaccount}`: the same JWT verification as the api, then one NATS request.
+fn floor_router(nats: async_nats::Client, subject: String) -> axum::Router {
+    let mut env = service_kit::Env::from_pairs([("JWT_SECRET", SECRET)]);
+    let jwt = JwtConfig::from_env(&mut env);
+    env.finish().expect("floor config");
     let state = Floor {
         verifier: Arc::new(JwtVerifier::new(&jwt).expect("verifier")),
         nats,
         subject,
     };
-    let app = axum::Router::new()
+    axum::Router::new()
         .route("/floor/{subaccount}", post(floor_handler))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
+        .with_state(state)
 }
 
 async fn floor_handler(

@@ -79,12 +79,7 @@ async fn connect(
 ) -> Result<Json<Success<ConnectData>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
     let connector = ConnectorId::google_calendar();
-    if state
-        .connectors
-        .get(&subaccount, &connector)
-        .await?
-        .is_none()
-    {
+    if !state.connectors.exists(&subaccount, &connector).await? {
         return Err(ApiError::ConnectorNotFound {
             subaccount,
             connector,

@@ -21,7 +21,7 @@ pub fn router(state: AppState) -> Router {
         // Enforced while the body streams in, so an oversized body is never buffered whole.
         .layer(DefaultBodyLimit::max(state.body_limit.0))
         .with_state(state.clone());
-    service_kit::health::router(crate::SERVICE, state.infra).merge(api)
+    service_kit::health::router(crate::SERVICE, state.infra.clone()).merge(api)
 }
 
 /// The spec's success body: `{"success": true, "message"?, "data"}`.
