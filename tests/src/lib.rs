@@ -13,6 +13,7 @@
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
 
 pub mod context;
+pub mod fake_google;
 pub mod jwt;
 pub mod process;
 pub mod servers;
