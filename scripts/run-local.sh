@@ -22,6 +22,10 @@
 # find each service's address (API_HTTP_ADDR, OAUTH_WORKER_HTTP_ADDR, METADATA_WORKER_HEALTH_ADDR,
 # MAILER_WORKER_HEALTH_ADDR).
 #
+# Local Google: with no GOOGLE_CLIENT_ID configured, fake-google (a binary of the e2e package that
+# speaks Google's OAuth protocol) is started on 127.0.0.1:3010 (FAKE_GOOGLE_ADDR) and the
+# oauth-worker is pointed at it, so a link from the api opens a local consent page.
+#
 # Local mail: dev-smtp-sink (a real SMTP server, a binary of the e2e package) is started before
 # the services on 127.0.0.1:1025, where the mailer-worker sends by default. It prints every email
 # to .local/logs/dev-smtp-sink.log and shows them at http://127.0.0.1:8025/ (JSON: /messages).
@@ -57,7 +61,10 @@ source "$ROOT/scripts/infra/lib.sh"
 # The local SMTP sink first, so it listens before the mailer-worker sends; left out of a start
 # when SMTP_URL points elsewhere (start_all), always looked for when stopping.
 SINK=dev-smtp-sink
-ALL_PROCESSES=("$SINK" api oauth-worker metadata-worker mailer-worker)
+# The fake Google (a binary of the e2e package) stands in for Google when no GOOGLE_CLIENT_ID is
+# configured, so the whole connect flow can be tried in a browser with no credentials.
+FAKE_GOOGLE=fake-google
+ALL_PROCESSES=("$SINK" "$FAKE_GOOGLE" api oauth-worker metadata-worker mailer-worker)
 APP_SERVICES=("${ALL_PROCESSES[@]}")
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 SERVICE_STOP_TIMEOUT="${SERVICE_STOP_TIMEOUT:-25}"
@@ -94,6 +101,7 @@ addr_setting() {
     metadata-worker) printf 'METADATA_WORKER_HEALTH_ADDR' ;;
     mailer-worker) printf 'MAILER_WORKER_HEALTH_ADDR' ;;
     dev-smtp-sink) printf 'DEV_SMTP_SINK_HTTP_ADDR' ;;
+    fake-google) printf 'FAKE_GOOGLE_ADDR' ;;
   esac
 }
 addr_default() {
@@ -103,7 +111,40 @@ addr_default() {
     metadata-worker) printf '127.0.0.1:3005' ;;
     mailer-worker) printf '127.0.0.1:3006' ;;
     dev-smtp-sink) printf '127.0.0.1:8025' ;;
+    fake-google) printf '127.0.0.1:3010' ;;
   esac
+}
+
+# True when no real provider is configured: the fake Google is started and the oauth-worker
+# pointed at it.
+fake_google_wanted() {
+  [[ -z "$(setting_value GOOGLE_CLIENT_ID)" ]]
+}
+
+# Points the oauth-worker (and the fake itself) at the fake Google; both read the environment.
+use_fake_google() {
+  resolve_addr "$FAKE_GOOGLE"
+  export FAKE_GOOGLE_ADDR="$ADDR"
+  export GOOGLE_CLIENT_ID=gcal-local-client GOOGLE_CLIENT_SECRET=gcal-local-secret
+  export GOOGLE_AUTH_URL="$URL/o/oauth2/v2/auth" GOOGLE_TOKEN_URL="$URL/token"
+  export GOOGLE_USERINFO_URL="$URL/oauth2/v3/userinfo" GOOGLE_REVOKE_URL="$URL/revoke"
+  export GOOGLE_CALENDAR_API_URL="$URL/calendar/v3"
+  local redirect
+  redirect="$(setting_value OAUTH_REDIRECT_URI)"
+  if [[ -z "$redirect" ]]; then
+    resolve_addr oauth-worker
+    redirect="$URL/api/google/callback"
+  fi
+  export OAUTH_REDIRECT_URI="$redirect"
+}
+
+# APP_SERVICES without process $1.
+without() {
+  local name kept=()
+  for name in "${APP_SERVICES[@]}"; do
+    [[ "$name" == "$1" ]] || kept+=("$name")
+  done
+  APP_SERVICES=("${kept[@]}")
 }
 
 # Where the sink takes SMTP (DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025).
@@ -511,6 +552,10 @@ summary() {
   else
     printf '  Mail goes to SMTP_URL (set in the environment or .env); no local SMTP sink was started\n'
   fi
+  if [[ " ${APP_SERVICES[*]} " == *" $FAKE_GOOGLE "* ]]; then
+    resolve_addr "$FAKE_GOOGLE"
+    printf '  Google: the local fake Google at %s (consent page with Allow/Deny; any account email)\n' "$URL"
+  fi
   printf '  Infrastructure: NATS %s (monitoring http://%s:%s), Redis %s, MongoDB %s\n' \
     "${NATS_URL:-nats://$BIND_HOST:$NATS_PORT}" "$BIND_HOST" "$NATS_MONITOR_PORT" \
     "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
@@ -547,8 +592,15 @@ watch_services() {
 
 start_all() {
   if ! sink_wanted; then
-    APP_SERVICES=("${ALL_PROCESSES[@]:1}")
+    without "$SINK"
     log "SMTP_URL points at another SMTP server: mail goes there, the local SMTP sink is not started"
+  fi
+  if fake_google_wanted; then
+    use_fake_google
+    log "no GOOGLE_CLIENT_ID configured: using the local fake Google at $URL"
+  else
+    without "$FAKE_GOOGLE"
+    log "GOOGLE_CLIENT_ID is set: the oauth-worker talks to the configured provider"
   fi
   preflight
   mkdir -p "$LOG_DIR" "$RUN_DIR"

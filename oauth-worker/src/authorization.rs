@@ -76,6 +76,13 @@ mod tests {
             scopes: "https://www.googleapis.com/auth/calendar openid email"
                 .parse::<Scopes>()
                 .expect("scopes"),
+            userinfo_url: "https://openidconnect.example/v1/userinfo"
+                .parse()
+                .expect("url"),
+            calendar_api_url: "https://www.example/calendar/v3".parse().expect("url"),
+            revoke_url: "https://oauth2.example/revoke".parse().expect("url"),
+            timeout: std::time::Duration::from_secs(10),
+            attempts: 3,
         }
     }
 

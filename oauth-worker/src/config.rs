@@ -17,6 +17,13 @@ pub struct OAuthWorkerConfig {
     pub provider: ProviderConfig,
     /// How long an authorization link (its state and PKCE verifier) stays usable.
     pub state_ttl: Duration,
+    /// Where the callback sends the browser (`?status=success|error`) instead of showing its
+    /// own page; `None`: the worker's page.
+    pub frontend_redirect_url: Option<url::Url>,
+    /// The keys that encrypt stored tokens.
+    pub vault: crate::vault::VaultConfig,
+    /// A cached access token is handed out only while it has at least this long to live.
+    pub access_token_margin: Duration,
 }
 
 /// The OAuth 2.0 provider: where users consent and where codes become tokens.
@@ -30,6 +37,14 @@ pub struct ProviderConfig {
     pub redirect_uri: url::Url,
     /// Every scope the connection needs; the callback refuses a grant missing any of them.
     pub scopes: Scopes,
+    pub userinfo_url: url::Url,
+    /// The Calendar API base (`.../calendar/v3`).
+    pub calendar_api_url: url::Url,
+    pub revoke_url: url::Url,
+    /// Bound on each call to the provider.
+    pub timeout: Duration,
+    /// Tries per provider call when it fails transiently (network, 5xx, rate limit).
+    pub attempts: usize,
 }
 
 /// A value that never prints (logs, panics, `Debug` of a config).
@@ -126,7 +141,61 @@ impl ServiceConfig for OAuthWorkerConfig {
                 "https://www.googleapis.com/auth/calendar openid email",
                 "Space-separated scopes the connection requires.",
             ),
+            userinfo_url: http_url(
+                env,
+                "GOOGLE_USERINFO_URL",
+                "https://openidconnect.googleapis.com/v1/userinfo",
+                "The provider's userinfo endpoint (the connected account's email).",
+            ),
+            calendar_api_url: http_url(
+                env,
+                "GOOGLE_CALENDAR_API_URL",
+                "https://www.googleapis.com/calendar/v3",
+                "The Calendar API base URL (the account's primary calendar).",
+            ),
+            revoke_url: http_url(
+                env,
+                "GOOGLE_REVOKE_URL",
+                "https://oauth2.googleapis.com/revoke",
+                "The provider's token revocation endpoint.",
+            ),
+            timeout: env
+                .value::<HumanDuration>(
+                    "PROVIDER_TIMEOUT",
+                    "10s",
+                    "Bound on each HTTP call to the provider.",
+                )
+                .into(),
+            attempts: env.value(
+                "PROVIDER_ATTEMPTS",
+                "3",
+                "Tries per provider call that fails transiently (network, 5xx, 429).",
+            ),
         };
+        if provider.attempts == 0 || provider.attempts > 10 {
+            env.problem("PROVIDER_ATTEMPTS", "must be between 1 and 10");
+        }
+        let frontend_redirect_url = env.optional::<url::Url>(
+            "FRONTEND_REDIRECT_URL",
+            "After the callback, redirect the browser here with ?status=success|error \
+                 instead of showing the worker's own page.",
+        );
+        if let Some(url) = &frontend_redirect_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            env.problem(
+                "FRONTEND_REDIRECT_URL",
+                "must be an http:// or https:// URL",
+            );
+        }
+        let vault = crate::vault::VaultConfig::from_env(env);
+        let access_token_margin: Duration = env
+            .value::<HumanDuration>(
+                "ACCESS_TOKEN_MARGIN",
+                "2m",
+                "A cached access token is handed out only while it has this long left to live.",
+            )
+            .into();
         let state_ttl: Duration = env
             .value::<HumanDuration>(
                 "OAUTH_STATE_TTL",
@@ -142,6 +211,9 @@ impl ServiceConfig for OAuthWorkerConfig {
             http_addr,
             provider,
             state_ttl,
+            frontend_redirect_url,
+            vault,
+            access_token_margin,
         }
     }
 

@@ -1,11 +1,18 @@
 //! The oauth-worker: answers connect requests with authorization URLs, serves the OAuth redirect
 //! callback and owns the token vault.
 
+pub mod access_tokens;
 pub mod authorization;
+pub mod calendars;
+pub mod callback;
 pub mod config;
 pub mod handlers;
+pub mod outbox;
+pub mod provider;
 pub mod rpc;
 pub mod state_store;
+pub mod token_store;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -14,8 +21,14 @@ use tokio::net::TcpListener;
 
 pub use config::OAuthWorkerConfig;
 
+use crate::access_tokens::AccessTokens;
+use crate::callback::Callback;
 use crate::handlers::connect_requested::ConnectRequestedHandler;
+use crate::outbox::Outbox;
+use crate::provider::Provider;
 use crate::state_store::StateStore;
+use crate::token_store::TokenStore;
+use crate::vault::TokenVault;
 
 /// The name in logs, metrics, the NATS connection and durable consumer names.
 pub const SERVICE: &str = "oauth-worker";
@@ -27,25 +40,67 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
+    if config.vault.uses_dev_key() {
+        tracing::warn!(
+            "TOKEN_ENCRYPTION_KEYS is the public development key: stored tokens are readable by \
+             anyone with this repository. Set TOKEN_ENCRYPTION_KEYS and TOKEN_ENCRYPTION_KEY_ID \
+             before storing real accounts."
+        );
+    }
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
     let grace = config.common.shutdown_grace;
+    let client = authorization::provider_client(&config.provider);
+    let states = StateStore::new(infra.redis.clone(), infra.keys.clone(), config.state_ttl);
     let handler = Arc::new(ConnectRequestedHandler {
-        provider: authorization::provider_client(&config.provider),
+        provider: client.clone(),
         scopes: config.provider.scopes.0.clone(),
-        states: StateStore::new(infra.redis.clone(), infra.keys.clone(), config.state_ttl),
+        states: states.clone(),
         infra: infra.clone(),
     });
-    let requests = rpc::serve_connect_requests(
+    let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
+    let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    let provider = Provider::new(&config.provider, client);
+    let access_tokens = Arc::new(AccessTokens {
+        infra: infra.clone(),
+        store: tokens.clone(),
+        provider: provider.clone(),
+        outbox: outbox.clone(),
+        margin: config.access_token_margin,
+    });
+    let callback = Arc::new(Callback {
+        infra: infra.clone(),
+        states,
+        provider,
+        tokens,
+        outbox,
+        required_scopes: config.provider.scopes.0.clone(),
+        frontend: config.frontend_redirect_url.clone(),
+    });
+    let connect_requests = rpc::serve(
         infra.nats.clone(),
         infra.namespace.connect_requested(),
         handler,
         shutdown.clone(),
         grace,
     );
-    let router = service_kit::health::router(SERVICE, infra.clone());
+    let token_requests = rpc::serve(
+        infra.nats.clone(),
+        infra.namespace.access_token_requested(),
+        access_tokens,
+        shutdown.clone(),
+        grace,
+    );
+    let requests = async {
+        let (connect, tokens) = tokio::join!(connect_requests, token_requests);
+        connect.and(tokens)
+    };
+    let router =
+        service_kit::health::router(SERVICE, infra.clone()).merge(callback::router(callback));
     let http = service_kit::http::serve(SERVICE, listener, router, shutdown.clone(), grace);
     let (requests, served) = tokio::join!(requests, http);
+    let _ = relay.await;
     infra.close().await;
     requests.map_err(|e| StartupError::Failed {
         what: "connect request subscription",

@@ -1,6 +1,7 @@
-//! Serving NATS request/reply: connect requests arrive in a queue group, so replicas share
-//! them; each is answered on its own task, at most `MAX_IN_FLIGHT` at once per replica.
+//! Serving NATS request/reply: requests arrive in a queue group, so replicas share them; each
+//! is answered on its own task, at most `MAX_IN_FLIGHT` at once per replica and subject.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,28 +11,32 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handlers::connect_requested::ConnectRequestedHandler;
-
 /// Requests answered concurrently by one replica; past it, requests wait in the subscription
 /// (and other replicas of the queue group take theirs).
 const MAX_IN_FLIGHT: usize = 256;
 
-/// Subscribes to connect requests and answers them until `shutdown`; then stops taking new
-/// ones and waits (at most `grace`) for those in flight.
-pub async fn serve_connect_requests(
+/// Turns a request body into a reply body. Never fails: every problem is a reply the caller
+/// can map.
+pub trait Responder: Send + Sync + 'static {
+    fn respond(&self, request: &[u8]) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Subscribes to `subject` and answers with `responder` until `shutdown`; then stops taking
+/// new requests and waits (at most `grace`) for those in flight.
+pub async fn serve<R: Responder>(
     nats: async_nats::Client,
     subject: String,
-    handler: Arc<ConnectRequestedHandler>,
+    responder: Arc<R>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut requests = nats
         .queue_subscribe(subject.clone(), OAUTH_WORKER_QUEUE.to_owned())
         .await?;
-    tracing::info!(%subject, queue = OAUTH_WORKER_QUEUE, "answering connect requests");
+    tracing::info!(%subject, queue = OAUTH_WORKER_QUEUE, "answering requests");
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // One reference count per request rather than one per field of the client and handler.
-    let shared = Arc::new((handler, nats.clone()));
+    // One reference count per request rather than one per field of the client and responder.
+    let shared = Arc::new((responder, nats.clone()));
     let tracker = TaskTracker::new();
     loop {
         let message = tokio::select! {
@@ -40,7 +45,7 @@ pub async fn serve_connect_requests(
         };
         let Some(message) = message else { break };
         let Some(reply_to) = message.reply else {
-            tracing::warn!("connect request without a reply subject; ignored");
+            tracing::warn!(%subject, "request without a reply subject; ignored");
             continue;
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -48,11 +53,10 @@ pub async fn serve_connect_requests(
         };
         let shared = shared.clone();
         tracker.spawn(async move {
-            let (handler, nats) = &*shared;
-            let reply = handler.handle(&message.payload).await;
-            let body = serde_json::to_vec(&reply).unwrap_or_default();
+            let (responder, nats) = &*shared;
+            let body = responder.respond(&message.payload).await;
             if let Err(e) = nats.publish(reply_to, body.into()).await {
-                tracing::warn!(error = %e, "could not send the connect reply");
+                tracing::warn!(error = %e, "could not send a reply");
             }
             drop(permit);
         });
@@ -61,7 +65,7 @@ pub async fn serve_connect_requests(
     let _ = requests.unsubscribe().await;
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(?grace, "connect requests outlived SHUTDOWN_GRACE");
+        tracing::warn!(%subject, ?grace, "requests outlived SHUTDOWN_GRACE");
     }
     Ok(())
 }

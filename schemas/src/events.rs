@@ -1,10 +1,14 @@
 //! One module per event, each named for the fact it records (past tense).
 
+pub mod access_token_requested;
 pub mod auth_link_issued;
 pub mod connect_requested;
 pub mod connection_failed;
 pub mod connection_succeeded;
 
+pub use access_token_requested::{
+    AccessTokenRejectionCode, AccessTokenReply, AccessTokenRequested,
+};
 pub use auth_link_issued::AuthLinkIssued;
 pub use connect_requested::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
 pub use connection_failed::{ConnectionFailed, FailureReason};

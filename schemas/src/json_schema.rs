@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::envelope::{Envelope, Event};
 use crate::events::{
-    AuthLinkIssued, ConnectRequested, ConnectRequestedReply, ConnectionFailed, ConnectionSucceeded,
+    AccessTokenReply, AccessTokenRequested, AuthLinkIssued, ConnectRequested,
+    ConnectRequestedReply, ConnectionFailed, ConnectionSucceeded,
 };
 
 /// Folder, relative to the `schemas` crate, where the generated files are committed.
@@ -27,6 +28,15 @@ pub fn all() -> Vec<(String, Value)> {
                 ConnectRequested::VERSION
             ),
             "The oauth-worker's reply to connect-requested (not enveloped: it answers a request).",
+        ),
+        event::<AccessTokenRequested>(),
+        plain::<AccessTokenReply>(
+            format!(
+                "{}-reply.v{}.schema.json",
+                AccessTokenRequested::TYPE,
+                AccessTokenRequested::VERSION
+            ),
+            "The oauth-worker's reply to access-token-requested (not enveloped).",
         ),
     ];
     files.sort_by(|a, b| a.0.cmp(&b.0));

@@ -94,6 +94,11 @@ impl Namespace {
         format!("{}.rpc.connect-requested", self.prefix)
     }
 
+    /// Where services ask the oauth-worker for an access token (queue group).
+    pub fn access_token_requested(&self) -> String {
+        format!("{}.rpc.access-token-requested", self.prefix)
+    }
+
     /// The subject one event for one subaccount is published on.
     pub fn event<E: StreamEvent>(&self, subaccount: &SubaccountId) -> String {
         format!(

@@ -312,6 +312,14 @@ impl DatabaseTemplate {
     pub fn database_for(&self, subaccount: &schemas::SubaccountId) -> String {
         self.0.replace(Self::PLACEHOLDER, subaccount.as_str())
     }
+
+    /// The subaccount whose database `name` is, if it is one (the inverse of
+    /// [`Self::database_for`]); used to find every tenant on a server.
+    pub fn subaccount_of(&self, name: &str) -> Option<schemas::SubaccountId> {
+        let (prefix, suffix) = self.0.split_once(Self::PLACEHOLDER)?;
+        let id = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        schemas::SubaccountId::parse(id).ok()
+    }
 }
 
 impl FromStr for DatabaseTemplate {
@@ -505,6 +513,16 @@ mod tests {
         let t: DatabaseTemplate = "t_{subaccountId}".parse().expect("valid");
         let id = schemas::SubaccountId::parse("68cf05f060d294db17c0685e").expect("id");
         assert_eq!(t.database_for(&id), "t_68cf05f060d294db17c0685e");
+        assert_eq!(t.subaccount_of("t_68cf05f060d294db17c0685e"), Some(id));
+        assert_eq!(t.subaccount_of("u_68cf05f060d294db17c0685e"), None);
+        assert_eq!(t.subaccount_of("t_not-an-id"), None);
+        let around: DatabaseTemplate = "a_{subaccountId}_z".parse().expect("valid");
+        assert!(
+            around
+                .subaccount_of("a_68cf05f060d294db17c0685e_z")
+                .is_some()
+        );
+        assert!(around.subaccount_of("a_68cf05f060d294db17c0685e").is_none());
         assert!("x.{subaccountId}".parse::<DatabaseTemplate>().is_err());
         assert!(
             format!("{}{{subaccountId}}", "a".repeat(40))

@@ -101,6 +101,15 @@ impl TenantDatabases {
         Ok(db)
     }
 
+    /// Every subaccount that has a database on the server, found by database name.
+    pub async fn tenants(&self) -> mongodb::error::Result<Vec<SubaccountId>> {
+        let names = self.client.list_database_names().await?;
+        Ok(names
+            .iter()
+            .filter_map(|name| self.template.subaccount_of(name))
+            .collect())
+    }
+
     /// The driver client, for readiness checks and administrative work.
     pub fn client(&self) -> &Client {
         &self.client

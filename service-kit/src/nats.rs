@@ -194,17 +194,45 @@ pub async fn publish_event<E: schemas::StreamEvent>(
     ns: &Namespace,
     event: &schemas::Envelope<E>,
 ) -> Result<jetstream::publish::PublishAck, PublishError> {
-    let subject = ns.event::<E>(&event.subaccount_id);
+    publish_raw(
+        js,
+        ns.event::<E>(&event.subaccount_id),
+        RawEvent {
+            event_type: E::TYPE,
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            bytes: event.to_bytes(),
+        },
+    )
+    .await
+}
+
+/// An event already serialized (e.g. read back from an outbox).
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub event_type: &'static str,
+    pub event_id: uuid::Uuid,
+    pub correlation_id: uuid::Uuid,
+    pub bytes: Vec<u8>,
+}
+
+/// Publishes serialized event bytes on `subject` with the event id as `Nats-Msg-Id` and
+/// waits for JetStream's acknowledgement.
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    subject: String,
+    event: RawEvent,
+) -> Result<jetstream::publish::PublishAck, PublishError> {
     let error = |cause: String| PublishError {
-        event_type: E::TYPE,
-        event_id: event.id,
+        event_type: event.event_type,
+        event_id: event.event_id,
         subject: subject.clone(),
         cause,
     };
     let message = jetstream::message::PublishMessage::build()
-        .payload(event.to_bytes().into())
-        .message_id(event.id.to_string())
-        .header(schemas::subjects::headers::EVENT_TYPE, E::TYPE)
+        .payload(event.bytes.clone().into())
+        .message_id(event.event_id.to_string())
+        .header(schemas::subjects::headers::EVENT_TYPE, event.event_type)
         .header(
             schemas::subjects::headers::CORRELATION_ID,
             event.correlation_id.to_string().as_str(),

@@ -25,6 +25,16 @@ impl RunningService {
         Fut: Future<Output = Result<(), StartupError>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        Self::start_on(listener, name, run)
+    }
+
+    /// Starts `run` on a listener the test bound itself (when the service's own URL must be
+    /// known before its configuration, e.g. an OAuth redirect URI).
+    pub fn start_on<F, Fut>(listener: TcpListener, name: &'static str, run: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), StartupError>> + Send + 'static,
+    {
         let base_url = format!("http://{}", listener.local_addr().expect("local addr"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(listener, shutdown.clone()));

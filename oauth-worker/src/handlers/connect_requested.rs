@@ -19,6 +19,13 @@ pub struct ConnectRequestedHandler {
     pub infra: Infrastructure,
 }
 
+impl crate::rpc::Responder for ConnectRequestedHandler {
+    async fn respond(&self, request: &[u8]) -> Vec<u8> {
+        let reply = self.handle(request).await;
+        serde_json::to_vec(&reply).expect("replies always serialize")
+    }
+}
+
 impl ConnectRequestedHandler {
     /// The reply for one request body. Never fails: every problem becomes a `Rejected` reply
     /// (or `emailSent: false`), so the api always gets an answer it can map.

@@ -30,6 +30,23 @@ pub struct GoogleAuth {
     pub token_version: i64,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// The outbox: an event written together with the tokens that JetStream has not
+    /// acknowledged yet. Cleared once published; a relay publishes what a crash or a NATS
+    /// outage left here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_event: Option<PendingEvent>,
+}
+
+/// An event waiting to be published, exactly as it will go on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingEvent {
+    /// The envelope id, also the `Nats-Msg-Id`: a second publish is dropped as a duplicate.
+    pub event_id: String,
+    /// The event type (`connection-succeeded`).
+    pub event_type: String,
+    /// The envelope's JSON.
+    pub envelope: String,
 }
 
 /// AES-256-GCM ciphertext with what is needed to decrypt it; the associated data binds it to

@@ -38,6 +38,8 @@ pub enum FailureReason {
     IdentityUnavailable,
     /// The refresh token stopped working (`invalid_grant`): the user must connect again.
     ReauthRequired,
+    /// The tokens could not be stored (MongoDB unavailable); the user should try again.
+    StorageUnavailable,
 }
 
 impl Event for ConnectionFailed {

@@ -5,8 +5,8 @@
 //! ```text
 //! fake-google
 //!   FAKE_GOOGLE_ADDR             where it listens   (default 127.0.0.1:3010)
-//!   GOOGLE_CLIENT_ID             the one client     (default dev-client-id)
-//!   GOOGLE_CLIENT_SECRET         its secret         (default dev-client-secret)
+//!   GOOGLE_CLIENT_ID             the one client     (default gcal-local-client)
+//!   GOOGLE_CLIENT_SECRET         its secret         (default gcal-local-secret)
 //!   OAUTH_REDIRECT_URI           registered redirect URIs, comma-separated
 //!                                (default http://127.0.0.1:3004/api/google/callback)
 //!   FAKE_GOOGLE_DEFAULT_ACCOUNT  the consent page's account when there is no login_hint
@@ -29,8 +29,8 @@ use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: fake-google   (configured by the environment)
   FAKE_GOOGLE_ADDR             listen address (default 127.0.0.1:3010)
-  GOOGLE_CLIENT_ID             client id (default dev-client-id)
-  GOOGLE_CLIENT_SECRET         client secret (default dev-client-secret)
+  GOOGLE_CLIENT_ID             client id (default gcal-local-client)
+  GOOGLE_CLIENT_SECRET         client secret (default gcal-local-secret)
   OAUTH_REDIRECT_URI           redirect URIs, comma-separated
                                (default http://127.0.0.1:3004/api/google/callback)
   FAKE_GOOGLE_DEFAULT_ACCOUNT  account offered without login_hint (default user@example.com)";
@@ -122,8 +122,8 @@ fn settings() -> Result<(FakeGoogleConfig, SocketAddr), String> {
         }
     }
     let config = FakeGoogleConfig {
-        client_id: var("GOOGLE_CLIENT_ID", "dev-client-id"),
-        client_secret: var("GOOGLE_CLIENT_SECRET", "dev-client-secret"),
+        client_id: var("GOOGLE_CLIENT_ID", "gcal-local-client"),
+        client_secret: var("GOOGLE_CLIENT_SECRET", "gcal-local-secret"),
         redirect_uris,
         default_account: std::env::var("FAKE_GOOGLE_DEFAULT_ACCOUNT")
             .ok()

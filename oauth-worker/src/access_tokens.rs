@@ -1,0 +1,393 @@
+//! Access tokens for other services (`access-token-requested` over NATS): from the Redis cache
+//! while they have at least `ACCESS_TOKEN_MARGIN` to live, else from MongoDB, else refreshed.
+//!
+//! A refresh happens once across all replicas: the replica that wins a Redis lock (`SET NX
+//! PX` with a random value, released only by its holder) refreshes; the others wait for the
+//! cache to fill. The write is fenced: it lands only if the document's `tokenVersion` is still
+//! the one the holder read, so a holder that stalled past its lock cannot overwrite a newer
+//! token. `invalid_grant` marks the account `reauth_required` and emits connection-failed.
+//!
+//! Cached tokens are encrypted with the vault like stored ones. Tokens never reach logs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use schemas::documents::google_auth::AuthStatus;
+use schemas::events::{
+    AccessTokenRejectionCode, AccessTokenReply, AccessTokenRequested, ConnectionFailed,
+    FailureReason,
+};
+use schemas::{Envelope, SubaccountId};
+use serde::{Deserialize, Serialize};
+use service_kit::Infrastructure;
+
+use crate::outbox::Outbox;
+use crate::provider::Provider;
+use crate::token_store::{StoredAuth, TokenStore};
+use crate::vault::{TokenBinding, TokenKind};
+
+/// How long a refresh lock is held at most (a refresh is bounded by the provider timeout
+/// and retries well below this).
+const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How often a replica waiting for another's refresh looks at the cache.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug)]
+pub struct AccessTokens {
+    pub infra: Infrastructure,
+    pub store: TokenStore,
+    pub provider: Provider,
+    pub outbox: Outbox,
+    pub margin: Duration,
+}
+
+/// A usable token. Never printed.
+pub struct Issued {
+    pub access_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessTokenError {
+    #[error("no Google account {0} is connected for this subaccount")]
+    NotConnected(String),
+    #[error("Google refused the refresh token for {0}: the user must connect again")]
+    ReauthRequired(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The cache entry: the token encrypted, and when it expires.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Cached {
+    token: String,
+    expires_at: DateTime<Utc>,
+}
+
+impl crate::rpc::Responder for AccessTokens {
+    async fn respond(&self, request: &[u8]) -> Vec<u8> {
+        let reply = match Envelope::<AccessTokenRequested>::decode(request) {
+            Err(error) => AccessTokenReply::Rejected {
+                code: AccessTokenRejectionCode::InvalidRequest,
+                message: format!("access token request not understood: {error}"),
+            },
+            Ok(request) => {
+                let email = request.payload.google_email.to_lowercase();
+                match self.get(&request.subaccount_id, &email).await {
+                    Ok(issued) => AccessTokenReply::Issued {
+                        access_token: issued.access_token,
+                        expires_at: issued.expires_at,
+                    },
+                    Err(error) => {
+                        let code = match &error {
+                            AccessTokenError::NotConnected(_) => {
+                                AccessTokenRejectionCode::NotConnected
+                            }
+                            AccessTokenError::ReauthRequired(_) => {
+                                AccessTokenRejectionCode::ReauthRequired
+                            }
+                            AccessTokenError::Unavailable(_) => {
+                                AccessTokenRejectionCode::Unavailable
+                            }
+                        };
+                        AccessTokenReply::Rejected {
+                            code,
+                            message: error.to_string(),
+                        }
+                    }
+                }
+            }
+        };
+        serde_json::to_vec(&reply).expect("replies always serialize")
+    }
+}
+
+impl AccessTokens {
+    /// A token with at least the margin to live.
+    pub async fn get(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Issued, AccessTokenError> {
+        if let Some(issued) = self.cached(subaccount, google_email).await {
+            metrics::counter!("access_tokens_total", "source" => "cache").increment(1);
+            return Ok(issued);
+        }
+        let stored = self.load(subaccount, google_email).await?;
+        if let Some(issued) = self.fresh(&stored) {
+            self.cache(subaccount, google_email, &issued).await;
+            metrics::counter!("access_tokens_total", "source" => "database").increment(1);
+            return Ok(issued);
+        }
+        self.refresh_once(subaccount, google_email).await
+    }
+
+    async fn load(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<StoredAuth, AccessTokenError> {
+        let stored = self
+            .store
+            .load(subaccount, google_email)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read stored tokens");
+                AccessTokenError::Unavailable("stored tokens cannot be read right now".into())
+            })?
+            .ok_or_else(|| AccessTokenError::NotConnected(google_email.to_owned()))?;
+        match stored.document.status {
+            AuthStatus::Active => Ok(stored),
+            AuthStatus::ReauthRequired => {
+                Err(AccessTokenError::ReauthRequired(google_email.to_owned()))
+            }
+            AuthStatus::Revoked => Err(AccessTokenError::NotConnected(google_email.to_owned())),
+        }
+    }
+
+    /// The stored access token, if it still has the margin to live.
+    fn fresh(&self, stored: &StoredAuth) -> Option<Issued> {
+        let expires_at = stored.document.expires_at.to_chrono();
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
+        (expires_at - margin > Utc::now()).then(|| Issued {
+            access_token: stored.access_token.expose().to_owned(),
+            expires_at,
+        })
+    }
+
+    /// Refreshes under the lock, or waits for the replica that holds it.
+    async fn refresh_once(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Issued, AccessTokenError> {
+        let lock_key = self.infra.keys.refresh_lock(subaccount, google_email);
+        // 122 random bits: only this holder can release the lock.
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        let mut redis = self.infra.redis.clone();
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(LOCK_TTL.as_millis() as u64));
+        let acquired: Option<String> = redis
+            .set_options(&lock_key, &holder, options)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "Redis unavailable for the refresh lock");
+                AccessTokenError::Unavailable("the token cache (Redis) is unavailable".into())
+            })?;
+        if acquired.is_none() {
+            return self.wait_for_other(subaccount, google_email).await;
+        }
+        let result = self.refresh_holding_lock(subaccount, google_email).await;
+        // Released only if still ours: a Lua compare-and-delete.
+        let released: redis::RedisResult<i32> = redis::Script::new(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+        )
+        .key(&lock_key)
+        .arg(&holder)
+        .invoke_async(&mut redis)
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "refresh lock not released; it expires on its own");
+        }
+        result
+    }
+
+    async fn refresh_holding_lock(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Issued, AccessTokenError> {
+        // Another replica may have refreshed between our cache miss and the lock.
+        let stored = self.load(subaccount, google_email).await?;
+        if let Some(issued) = self.fresh(&stored) {
+            self.cache(subaccount, google_email, &issued).await;
+            return Ok(issued);
+        }
+        let Some(refresh_token) = stored.refresh_token.as_ref() else {
+            return Err(self
+                .reauth_required(subaccount, google_email, "no refresh token is stored")
+                .await);
+        };
+        let tokens = match self.provider.refresh(refresh_token.expose()).await {
+            Ok(tokens) => tokens,
+            Err(error) if error.is_invalid_grant() => {
+                return Err(self
+                    .reauth_required(
+                        subaccount,
+                        google_email,
+                        "the provider refused the refresh token (invalid_grant)",
+                    )
+                    .await);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "token refresh failed");
+                metrics::counter!("token_refreshes_total", "outcome" => "failed").increment(1);
+                return Err(AccessTokenError::Unavailable(format!(
+                    "the provider did not refresh the token: {error}"
+                )));
+            }
+        };
+        let written = self
+            .store
+            .save_refreshed(&stored, &tokens)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot store the refreshed token");
+                AccessTokenError::Unavailable(
+                    "the refreshed token cannot be stored right now".into(),
+                )
+            })?;
+        metrics::counter!("token_refreshes_total", "outcome" => "refreshed").increment(1);
+        let Some(document) = written else {
+            // Fenced: someone wrote a newer version; theirs wins.
+            tracing::info!("a newer token was stored meanwhile; using it");
+            let stored = self.load(subaccount, google_email).await?;
+            return self.fresh(&stored).ok_or_else(|| {
+                AccessTokenError::Unavailable(
+                    "the token changed during the refresh; try again".into(),
+                )
+            });
+        };
+        let issued = Issued {
+            access_token: tokens.access_token,
+            expires_at: document.expires_at.to_chrono(),
+        };
+        self.cache(subaccount, google_email, &issued).await;
+        tracing::info!(expires_at = %issued.expires_at, "access token refreshed");
+        Ok(issued)
+    }
+
+    async fn reauth_required(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+        why: &str,
+    ) -> AccessTokenError {
+        tracing::warn!(why, "the account needs to be connected again");
+        metrics::counter!("token_refreshes_total", "outcome" => "reauth_required").increment(1);
+        match self
+            .store
+            .mark(subaccount, google_email, AuthStatus::ReauthRequired)
+            .await
+        {
+            Ok(_) => {
+                let event = Envelope::new(
+                    subaccount.clone(),
+                    uuid::Uuid::now_v7(),
+                    ConnectionFailed {
+                        user_email: None,
+                        google_email: Some(google_email.to_owned()),
+                        reason: FailureReason::ReauthRequired,
+                        message: format!("{why}; the user must connect Google Calendar again"),
+                        missing_scopes: vec![],
+                    },
+                );
+                self.outbox.publish_detached(event);
+            }
+            Err(error) => tracing::error!(%error, "cannot mark the account reauth_required"),
+        }
+        let mut redis = self.infra.redis.clone();
+        let _: redis::RedisResult<()> = redis
+            .del(self.infra.keys.access_token(subaccount, google_email))
+            .await;
+        AccessTokenError::ReauthRequired(google_email.to_owned())
+    }
+
+    async fn wait_for_other(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Issued, AccessTokenError> {
+        let deadline = tokio::time::Instant::now() + LOCK_TTL;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(WAIT_POLL).await;
+            if let Some(issued) = self.cached(subaccount, google_email).await {
+                metrics::counter!("access_tokens_total", "source" => "other_replica").increment(1);
+                return Ok(issued);
+            }
+            // The holder may have failed (reauth, provider down): its outcome is in MongoDB.
+            let stored = self.load(subaccount, google_email).await?;
+            if let Some(issued) = self.fresh(&stored) {
+                return Ok(issued);
+            }
+            let mut redis = self.infra.redis.clone();
+            let held: bool = redis
+                .exists(self.infra.keys.refresh_lock(subaccount, google_email))
+                .await
+                .unwrap_or(true);
+            if !held {
+                return Err(AccessTokenError::Unavailable(
+                    "another replica's refresh did not produce a token; try again".into(),
+                ));
+            }
+        }
+        Err(AccessTokenError::Unavailable(
+            "another replica's refresh did not finish in time; try again".into(),
+        ))
+    }
+
+    async fn cached(&self, subaccount: &SubaccountId, google_email: &str) -> Option<Issued> {
+        let mut redis = self.infra.redis.clone();
+        let raw: Option<String> = redis
+            .get(self.infra.keys.access_token(subaccount, google_email))
+            .await
+            .ok()?;
+        let cached: Cached = serde_json::from_str(&raw?).ok()?;
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
+        if cached.expires_at - margin <= Utc::now() {
+            return None;
+        }
+        let binding = TokenBinding::new(subaccount.as_str(), google_email, TokenKind::Access);
+        let token = self
+            .store
+            .vault()
+            .decrypt_from_str(&cached.token, &binding)
+            .ok()?;
+        Some(Issued {
+            access_token: token.expose().to_owned(),
+            expires_at: cached.expires_at,
+        })
+    }
+
+    /// Caches until the margin before expiry.
+    async fn cache(&self, subaccount: &SubaccountId, google_email: &str, issued: &Issued) {
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
+        let ttl = (issued.expires_at - margin - Utc::now()).num_milliseconds();
+        if ttl <= 0 {
+            return;
+        }
+        let binding = TokenBinding::new(subaccount.as_str(), google_email, TokenKind::Access);
+        let entry = Cached {
+            token: self
+                .store
+                .vault()
+                .encrypt_to_string(&issued.access_token, &binding),
+            expires_at: issued.expires_at,
+        };
+        let Ok(text) = serde_json::to_string(&entry) else {
+            return;
+        };
+        let mut redis = self.infra.redis.clone();
+        let stored: redis::RedisResult<()> = redis
+            .pset_ex(
+                self.infra.keys.access_token(subaccount, google_email),
+                text,
+                ttl as u64,
+            )
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "access token not cached");
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! `GET /api/google/callback`: where the provider sends the browser after consent.
+//!
+//! 1. The `state` is consumed atomically (GETDEL): unknown, expired or used → 400 "link
+//!    expired", nothing stored, no event (there is no attempt to attribute one to).
+//! 2. `error=` from the provider (`access_denied`, ...) → a page and connection-failed.
+//! 3. The code is exchanged with the PKCE verifier (bounded retries), the granted scopes are
+//!    checked against the required ones, the account's email is read from userinfo and its
+//!    primary calendar from the Calendar API.
+//! 4. The calendar entry is upserted; tokens (encrypted) and the connection-succeeded event
+//!    are written in one document write (the outbox), then the event is published.
+//! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
+//!
+//! Every failure after step 1 emits connection-failed with its reason. The event ids derive
+//! from the state, so the same attempt can never produce two different events.
+
+pub mod page;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use chrono::{SecondsFormat, Utc};
+use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
+use schemas::{Envelope, Event};
+use serde::Deserialize;
+use service_kit::Infrastructure;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::outbox::Outbox;
+use crate::provider::{Provider, ProviderError, missing_scopes};
+use crate::state_store::{PendingAttempt, StateStore};
+use crate::token_store::{NewConnection, TokenStore};
+use page::Outcome;
+
+/// The callback's path; the redirect URI registered with the provider ends with it.
+pub const PATH: &str = "/api/google/callback";
+
+#[derive(Debug)]
+pub struct Callback {
+    pub infra: Infrastructure,
+    pub states: StateStore,
+    pub provider: Provider,
+    pub tokens: TokenStore,
+    pub outbox: Outbox,
+    pub required_scopes: Vec<String>,
+    pub frontend: Option<url::Url>,
+}
+
+/// The query the provider sends (RFC 6749 §4.1.2 and §4.1.2.1).
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    scope: Option<String>,
+}
+
+pub fn router(callback: Arc<Callback>) -> Router {
+    Router::new().route(PATH, get(handle)).with_state(callback)
+}
+
+async fn handle(
+    State(callback): State<Arc<Callback>>,
+    query: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let outcome = callback.complete(query).await;
+    match &outcome {
+        Outcome::Connected { .. } => {
+            metrics::counter!("oauth_callbacks_total", "outcome" => "connected").increment(1);
+        }
+        Outcome::Failed { reason, .. } => {
+            metrics::counter!("oauth_callbacks_total", "outcome" => *reason).increment(1);
+        }
+    }
+    outcome.respond(callback.frontend.as_ref())
+}
+
+impl Callback {
+    async fn complete(&self, query: CallbackQuery) -> Outcome {
+        let Some(state) = query
+            .state
+            .clone()
+            .filter(|s| !s.is_empty() && s.len() <= 512)
+        else {
+            tracing::info!("callback without a usable state");
+            return link_expired();
+        };
+        let attempt = match self.states.take(&state).await {
+            Ok(Some(attempt)) => attempt,
+            Ok(None) => {
+                tracing::info!("callback with an unknown, expired or already used state");
+                return link_expired();
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the OAuth state");
+                return Outcome::failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "Please try again",
+                    "We could not check your link just now. Please try again in a moment.",
+                );
+            }
+        };
+        let span = tracing::info_span!("callback", correlation_id = %attempt.correlation_id,
+            subaccount_id = %attempt.subaccount_id);
+        self.connect(query, &state, attempt).instrument(span).await
+    }
+
+    async fn connect(&self, query: CallbackQuery, state: &str, attempt: PendingAttempt) -> Outcome {
+        let failed = |reason, google_email: Option<&str>, message: String, missing: Vec<String>| {
+            self.emit_failure(state, &attempt, reason, google_email, message, missing)
+        };
+        if let Some(error) = query.error {
+            let (reason, title, message) = if error == "access_denied" {
+                (
+                    FailureReason::AccessDenied,
+                    "Connection cancelled",
+                    "Google Calendar was not connected because access was denied. You can close this window, or start again from the app.".to_owned(),
+                )
+            } else {
+                (
+                    FailureReason::ProviderError,
+                    "Google could not complete the connection",
+                    format!(
+                        "Google reported: {}. Please start again from the app.",
+                        short(&error)
+                    ),
+                )
+            };
+            tracing::info!(error = %short(&error), description = ?query.error_description.as_deref().map(short), "the provider returned an error");
+            failed(
+                reason,
+                None,
+                format!("provider returned error={}", short(&error)),
+                vec![],
+            );
+            return Outcome::failed(
+                StatusCode::BAD_REQUEST,
+                Outcome::reason_name(reason),
+                title,
+                message,
+            );
+        }
+        let Some(code) = query.code.filter(|c| !c.is_empty()) else {
+            failed(
+                FailureReason::ProviderError,
+                None,
+                "the callback carried neither code nor error".into(),
+                vec![],
+            );
+            return Outcome::failed(
+                StatusCode::BAD_REQUEST,
+                "provider_error",
+                "Google could not complete the connection",
+                "The response from Google was incomplete. Please start again from the app.",
+            );
+        };
+        let tokens = match self
+            .provider
+            .exchange_code(&code, &attempt.pkce_verifier)
+            .await
+        {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                tracing::warn!(%error, "code exchange failed");
+                failed(
+                    FailureReason::TokenExchangeFailed,
+                    None,
+                    format!("code exchange failed: {error}"),
+                    vec![],
+                );
+                return provider_failure(&error);
+            }
+        };
+        let granted: Vec<String> = tokens
+            .scopes
+            .clone()
+            .or_else(|| {
+                query
+                    .scope
+                    .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            })
+            .unwrap_or_else(|| self.required_scopes.clone());
+        let missing = missing_scopes(&self.required_scopes, &granted);
+        if !missing.is_empty() {
+            tracing::info!(?missing, "the user did not grant every required scope");
+            // Tokens we will not keep are given back.
+            let provider = self.provider.clone();
+            let token = tokens.access_token.clone();
+            tokio::spawn(async move {
+                if let Err(error) = provider.revoke(&token).await {
+                    tracing::warn!(%error, "could not revoke an unused partial grant");
+                }
+            });
+            failed(
+                FailureReason::ScopeNotGranted,
+                None,
+                "the user did not grant every required scope".into(),
+                missing.clone(),
+            );
+            return Outcome::failed(
+                StatusCode::BAD_REQUEST,
+                "scope_not_granted",
+                "Calendar access is needed",
+                "Google Calendar was not connected because calendar access was not granted. Please start again and leave every permission ticked.",
+            );
+        }
+        let identity = match self.provider.identity(&tokens.access_token).await {
+            Ok(identity) => identity,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the account's email");
+                failed(
+                    FailureReason::IdentityUnavailable,
+                    None,
+                    format!("userinfo failed: {error}"),
+                    vec![],
+                );
+                return provider_failure(&error);
+            }
+        };
+        let google_email = identity.email.as_str();
+        let primary = match self.provider.primary_calendar(&tokens.access_token).await {
+            Ok(primary) => primary,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the account's primary calendar");
+                failed(
+                    FailureReason::ProviderError,
+                    Some(google_email),
+                    format!("calendar lookup failed: {error}"),
+                    vec![],
+                );
+                return provider_failure(&error);
+            }
+        };
+        let subaccount = &attempt.subaccount_id;
+        let user_email = attempt.user_email.as_str();
+        let calendar_id = match crate::calendars::upsert_primary(
+            &self.infra,
+            subaccount,
+            google_email,
+            user_email,
+            &primary,
+        )
+        .await
+        {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, "cannot store the calendar entry");
+                failed(
+                    FailureReason::StorageUnavailable,
+                    Some(google_email),
+                    "the calendar entry could not be stored".into(),
+                    vec![],
+                );
+                return storage_failure();
+            }
+        };
+        let mut event = Envelope::new(
+            subaccount.clone(),
+            attempt.correlation_id,
+            ConnectionSucceeded {
+                calendar_id: calendar_id.to_hex(),
+                user_email: user_email.to_owned(),
+                google_email: google_email.to_owned(),
+                connected_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            },
+        );
+        event.id = event_id(state, &attempt, ConnectionSucceeded::TYPE);
+        let entry = Outbox::entry(&event);
+        let saved = self
+            .tokens
+            .save_connection(NewConnection {
+                subaccount,
+                google_email,
+                user_email,
+                tokens: &tokens,
+                scopes: granted,
+                event: entry.clone(),
+            })
+            .await;
+        if let Err(error) = saved {
+            tracing::error!(%error, "cannot store the tokens");
+            failed(
+                FailureReason::StorageUnavailable,
+                Some(google_email),
+                "the tokens could not be stored".into(),
+                vec![],
+            );
+            return storage_failure();
+        }
+        let published = self.outbox.publish_now(subaccount, &entry).await;
+        tracing::info!(calendar_id = %calendar_id.to_hex(), published, "Google account connected");
+        Outcome::Connected {
+            subaccount_id: subaccount.to_string(),
+            google_email: google_email.to_owned(),
+        }
+    }
+
+    fn emit_failure(
+        &self,
+        state: &str,
+        attempt: &PendingAttempt,
+        reason: FailureReason,
+        google_email: Option<&str>,
+        message: String,
+        missing_scopes: Vec<String>,
+    ) {
+        let mut event = Envelope::new(
+            attempt.subaccount_id.clone(),
+            attempt.correlation_id,
+            ConnectionFailed {
+                user_email: Some(attempt.user_email.to_string()),
+                google_email: google_email.map(str::to_owned),
+                reason,
+                message,
+                missing_scopes,
+            },
+        );
+        event.id = event_id(state, attempt, ConnectionFailed::TYPE);
+        self.outbox.publish_detached(event);
+    }
+}
+
+/// A UUIDv7 derived from the attempt: its timestamp is when the link was issued, its random
+/// bits a hash of the state and the event type. The same attempt always yields the same id
+/// (JetStream drops a second publish), different attempts never collide.
+pub fn event_id(state: &str, attempt: &PendingAttempt, event_type: &str) -> Uuid {
+    let digest = Sha256::new()
+        .chain_update(b"gcal-connector/callback-event/v1\0")
+        .chain_update(event_type.as_bytes())
+        .chain_update([0])
+        .chain_update(state.as_bytes())
+        .finalize();
+    let mut random = [0_u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(attempt.issued_at.timestamp_millis()).unwrap_or_default();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+fn link_expired() -> Outcome {
+    Outcome::failed(
+        StatusCode::BAD_REQUEST,
+        "link_expired",
+        "This link has expired",
+        "This connection link has expired or was already used. Please start again from the app to get a new one.",
+    )
+}
+
+fn provider_failure(error: &ProviderError) -> Outcome {
+    let status = if error.is_transient() {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Outcome::failed(
+        status,
+        "provider_error",
+        "Google could not complete the connection",
+        "Google Calendar was not connected: Google did not complete the sign-in. Please start again from the app.",
+    )
+}
+
+fn storage_failure() -> Outcome {
+    Outcome::failed(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "Please try again",
+        "Google Calendar was not connected because we could not save the connection. Please start again from the app in a moment.",
+    )
+}
+
+/// Provider-supplied text in logs and pages: short, printable.
+fn short(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(100).collect()
+}

@@ -1,0 +1,206 @@
+//! What the browser sees after the callback: a small accessible HTML page, or a redirect to
+//! the configured frontend with `status=success|error`.
+//!
+//! Every dynamic text is HTML-escaped; the page has no script, loads nothing, cannot be
+//! framed, and is never cached. `Referrer-Policy: no-referrer` matters most: the callback URL
+//! carries the authorization code. No token ever reaches a page or a redirect.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use schemas::events::FailureReason;
+
+/// The outcome shown to the user.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Connected {
+        subaccount_id: String,
+        google_email: String,
+    },
+    Failed {
+        status: StatusCode,
+        /// `reason` in a frontend redirect: the event's reason, or `link_expired` /
+        /// `temporarily_unavailable`.
+        reason: &'static str,
+        title: &'static str,
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn failed(
+        status: StatusCode,
+        reason: &'static str,
+        title: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Failed {
+            status,
+            reason,
+            title,
+            message: message.into(),
+        }
+    }
+
+    /// The stable name of a failure reason, as in events.
+    pub fn reason_name(reason: FailureReason) -> &'static str {
+        match reason {
+            FailureReason::AccessDenied => "access_denied",
+            FailureReason::ProviderError => "provider_error",
+            FailureReason::ScopeNotGranted => "scope_not_granted",
+            FailureReason::TokenExchangeFailed => "token_exchange_failed",
+            FailureReason::IdentityUnavailable => "identity_unavailable",
+            FailureReason::ReauthRequired => "reauth_required",
+            FailureReason::StorageUnavailable => "storage_unavailable",
+        }
+    }
+
+    /// The page, or a 303 to `frontend` when one is configured.
+    pub fn respond(self, frontend: Option<&url::Url>) -> Response {
+        match frontend {
+            Some(frontend) => self.redirect(frontend),
+            None => self.page(),
+        }
+    }
+
+    fn redirect(self, frontend: &url::Url) -> Response {
+        let mut url = frontend.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            match &self {
+                Self::Connected {
+                    subaccount_id,
+                    google_email,
+                } => {
+                    query
+                        .append_pair("status", "success")
+                        .append_pair("subaccountId", subaccount_id)
+                        .append_pair("googleEmail", google_email);
+                }
+                Self::Failed { reason, .. } => {
+                    query
+                        .append_pair("status", "error")
+                        .append_pair("reason", reason);
+                }
+            }
+        }
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(location) = HeaderValue::from_str(url.as_str()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        secure(response)
+    }
+
+    fn page(self) -> Response {
+        let (status, title, body) = match &self {
+            Self::Connected { google_email, .. } => (
+                StatusCode::OK,
+                "Google Calendar connected",
+                format!(
+                    "<p>Your Google account <strong>{}</strong> is now connected.</p>\
+                     <p>You can close this window.</p>",
+                    html_escape::encode_text(google_email)
+                ),
+            ),
+            Self::Failed {
+                status,
+                title,
+                message,
+                ..
+            } => (
+                *status,
+                *title,
+                format!("<p>{}</p>", html_escape::encode_text(message)),
+            ),
+        };
+        let html = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;\
+             margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}h1{{font-size:1.5rem}}\
+             </style></head><body><main><h1 id=\"outcome\" data-status=\"{state}\">{title}</h1>{body}\
+             </main></body></html>\n",
+            title = html_escape::encode_text(title),
+            state = if matches!(self, Self::Connected { .. }) {
+                "success"
+            } else {
+                "error"
+            },
+        );
+        let mut response = (status, html).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        secure(response)
+    }
+}
+
+fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_escape_and_lock_down() {
+        let response = Outcome::Connected {
+            subaccount_id: "68cf05f060d294db17c0685e".into(),
+            google_email: "<script>alert(1)</script>@example.com".into(),
+        }
+        .respond(None);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::REFERRER_POLICY], "no-referrer");
+        assert!(
+            response.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .is_ok_and(|csp| csp.contains("default-src 'none'"))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("&lt;script&gt;"), "{body}");
+        assert!(!body.contains("<script>"), "{body}");
+    }
+
+    #[test]
+    fn frontend_redirects_carry_the_outcome_only() {
+        let frontend: url::Url = "https://app.example/connected?from=gcal"
+            .parse()
+            .expect("url");
+        let response = Outcome::failed(
+            StatusCode::BAD_REQUEST,
+            "scope_not_granted",
+            "Calendar access needed",
+            "secret detail",
+        )
+        .respond(Some(&frontend));
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let location = response.headers()[header::LOCATION]
+            .to_str()
+            .expect("ascii");
+        assert_eq!(
+            location,
+            "https://app.example/connected?from=gcal&status=error&reason=scope_not_granted"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Events that must not be lost: connection-succeeded is written into the account's
+//! `googleauths` document together with the tokens (`pendingEvent`, one single-document write),
+//! then published; the entry is cleared once JetStream acknowledges it. When JetStream is
+//! unreachable at that moment the [`Relay`] keeps trying, and at start-up (and every
+//! [`SCAN_EVERY`]) it scans every tenant for entries a crash left behind. The event id is the
+//! `Nats-Msg-Id`, so publishing an entry twice stores it once.
+//!
+//! connection-failed events have no document to ride in (nothing was stored); they are
+//! published with bounded retries in the background ([`Outbox::publish_detached`]).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use schemas::documents::google_auth::PendingEvent;
+use schemas::events::{ConnectionFailed, ConnectionSucceeded};
+use schemas::{Envelope, Event, RawEnvelope, StreamEvent, SubaccountId};
+use service_kit::Infrastructure;
+use service_kit::nats::{RawEvent, publish_event, publish_raw};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::token_store::TokenStore;
+
+/// How often tenants with unpublished entries are retried.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often every tenant is scanned for entries left by a crash.
+pub const SCAN_EVERY: Duration = Duration::from_secs(300);
+/// How long a publish may wait for JetStream before the relay takes over.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    infra: Infrastructure,
+    store: TokenStore,
+    retry: mpsc::UnboundedSender<SubaccountId>,
+}
+
+/// Publishes what [`Outbox`] could not, until it can.
+#[derive(Debug)]
+pub struct Relay {
+    outbox: Outbox,
+    retry: mpsc::UnboundedReceiver<SubaccountId>,
+}
+
+impl Outbox {
+    pub fn new(infra: Infrastructure, store: TokenStore) -> (Self, Relay) {
+        let (retry, receiver) = mpsc::unbounded_channel();
+        let outbox = Self {
+            infra,
+            store,
+            retry,
+        };
+        (
+            outbox.clone(),
+            Relay {
+                outbox,
+                retry: receiver,
+            },
+        )
+    }
+
+    /// The outbox entry for `event`, to be written with the tokens.
+    pub fn entry(event: &Envelope<ConnectionSucceeded>) -> PendingEvent {
+        PendingEvent {
+            event_id: event.id.to_string(),
+            event_type: ConnectionSucceeded::TYPE.to_owned(),
+            envelope: String::from_utf8(event.to_bytes()).expect("serde_json always writes UTF-8"),
+        }
+    }
+
+    /// Publishes a stored entry now and clears it; on failure hands the tenant to the relay.
+    /// True when JetStream has it.
+    pub async fn publish_now(&self, subaccount: &SubaccountId, entry: &PendingEvent) -> bool {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_entry(subaccount, entry)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, event_id = %entry.event_id, "event kept in the outbox; the relay will publish it");
+                let _ = self.retry.send(subaccount.clone());
+                false
+            }
+            Err(_) => {
+                tracing::warn!(event_id = %entry.event_id, "JetStream did not answer in time; the relay will publish the event");
+                let _ = self.retry.send(subaccount.clone());
+                false
+            }
+        }
+    }
+
+    async fn publish_entry(
+        &self,
+        subaccount: &SubaccountId,
+        entry: &PendingEvent,
+    ) -> Result<(), String> {
+        let raw = RawEnvelope::decode_raw(entry.envelope.as_bytes()).map_err(|e| e.to_string())?;
+        let event_type = match raw.event_type.as_str() {
+            ConnectionSucceeded::TYPE => ConnectionSucceeded::TYPE,
+            ConnectionFailed::TYPE => ConnectionFailed::TYPE,
+            other => return Err(format!("outbox entry of unknown type {other}")),
+        };
+        let subject = match event_type {
+            ConnectionSucceeded::TYPE => self
+                .infra
+                .namespace
+                .event::<ConnectionSucceeded>(subaccount),
+            _ => self.infra.namespace.event::<ConnectionFailed>(subaccount),
+        };
+        let ack = publish_raw(
+            &self.infra.jetstream,
+            subject,
+            RawEvent {
+                event_type,
+                event_id: raw.id,
+                correlation_id: raw.correlation_id,
+                bytes: entry.envelope.as_bytes().to_vec(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if ack.duplicate {
+            tracing::info!(event_id = %entry.event_id, "outbox entry was already published");
+        }
+        self.store
+            .clear_pending(subaccount, &entry.event_id)
+            .await
+            .map_err(|e| format!("published, but the outbox entry is not cleared yet: {e}"))
+    }
+
+    /// Publishes an event that has no document to wait in, retrying in the background for
+    /// a few minutes; logged if it still cannot be published.
+    pub fn publish_detached<E: StreamEvent + serde::Serialize + Send + Sync + 'static>(
+        &self,
+        event: Envelope<E>,
+    ) {
+        let infra = self.infra.clone();
+        tokio::spawn(async move {
+            let attempt = || publish_event(&infra.jetstream, &infra.namespace, &event);
+            let published = attempt
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(500))
+                        .with_max_delay(Duration::from_secs(30))
+                        .with_max_times(12)
+                        .with_jitter(),
+                )
+                .await;
+            if let Err(error) = published {
+                tracing::error!(%error, event_id = %event.id, event_type = E::TYPE, "event could not be published");
+            }
+        });
+    }
+
+    /// Publishes every entry of one tenant; false if any is still pending.
+    async fn flush(&self, subaccount: &SubaccountId) -> bool {
+        let entries = match self.store.pending(subaccount).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, %subaccount, "cannot read the outbox");
+                return false;
+            }
+        };
+        let mut all = true;
+        for entry in entries {
+            if let Err(error) = self.publish_entry(subaccount, &entry).await {
+                tracing::debug!(%error, event_id = %entry.event_id, "outbox entry still pending");
+                all = false;
+            } else {
+                tracing::info!(event_id = %entry.event_id, %subaccount, "outbox entry published by the relay");
+            }
+        }
+        all
+    }
+}
+
+impl Relay {
+    /// Runs until `shutdown`: scans every tenant at start and every [`SCAN_EVERY`], and
+    /// retries tenants with pending entries every [`RETRY_EVERY`].
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut waiting: BTreeSet<SubaccountId> = BTreeSet::new();
+        let mut scan = tokio::time::interval(SCAN_EVERY);
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(subaccount) = self.retry.recv() => { waiting.insert(subaccount); }
+                _ = scan.tick() => {
+                    match self.outbox.infra.mongo.tenants().await {
+                        Ok(tenants) => waiting.extend(tenants),
+                        Err(error) => tracing::warn!(%error, "outbox scan cannot list tenant databases"),
+                    }
+                }
+                _ = retry.tick(), if !waiting.is_empty() => {
+                    let mut still = BTreeSet::new();
+                    for subaccount in std::mem::take(&mut waiting) {
+                        if !self.outbox.flush(&subaccount).await {
+                            still.insert(subaccount);
+                        }
+                    }
+                    waiting = still;
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            tracing::warn!(
+                tenants = waiting.len(),
+                "stopping with unpublished outbox entries; the next start publishes them"
+            );
+        }
+    }
+}

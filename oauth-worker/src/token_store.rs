@@ -1,0 +1,290 @@
+//! The tenant's `googleauths` collection: one document per `(subaccountId, googleEmail)` with
+//! the account's tokens encrypted by the [`TokenVault`].
+//!
+//! - [`TokenStore::save_connection`]: after a consent. Replaces the tokens, keeps the stored
+//!   refresh token when the provider sent none, re-encrypts with the current key, and writes
+//!   the connection-succeeded event into the same document (the outbox) in the same write.
+//! - [`TokenStore::load`] / [`TokenStore::save_refreshed`]: the refresh path; a refresh lands
+//!   only if the `tokenVersion` it read is still current (fencing).
+//! - [`TokenStore::mark`]: `reauth_required` after `invalid_grant`, `revoked` after a disconnect.
+
+use std::time::Duration;
+
+use bson::{DateTime, Document, doc};
+use mongodb::Collection;
+use mongodb::options::ReturnDocument;
+use schemas::SubaccountId;
+use schemas::documents::google_auth::{AuthStatus, COLLECTION, GoogleAuth, PendingEvent};
+use service_kit::Infrastructure;
+
+use crate::vault::{SecretToken, TokenBinding, TokenKind, TokenVault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("stored tokens cannot be decrypted: {0}")]
+    Vault(#[from] VaultError),
+    #[error("a stored Google auth document is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What a consent produced, in plaintext until [`TokenStore::save_connection`] encrypts it.
+#[derive(Debug)]
+pub struct NewConnection<'a> {
+    pub subaccount: &'a SubaccountId,
+    pub google_email: &'a str,
+    pub user_email: &'a str,
+    pub tokens: &'a crate::provider::Tokens,
+    pub scopes: Vec<String>,
+    pub event: PendingEvent,
+}
+
+/// A stored account with its tokens decrypted.
+#[derive(Debug)]
+pub struct StoredAuth {
+    pub document: GoogleAuth,
+    pub access_token: SecretToken,
+    pub refresh_token: Option<SecretToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    infra: Infrastructure,
+    vault: TokenVault,
+}
+
+impl TokenStore {
+    pub fn new(infra: Infrastructure, vault: TokenVault) -> Self {
+        Self { infra, vault }
+    }
+
+    pub fn vault(&self) -> &TokenVault {
+        &self.vault
+    }
+
+    pub async fn collection(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<Collection<GoogleAuth>, mongodb::error::Error> {
+        Ok(self
+            .infra
+            .mongo
+            .connection_for(subaccount)
+            .await?
+            .collection(COLLECTION))
+    }
+
+    /// Stores a consent's tokens and its pending event in one single-document write.
+    pub async fn save_connection(&self, new: NewConnection<'_>) -> Result<(), TokenStoreError> {
+        let collection = self.collection(new.subaccount).await?;
+        let filter =
+            doc! { "subaccountId": new.subaccount.as_str(), "googleEmail": new.google_email };
+        let binding = |kind| TokenBinding {
+            subaccount_id: new.subaccount.as_str(),
+            google_email: new.google_email,
+            kind,
+        };
+        // A reconnect without a refresh token keeps the stored one, re-encrypted with the
+        // current key (rotation happens on every write).
+        let refresh_token = match &new.tokens.refresh_token {
+            Some(token) => Some(self.vault.encrypt(token, &binding(TokenKind::Refresh))),
+            None => match collection.find_one(filter.clone()).await? {
+                Some(existing) => match existing.refresh_token {
+                    Some(stored) => {
+                        let plain = self.vault.decrypt(&stored, &binding(TokenKind::Refresh))?;
+                        Some(
+                            self.vault
+                                .encrypt(plain.expose(), &binding(TokenKind::Refresh)),
+                        )
+                    }
+                    None => None,
+                },
+                None => None,
+            },
+        };
+        let now = DateTime::now();
+        let mut set = doc! {
+            "userEmail": new.user_email,
+            "accessToken": bson::to_bson(&self.vault.encrypt(&new.tokens.access_token, &binding(TokenKind::Access)))
+                .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "expiresAt": expiry(now, new.tokens.expires_in),
+            "scopes": &new.scopes,
+            "status": bson::to_bson(&AuthStatus::Active).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "updatedAt": now,
+            "pendingEvent": bson::to_bson(&new.event).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+        };
+        if let Some(refresh) = refresh_token {
+            set.insert(
+                "refreshToken",
+                bson::to_bson(&refresh).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        collection
+            .update_one(
+                filter,
+                doc! {
+                    "$set": set,
+                    "$inc": { "tokenVersion": 1_i64 },
+                    "$setOnInsert": { "_id": bson::oid::ObjectId::new(), "createdAt": now },
+                },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// The account with its tokens decrypted, or `None` when it is not connected.
+    pub async fn load(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Option<StoredAuth>, TokenStoreError> {
+        let found = self
+            .collection(subaccount)
+            .await?
+            .find_one(doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email })
+            .await?;
+        let Some(document) = found else {
+            return Ok(None);
+        };
+        let binding = |kind| TokenBinding {
+            subaccount_id: subaccount.as_str(),
+            google_email,
+            kind,
+        };
+        let access_token = self
+            .vault
+            .decrypt(&document.access_token, &binding(TokenKind::Access))?;
+        let refresh_token = document
+            .refresh_token
+            .as_ref()
+            .map(|t| self.vault.decrypt(t, &binding(TokenKind::Refresh)))
+            .transpose()?;
+        Ok(Some(StoredAuth {
+            document,
+            access_token,
+            refresh_token,
+        }))
+    }
+
+    /// Writes a refreshed access token if the document is still at `read_version`; `None`
+    /// when another writer got there first (the caller re-reads). Re-encrypts the refresh
+    /// token with the current key when it was not.
+    pub async fn save_refreshed(
+        &self,
+        stored: &StoredAuth,
+        tokens: &crate::provider::Tokens,
+    ) -> Result<Option<GoogleAuth>, TokenStoreError> {
+        let document = &stored.document;
+        let subaccount = SubaccountId::parse(&document.subaccount_id)
+            .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?;
+        let binding = |kind| TokenBinding {
+            subaccount_id: &document.subaccount_id,
+            google_email: &document.google_email,
+            kind,
+        };
+        let now = DateTime::now();
+        let mut set = doc! {
+            "accessToken": bson::to_bson(&self.vault.encrypt(&tokens.access_token, &binding(TokenKind::Access)))
+                .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "expiresAt": expiry(now, tokens.expires_in),
+            "updatedAt": now,
+        };
+        let refresh = match (&tokens.refresh_token, &stored.refresh_token) {
+            (Some(new), _) => Some(new.as_str()),
+            (None, Some(old)) => Some(old.expose()),
+            (None, None) => None,
+        };
+        if let Some(refresh) = refresh {
+            set.insert(
+                "refreshToken",
+                bson::to_bson(&self.vault.encrypt(refresh, &binding(TokenKind::Refresh)))
+                    .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        let updated = self
+            .collection(&subaccount)
+            .await?
+            .find_one_and_update(
+                doc! {
+                    "_id": document.id,
+                    "tokenVersion": document.token_version,
+                    "status": bson::to_bson(&AuthStatus::Active).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+                },
+                doc! { "$set": set, "$inc": { "tokenVersion": 1_i64 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(updated)
+    }
+
+    /// Sets the account's status (`reauth_required`, `revoked`); true when it exists.
+    pub async fn mark(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+        status: AuthStatus,
+    ) -> Result<bool, TokenStoreError> {
+        let result = self
+            .collection(subaccount)
+            .await?
+            .update_one(
+                doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email },
+                doc! { "$set": {
+                    "status": bson::to_bson(&status).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+                    "updatedAt": DateTime::now(),
+                }, "$inc": { "tokenVersion": 1_i64 } },
+            )
+            .await?;
+        Ok(result.matched_count > 0)
+    }
+
+    /// Clears the outbox entry once JetStream has the event (only if it is still that event).
+    pub async fn clear_pending(
+        &self,
+        subaccount: &SubaccountId,
+        event_id: &str,
+    ) -> Result<(), TokenStoreError> {
+        self.collection(subaccount)
+            .await?
+            .update_many(
+                doc! { "pendingEvent.eventId": event_id },
+                doc! { "$unset": { "pendingEvent": "" } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every outbox entry of a tenant.
+    pub async fn pending(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<Vec<PendingEvent>, TokenStoreError> {
+        use futures::TryStreamExt;
+        let raw: Collection<Document> = self
+            .infra
+            .mongo
+            .connection_for(subaccount)
+            .await?
+            .collection(COLLECTION);
+        let documents: Vec<Document> = raw
+            .find(doc! { "pendingEvent": { "$exists": true } })
+            .projection(doc! { "pendingEvent": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|d| d.get_document("pendingEvent").ok().cloned())
+            .filter_map(|d| bson::from_document::<PendingEvent>(d).ok())
+            .collect())
+    }
+}
+
+fn expiry(now: DateTime, expires_in: Duration) -> DateTime {
+    DateTime::from_millis(
+        now.timestamp_millis()
+            .saturating_add(i64::try_from(expires_in.as_millis()).unwrap_or(i64::MAX)),
+    )
+}

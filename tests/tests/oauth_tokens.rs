@@ -1,0 +1,253 @@
+//! The token lifecycle over real NATS, Redis and the MongoDB-wire server against the fake
+//! Google: access tokens for other services, single-flight refresh across replicas,
+//! `invalid_grant` → reauth required, key rotation, and the outbox surviving a NATS outage.
+
+mod oauth_support;
+
+use std::time::Duration;
+
+use e2e::TestContext;
+use e2e::fake_google::Decision;
+use e2e::servers::NatsServer;
+use oauth_support::{KEY_A, KEY_B, OAuthStack, access_token_via};
+use schemas::events::{
+    AccessTokenRejectionCode, AccessTokenReply, ConnectionFailed, ConnectionSucceeded,
+    FailureReason,
+};
+
+const EMAIL: &str = "person@gmail.example";
+
+fn allow() -> Decision {
+    Decision::Allow {
+        account: Some(EMAIL.into()),
+        scopes: None,
+    }
+}
+
+fn issued(reply: AccessTokenReply) -> String {
+    match reply {
+        AccessTokenReply::Issued { access_token, .. } => access_token,
+        other => panic!("no token: {other:?}"),
+    }
+}
+
+async fn userinfo_works(stack: &OAuthStack, token: &str) -> bool {
+    reqwest::Client::new()
+        .get(stack.google.userinfo_url())
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("userinfo")
+        .status()
+        .is_success()
+}
+
+#[tokio::test]
+async fn access_tokens_come_from_the_store_then_the_cache_and_refresh_when_stale() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    let first = issued(stack.access_token(EMAIL).await);
+    assert!(userinfo_works(&stack, &first).await);
+    assert_eq!(issued(stack.access_token(EMAIL).await), first);
+    assert_eq!(stack.google.token_requests("refresh_token"), 0);
+
+    // Unknown accounts are named as such.
+    match stack.access_token("nobody@gmail.example").await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::NotConnected)
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A token closer to expiry than the margin is refreshed (once), then cached.
+    let stale = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    stale
+        .google
+        .set_access_token_lifetime(Duration::from_secs(30));
+    stale.connect("user@example.com", allow()).await;
+    stale
+        .google
+        .set_access_token_lifetime(Duration::from_secs(3600));
+    let refreshed = issued(stale.access_token(EMAIL).await);
+    assert!(userinfo_works(&stale, &refreshed).await);
+    assert_eq!(issued(stale.access_token(EMAIL).await), refreshed);
+    assert_eq!(stale.google.token_requests("refresh_token"), 1);
+    let auth = stale.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(auth.get_i64("tokenVersion").expect("version"), 2);
+    assert!(!format!("{auth:?}").contains(&refreshed), "stored in clear");
+}
+
+#[tokio::test]
+async fn two_replicas_refresh_a_token_once() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    let replica = stack.replica(&[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(30));
+    stack.connect("user@example.com", allow()).await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(3600));
+    // Slow enough that the requests overlap at the provider.
+    stack.google.set_latency(Duration::from_millis(300));
+
+    let subaccount = stack.subaccount();
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let nats = stack.nats.clone();
+            let ns = stack.ns.clone();
+            let subaccount = subaccount.clone();
+            tokio::spawn(async move { access_token_via(&nats, &ns, &subaccount, EMAIL).await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for request in requests {
+        tokens.push(issued(request.await.expect("task")));
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "every caller got the same new token");
+    assert_eq!(stack.google.token_requests("refresh_token"), 1);
+    replica.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_marks_the_account_reauth_required() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(30));
+    stack.connect("user@example.com", allow()).await;
+    assert_eq!(stack.google.revoke_refresh_tokens_of(EMAIL), 1);
+
+    for _ in 0..2 {
+        match stack.access_token(EMAIL).await {
+            AccessTokenReply::Rejected { code, message } => {
+                assert_eq!(code, AccessTokenRejectionCode::ReauthRequired);
+                assert!(!message.contains("1//"), "a token leaked: {message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The second ask did not try the provider again.
+    assert_eq!(stack.google.token_requests("refresh_token"), 1);
+    let auth = stack.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(auth.get_str("status").expect("status"), "reauth_required");
+    let failed = stack
+        .events::<ConnectionFailed>(Duration::from_secs(5))
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload.reason, FailureReason::ReauthRequired);
+    assert_eq!(failed[0].payload.google_email.as_deref(), Some(EMAIL));
+}
+
+#[tokio::test]
+async fn tokens_written_with_an_old_key_still_work_and_move_to_the_new_key() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(30));
+    stack.connect("user@example.com", allow()).await;
+    let before = stack.google_auth(EMAIL).await.expect("stored");
+    let key_of = |doc: &bson::Document, field: &str| {
+        doc.get_document(field)
+            .expect("encrypted")
+            .get_str("keyId")
+            .expect("key id")
+            .to_owned()
+    };
+    assert_eq!(key_of(&before, "refreshToken"), "a");
+
+    // Rotate: B is current, A still decrypts.
+    let keys = format!("{KEY_A},{KEY_B}");
+    let stack = stack
+        .restart_worker(&[
+            ("ACCESS_TOKEN_MARGIN", "1m"),
+            ("TOKEN_ENCRYPTION_KEYS", &keys),
+            ("TOKEN_ENCRYPTION_KEY_ID", "b"),
+        ])
+        .await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(3600));
+    let token = issued(stack.access_token(EMAIL).await);
+    assert!(userinfo_works(&stack, &token).await);
+    let after = stack.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(key_of(&after, "accessToken"), "b");
+    assert_eq!(key_of(&after, "refreshToken"), "b", "re-encrypted on write");
+
+    // A worker that no longer has key B cannot read the record: it says so, leaks nothing.
+    let stack = stack.restart_worker(&[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    let mut redis = stack.redis().await;
+    let _: () = redis::AsyncCommands::del(
+        &mut redis,
+        format!(
+            "{}:token:access:{}:{}",
+            stack.ctx.id,
+            oauth_support::SUBACCOUNT,
+            EMAIL
+        ),
+    )
+    .await
+    .expect("drop cache");
+    match stack.access_token(EMAIL).await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::Unavailable)
+        }
+        AccessTokenReply::Issued { .. } => {
+            // Still cached under another key name: acceptable only if the cache is encrypted
+            // with a key this worker has, which it is not.
+            panic!("a worker without the key handed out a token")
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_connection_event_survives_a_nats_outage_during_the_callback() {
+    let mut nats = NatsServer::start();
+    let mut ctx = TestContext::new();
+    ctx.nats_url = nats.url();
+    let stack = OAuthStack::start(ctx, &[]).await;
+    let (_, auth_url) = stack.issue_link("user@example.com").await;
+    let callback = stack.consent(&auth_url, allow()).await;
+
+    nats.stop();
+    let page = stack.open(&callback).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let pending = stack.google_auth(EMAIL).await.expect("tokens stored");
+    assert!(
+        pending.get_document("pendingEvent").is_ok(),
+        "event kept in the outbox"
+    );
+
+    nats.restart();
+    let events = stack
+        .events::<ConnectionSucceeded>(Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        events.len(),
+        1,
+        "published once NATS was back, exactly once"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let auth = stack.google_auth(EMAIL).await.expect("stored");
+        if auth.get("pendingEvent").is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack
+            .events::<ConnectionSucceeded>(Duration::from_millis(200))
+            .await
+            .len(),
+        1
+    );
+}
