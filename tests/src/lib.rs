@@ -12,6 +12,7 @@
 //!
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
 
+pub mod browser;
 pub mod context;
 pub mod fake_google;
 pub mod jwt;
