@@ -30,6 +30,9 @@ use crate::vault::{TokenBinding, TokenKind};
 /// How long a refresh lock is held at most (a refresh is bounded by the provider timeout
 /// and retries well below this).
 const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a replica waits for another's refresh before answering `unavailable`: below the
+/// 10-second default request timeout of NATS clients, so the caller gets an answer.
+const WAIT_FOR_OTHER: Duration = Duration::from_secs(8);
 /// How often a replica waiting for another's refresh looks at the cache.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -309,7 +312,7 @@ impl AccessTokens {
         subaccount: &SubaccountId,
         google_email: &str,
     ) -> Result<Issued, AccessTokenError> {
-        let deadline = tokio::time::Instant::now() + LOCK_TTL;
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(WAIT_POLL).await;
             if let Some(issued) = self.cached(subaccount, google_email).await {

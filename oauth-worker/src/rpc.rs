@@ -38,10 +38,28 @@ pub async fn serve<R: Responder>(
     // One reference count per request rather than one per field of the client and responder.
     let shared = Arc::new((responder, nats.clone()));
     let tracker = TaskTracker::new();
+    let mut draining = false;
     loop {
-        let message = tokio::select! {
-            message = requests.next() => message,
-            () = shutdown.cancelled() => break,
+        let message = if draining {
+            // Bounded: with NATS gone the confirmation never comes.
+            tokio::time::timeout(grace, requests.next())
+                .await
+                .unwrap_or_default()
+        } else {
+            tokio::select! {
+                message = requests.next() => message,
+                () = shutdown.cancelled() => {
+                    // Stop receiving, so the queue group routes new requests to other
+                    // replicas, but answer every request already routed here: the server
+                    // confirms the unsubscribe after them, then the subscription ends.
+                    draining = true;
+                    if let Err(e) = requests.drain().await {
+                        tracing::warn!(%subject, error = %e, "could not drain the subscription");
+                        break;
+                    }
+                    continue;
+                }
+            }
         };
         let Some(message) = message else { break };
         let Some(reply_to) = message.reply else {
@@ -61,8 +79,6 @@ pub async fn serve<R: Responder>(
             drop(permit);
         });
     }
-    // Stop receiving first, so the queue group routes new requests to other replicas.
-    let _ = requests.unsubscribe().await;
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(%subject, ?grace, "requests outlived SHUTDOWN_GRACE");
