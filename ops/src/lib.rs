@@ -1,0 +1,82 @@
+//! `gcal-ops`, the operator's tool for the connector's JetStream streams: list, show, replay
+//! and purge dead letters, and replay ranges of domain events.
+//!
+//! `main.rs` only parses the command line and calls [`run`]; tests call [`run_with_env`]
+//! in-process with their own settings and an output buffer. Whatever a command reports goes
+//! to `out` (a table, or one JSON document with `--json`); a progress bar, when there is one,
+//! goes to stderr.
+//!
+//! Replaying is safe because every consumer is idempotent: a replayed event leaves the same
+//! state as its first delivery. A replay gets a fresh `Nats-Msg-Id` (the original inside the
+//! stream's duplicate window would be dropped as a duplicate) and carries the original id in
+//! `Gcal-Original-Msg-Id`.
+
+mod cli;
+mod commands;
+mod config;
+mod dead_letter;
+mod output;
+mod reader;
+mod subject;
+
+use std::io::Write;
+
+/// So callers (tests) can parse a [`Cli`] without depending on clap themselves.
+pub use clap::Parser;
+pub use cli::{
+    Cli, Command, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, EventsCommand,
+    EventsReplayArgs, GlobalArgs,
+};
+pub use dead_letter::{Detail, Summary};
+pub use output::{Action, Outcome, SomeFailed};
+pub use subject::{ConsumerName, SubjectFilter};
+
+use service_kit::Env;
+use service_kit::config::ConfigError;
+
+/// Exit code when every message was handled (or there was nothing to do).
+pub const EXIT_OK: u8 = 0;
+/// Exit code when a message failed, or the command could not do its work (unreachable NATS,
+/// an unknown sequence, a missing stream).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for a command line that does not make sense (clap uses it too).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for invalid configuration, as the services use (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: u8 = service_kit::service::EXIT_CONFIG;
+
+/// A command line that parsed but asks for something impossible.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs one command with settings from the process environment and `.env`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    run_with_env(cli, Env::from_process(), out).await
+}
+
+/// Runs one command with settings from `env` (flags still win).
+pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Result<()> {
+    let settings = config::resolve(&cli.global, env)?;
+    commands::check(&cli.command, &settings.namespace)?;
+    let client = config::connect(&settings, cli.global.connect_timeout()).await?;
+    let ops = commands::Ops {
+        js: async_nats::jetstream::new(client.clone()),
+        ns: settings.namespace,
+        json: cli.global.json,
+    };
+    let result = commands::dispatch(&ops, cli.command, out).await;
+    // Everything that matters was acknowledged already; this only sends what is buffered.
+    let _ = client.flush().await;
+    result
+}
+
+/// The process exit code for an error [`run`] returned.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if err.downcast_ref::<UsageError>().is_some() {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    }
+}
