@@ -7,6 +7,8 @@ use service_kit::ServiceConfig;
 use service_kit::auth::JwtConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration};
 
+use crate::service_auth::ServiceAuthConfig;
+
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub common: CommonConfig,
@@ -21,6 +23,11 @@ pub struct ApiConfig {
     pub connector_cache_ttl: Duration,
     /// Largest request body accepted (413 beyond it). Bodies here are a few hundred bytes.
     pub max_body_bytes: usize,
+    /// How calls from other services are authenticated.
+    pub service_auth: ServiceAuthConfig,
+    /// How long a request that records an event waits for JetStream's acknowledgement before
+    /// answering 503; a publish queued behind a reconnecting NATS connection never hangs it.
+    pub publish_timeout: Duration,
 }
 
 impl ServiceConfig for ApiConfig {
@@ -59,6 +66,17 @@ impl ServiceConfig for ApiConfig {
         if !(1024..=1024 * 1024).contains(&max_body_bytes) {
             env.problem("API_MAX_BODY_BYTES", "must be between 1024 and 1048576");
         }
+        let service_auth = ServiceAuthConfig::from_env(env);
+        let publish_timeout: Duration = env
+            .value::<HumanDuration>(
+                "API_PUBLISH_TIMEOUT",
+                "5s",
+                "How long the api waits for JetStream to store an event it publishes before answering 503.",
+            )
+            .into();
+        if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&publish_timeout) {
+            env.problem("API_PUBLISH_TIMEOUT", "must be between 50ms and 60s");
+        }
         Self {
             common,
             http_addr,
@@ -66,6 +84,8 @@ impl ServiceConfig for ApiConfig {
             connect_request_timeout,
             connector_cache_ttl,
             max_body_bytes,
+            service_auth,
+            publish_timeout,
         }
     }
 
@@ -87,6 +107,8 @@ mod tests {
         assert_eq!(config.connector_cache_ttl, Duration::from_secs(300));
         assert_eq!(config.max_body_bytes, 16 * 1024);
         assert!(config.auth.uses_dev_secret());
+        assert_eq!(config.publish_timeout, Duration::from_secs(5));
+        assert!(config.service_auth.auth_url.is_none());
     }
 
     #[test]
@@ -96,6 +118,8 @@ mod tests {
             ("CONNECTOR_CACHE_TTL", "soon"),
             ("API_MAX_BODY_BYTES", "10"),
             ("JWT_ALGORITHM", "RS256"),
+            ("API_PUBLISH_TIMEOUT", "0s"),
+            ("SERVICE_AUTH_URL", "not a url"),
         ]))
         .expect_err("bad settings");
         let names: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
@@ -104,6 +128,8 @@ mod tests {
             "CONNECTOR_CACHE_TTL",
             "API_MAX_BODY_BYTES",
             "JWT_JWKS_URL",
+            "API_PUBLISH_TIMEOUT",
+            "SERVICE_AUTH_URL",
         ] {
             assert!(names.contains(&name), "{name} missing from {err}");
         }

@@ -14,6 +14,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use service_kit::auth::{AuthError, Forbidden};
 
+use crate::service_auth::ServiceAuthError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401 (or 503 when the identity provider's keys cannot be fetched).
@@ -22,6 +24,9 @@ pub enum ApiError {
     /// 403: a valid token that does not grant this subaccount or permission.
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// 401, 403 or 503 of a service-token route.
+    #[error(transparent)]
+    ServiceAuth(#[from] ServiceAuthError),
     /// 400: a path segment is not a valid id.
     #[error("{error}")]
     InvalidPath { field: &'static str, error: IdError },
@@ -72,6 +77,11 @@ pub enum ApiError {
     /// 503: MongoDB did not answer (detail logged where seen).
     #[error("The database is not available; try again shortly")]
     DatabaseUnavailable,
+    /// 503: JetStream did not store an event (detail logged where seen).
+    #[error(
+        "The event could not be recorded right now (the event stream is unavailable); try again shortly"
+    )]
+    EventStreamUnavailable,
     #[error("No such endpoint")]
     RouteNotFound,
     #[error("This endpoint does not accept this method")]
@@ -103,6 +113,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Auth(e) => e.status(),
+            Self::ServiceAuth(e) => e.status(),
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::InvalidPath { .. }
             | Self::InvalidJson { .. }
@@ -116,7 +127,8 @@ impl ApiError {
             Self::OAuthWorkerUnavailable
             | Self::OAuthWorkerTimeout { .. }
             | Self::StateStoreUnavailable
-            | Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::DatabaseUnavailable
+            | Self::EventStreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OAuthWorkerBadReply => StatusCode::BAD_GATEWAY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +138,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Auth(e) => e.code(),
+            Self::ServiceAuth(e) => e.code(),
             Self::Forbidden(Forbidden::Subaccount(_)) => "subaccount_forbidden",
             Self::Forbidden(Forbidden::Permission(_)) => "permission_denied",
             Self::InvalidPath {
@@ -146,6 +159,7 @@ impl ApiError {
             Self::StateStoreUnavailable => "state_store_unavailable",
             Self::OAuthWorkerBadReply => "oauth_worker_bad_reply",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::EventStreamUnavailable => "event_stream_unavailable",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal_error",
@@ -160,6 +174,7 @@ impl ApiError {
             Self::Forbidden(Forbidden::Permission(permission)) => {
                 json!({ "permission": permission })
             }
+            Self::ServiceAuth(e) => e.details(),
             Self::InvalidPath { field, .. } => json!({ "field": field }),
             Self::InvalidJson {
                 field,
@@ -212,11 +227,25 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // Every 503 here is transient; tell clients when a retry makes sense.
+        // Every 503 here but a missing configuration is transient; say when a retry makes sense.
+        let transient = match &this {
+            Self::ServiceAuth(e) => e.is_transient(),
+            _ => status == StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if transient {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(
+            this,
+            Self::ServiceAuth(ServiceAuthError::Missing | ServiceAuthError::Invalid(_))
+        ) {
+            // RFC 9110 §11.6.1: a 401 names a scheme the caller can use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="service""#),
+            );
         }
         response
     }

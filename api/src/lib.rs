@@ -6,8 +6,11 @@
 //!   error shape.
 //! - [`connectors`]: the tenant's `connectorsubaccount` collection behind a Redis cache-aside.
 //! - [`oauth_worker`]: the NATS request that asks the oauth-worker for an authorization link.
+//! - [`service_auth`]: service tokens, for the deprecated
+//!   `POST /api/connectors/{subaccountId}/metadata/update`.
 //!
-//! Users authenticate with a bearer JWT (`service_kit::auth`).
+//! Users authenticate with a bearer JWT (`service_kit::auth`), other services with a service
+//! token ([`service_auth`]).
 
 pub mod config;
 pub mod connectors;
@@ -15,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod oauth_worker;
 pub mod routes;
+pub mod service_auth;
 pub mod state;
 
 use service_kit::auth::JwtVerifier;
@@ -25,6 +29,7 @@ pub use config::ApiConfig;
 
 use crate::connectors::ConnectorStore;
 use crate::extract::BodyLimit;
+use crate::service_auth::ServiceTokenVerifier;
 use crate::state::{AppState, Shared};
 
 /// The name in logs, metrics and the NATS connection.
@@ -46,12 +51,29 @@ pub async fn run(
     }
     tracing::info!(algorithm = %config.auth.algorithm, "user tokens: algorithm pinned");
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
+    // The deprecated metadata update publishes to the domain stream: make sure it exists even
+    // when no worker has started yet.
+    infra.ensure_streams(&config.common).await?;
+    let service_tokens = ServiceTokenVerifier::new(&config.service_auth, &infra)?;
+    if service_tokens.is_configured() {
+        tracing::info!(
+            mode = service_tokens.mode_name(),
+            "service tokens: validation configured"
+        );
+    } else {
+        tracing::warn!(
+            "service tokens: neither SERVICE_AUTH_URL nor SERVICE_TOKENS is set; \
+             service-token routes answer 503 service_auth_not_configured"
+        );
+    }
     let state = AppState::new(Shared {
         infra: infra.clone(),
         verifier,
         connectors: ConnectorStore::new(infra.clone(), config.connector_cache_ttl),
         connect_timeout: config.connect_request_timeout,
         body_limit: BodyLimit(config.max_body_bytes),
+        service_tokens,
+        publish_timeout: config.publish_timeout,
     });
     let served = service_kit::http::serve(
         SERVICE,

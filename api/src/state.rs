@@ -10,6 +10,7 @@ use service_kit::auth::JwtVerifier;
 
 use crate::connectors::ConnectorStore;
 use crate::extract::BodyLimit;
+use crate::service_auth::ServiceTokenVerifier;
 
 /// Cloned for every request by axum's `State`, so it is one `Arc`: a single reference count
 /// instead of one per field.
@@ -26,6 +27,10 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Read by the `ApiJson` extractor for its 413 message.
     pub body_limit: BodyLimit,
+    /// Read by the `ServiceCaller` extractor.
+    pub service_tokens: ServiceTokenVerifier,
+    /// `API_PUBLISH_TIMEOUT`.
+    pub publish_timeout: Duration,
 }
 
 impl AppState {
@@ -51,5 +56,11 @@ impl FromRef<AppState> for JwtVerifier {
 impl FromRef<AppState> for BodyLimit {
     fn from_ref(state: &AppState) -> Self {
         state.body_limit
+    }
+}
+
+impl FromRef<AppState> for ServiceTokenVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.service_tokens.clone()
     }
 }

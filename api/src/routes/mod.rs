@@ -3,6 +3,7 @@
 
 pub mod connectors;
 pub mod google_calendar;
+pub mod metadata_update;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -16,6 +17,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(connectors::router())
         .merge(google_calendar::router())
+        .merge(metadata_update::router())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Enforced while the body streams in, so an oversized body is never buffered whole.

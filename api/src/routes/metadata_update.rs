@@ -1,0 +1,351 @@
+//! `POST /api/connectors/{subaccountId}/metadata/update` — **deprecated**, kept because the
+//! reference spec's database-server still has it: another service reports a completed
+//! connection's metadata.
+//!
+//! It writes nothing itself. The metadata goes down the same path as the OAuth callback's: a
+//! `connection-succeeded` event on JetStream, which the metadata-worker applies (idempotently,
+//! with retries and a dead-letter stream). The answer is 202 once JetStream has stored the
+//! event.
+//!
+//! Checks, cheapest and least revealing first: the service token (401, or 503 when it cannot
+//! be verified), the input (400, 413, 415), the token's permission `connectors:metadata:write`
+//! (403), the connector's existence (404). A refused request publishes nothing.
+//!
+//! Every answer, errors included, carries `Deprecation: @<unix time>` (RFC 9745: deprecated
+//! since that instant) and `Link: <.../handlegooglecalendar>; rel="successor-version"`: the
+//! connect flow records the metadata by itself.
+//!
+//! The body is `{"metadata": {"calendarId", "userEmail", "googleEmail", "connectedAt",
+//! "isConnected"}}`, the spec's `connectorsubaccount.metadata`. `isConnected` must be `true`:
+//! the event path records connections, and there is no "disconnected" fact to publish yet
+//! (the spec lists a disconnect endpoint as a future enhancement), so `false` is a 400 rather
+//! than a silently different meaning.
+//!
+//! The event id is derived from the subaccount and the metadata (a UUIDv7 whose time is
+//! `connectedAt`), so a caller that retries the same report — after a timeout, say — gets the
+//! same `eventId`, and JetStream stores the event once.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use chrono::{DateTime, SecondsFormat, Utc};
+use schemas::events::ConnectionSucceeded;
+use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::Success;
+use super::google_calendar::CORRELATION_ID_HEADER;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, SubaccountPath};
+use crate::service_auth::{METADATA_WRITE, ServiceCaller};
+use crate::state::AppState;
+
+/// The instant this endpoint was declared deprecated (2026-11-29T00:00:00Z): it arrived in
+/// this api already deprecated.
+pub const DEPRECATED_SINCE_UNIX: i64 = 1_795_910_400;
+/// RFC 9745's `Deprecation` header.
+pub const DEPRECATION_HEADER: HeaderName = HeaderName::from_static("deprecation");
+/// How far in the future a `connectedAt` may lie (clock skew between services).
+const FUTURE_SKEW: Duration = Duration::from_secs(300);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/api/connectors/{subaccountId}/metadata/update",
+        post(update_metadata).layer(middleware::from_fn(deprecation_headers)),
+    )
+}
+
+/// The request body: the spec's metadata, under `metadata`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    metadata: MetadataBody,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MetadataBody {
+    calendar_id: CalendarId,
+    user_email: UserEmail,
+    google_email: UserEmail,
+    connected_at: ConnectedAt,
+    is_connected: bool,
+}
+
+/// Hex `_id` of the calendar entry (a MongoDB ObjectId), lower-case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+struct CalendarId(String);
+
+impl TryFrom<String> for CalendarId {
+    type Error = &'static str;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        if raw.len() == 24 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(raw.to_ascii_lowercase()))
+        } else {
+            Err("must be 24 hexadecimal characters (the calendar entry's ObjectId)")
+        }
+    }
+}
+
+/// An RFC 3339 instant; stored the way the metadata stores it (`2025-10-05T12:00:00.000Z`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+struct ConnectedAt(DateTime<Utc>);
+
+impl TryFrom<String> for ConnectedAt {
+    type Error = &'static str;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        DateTime::parse_from_rfc3339(raw.trim())
+            .map(|at| Self(at.with_timezone(&Utc)))
+            .map_err(
+                |_| "must be an ISO 8601 date-time with a time zone, e.g. 2025-10-05T12:00:00.000Z",
+            )
+    }
+}
+
+impl ConnectedAt {
+    fn canonical(&self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    event_id: Uuid,
+}
+
+async fn update_metadata(
+    State(state): State<AppState>,
+    caller: ServiceCaller,
+    SubaccountPath(subaccount): SubaccountPath,
+    ApiJson(body): ApiJson<UpdateBody>,
+) -> Response {
+    let correlation_id = Uuid::now_v7();
+    let span = tracing::info_span!("metadata_update", %correlation_id, %subaccount, service = caller.service());
+    let mut response = accept(&state, &caller, subaccount, body.metadata, correlation_id)
+        .instrument(span)
+        .await
+        .into_response();
+    if let Ok(value) = HeaderValue::try_from(correlation_id.to_string()) {
+        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
+    }
+    response
+}
+
+async fn accept(
+    state: &AppState,
+    caller: &ServiceCaller,
+    subaccount: SubaccountId,
+    metadata: MetadataBody,
+    correlation_id: Uuid,
+) -> Result<(StatusCode, Json<Success<Accepted>>), ApiError> {
+    if !metadata.is_connected {
+        return Err(ApiError::InvalidField {
+            field: Some("metadata.isConnected".into()),
+            reason: "must be true: this endpoint records a completed connection; there is no disconnect through it".into(),
+        });
+    }
+    let connected_at = metadata.connected_at.0;
+    if connected_at.timestamp_millis() < 0 || connected_at > Utc::now() + FUTURE_SKEW {
+        return Err(ApiError::InvalidField {
+            field: Some("metadata.connectedAt".into()),
+            reason: "must not lie in the future (nor before 1970)".into(),
+        });
+    }
+    caller.require(METADATA_WRITE)?;
+    let connector = ConnectorId::google_calendar();
+    if !state.connectors.exists(&subaccount, &connector).await? {
+        return Err(ApiError::ConnectorNotFound {
+            subaccount,
+            connector,
+        });
+    }
+    let payload = ConnectionSucceeded {
+        calendar_id: metadata.calendar_id.0,
+        user_email: metadata.user_email.to_string(),
+        google_email: metadata.google_email.to_string(),
+        connected_at: metadata.connected_at.canonical(),
+    };
+    let mut event = Envelope::new(subaccount.clone(), correlation_id, payload);
+    event.id = event_id(&subaccount, &event.payload, connected_at);
+    event.occurred_at = connected_at;
+    let published = tokio::time::timeout(
+        state.publish_timeout,
+        service_kit::nats::publish_event(&state.infra.jetstream, &state.infra.namespace, &event),
+    )
+    .await;
+    match published {
+        Ok(Ok(ack)) => {
+            tracing::info!(event_id = %event.id, duplicate = ack.duplicate, "deprecated metadata update accepted as connection-succeeded");
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "connection-succeeded not stored");
+            return Err(ApiError::EventStreamUnavailable);
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?state.publish_timeout, event_id = %event.id, "JetStream did not acknowledge connection-succeeded in time");
+            return Err(ApiError::EventStreamUnavailable);
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Success::new(
+            Some("Metadata update accepted".into()),
+            Accepted { event_id: event.id },
+        )),
+    ))
+}
+
+/// A UUIDv7 whose time is `connected_at` and whose random bits are a hash of what is
+/// reported: the same report always has the same id (JetStream keeps one), different reports
+/// never share one.
+fn event_id(
+    subaccount: &SubaccountId,
+    payload: &ConnectionSucceeded,
+    connected_at: DateTime<Utc>,
+) -> Uuid {
+    let mut hash = Sha256::new().chain_update(b"gcal-connector/metadata-update/v1\0");
+    for part in [
+        subaccount.as_str(),
+        &payload.calendar_id,
+        &payload.user_email,
+        &payload.google_email,
+        &payload.connected_at,
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    let mut random = [0_u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(connected_at.timestamp_millis()).unwrap_or_default();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+/// `Deprecation` and the successor `Link` on every answer of the route, errors included.
+async fn deprecation_headers(request: Request, next: Next) -> Response {
+    let successor = request
+        .uri()
+        .path()
+        .strip_suffix("/metadata/update")
+        .map(|base| format!("<{base}/handlegooglecalendar>; rel=\"successor-version\""));
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::try_from(format!("@{DEPRECATED_SINCE_UNIX}")) {
+        headers.insert(DEPRECATION_HEADER, value);
+    }
+    if let Some(link) = successor.and_then(|l| HeaderValue::try_from(l).ok()) {
+        headers.append(header::LINK, link);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse_json;
+
+    const SUB: &str = "68cf05f060d294db17c0685e";
+
+    fn body(metadata: serde_json::Value) -> Result<UpdateBody, ApiError> {
+        parse_json(
+            serde_json::json!({ "metadata": metadata })
+                .to_string()
+                .as_bytes(),
+        )
+    }
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({
+            "calendarId": "507F1F77BCF86CD799439011", "userEmail": "user@example.com",
+            "googleEmail": "googleuser@gmail.com", "connectedAt": "2025-10-05T14:00:00+02:00",
+            "isConnected": true,
+        })
+    }
+
+    #[test]
+    fn the_specs_metadata_is_accepted_and_normalised() {
+        let metadata = body(good()).expect("valid").metadata;
+        assert_eq!(metadata.calendar_id.0, "507f1f77bcf86cd799439011");
+        assert_eq!(
+            metadata.connected_at.canonical(),
+            "2025-10-05T12:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        let field_of = |error: ApiError| match error {
+            ApiError::InvalidField { field, .. } => field.unwrap_or_default(),
+            ApiError::UnknownField { field, .. } | ApiError::MissingField { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        for (change, field) in [
+            (
+                ("calendarId", serde_json::json!("nope")),
+                "metadata.calendarId",
+            ),
+            (
+                ("userEmail", serde_json::json!("nope")),
+                "metadata.userEmail",
+            ),
+            (
+                ("googleEmail", serde_json::json!(1)),
+                "metadata.googleEmail",
+            ),
+            (
+                ("connectedAt", serde_json::json!("yesterday")),
+                "metadata.connectedAt",
+            ),
+            (
+                ("isConnected", serde_json::json!("true")),
+                "metadata.isConnected",
+            ),
+            (("surprise", serde_json::json!(1)), "metadata.surprise"),
+        ] {
+            let mut metadata = good();
+            metadata[change.0] = change.1;
+            assert_eq!(field_of(body(metadata).expect_err(field)), field);
+        }
+        let mut missing = good();
+        missing
+            .as_object_mut()
+            .expect("object")
+            .remove("googleEmail");
+        assert_eq!(
+            field_of(body(missing).expect_err("missing")),
+            "metadata.googleEmail"
+        );
+    }
+
+    #[test]
+    fn the_same_report_has_the_same_event_id() {
+        let subaccount = SubaccountId::parse(SUB).expect("id");
+        let metadata = body(good()).expect("valid").metadata;
+        let payload = ConnectionSucceeded {
+            calendar_id: metadata.calendar_id.0.clone(),
+            user_email: metadata.user_email.to_string(),
+            google_email: metadata.google_email.to_string(),
+            connected_at: metadata.connected_at.canonical(),
+        };
+        let at = metadata.connected_at.0;
+        let id = event_id(&subaccount, &payload, at);
+        assert_eq!(id, event_id(&subaccount, &payload, at));
+        assert_eq!(id.get_version_num(), 7);
+        let other = ConnectionSucceeded {
+            google_email: "other@gmail.com".into(),
+            ..payload.clone()
+        };
+        assert_ne!(id, event_id(&subaccount, &other, at));
+    }
+}
