@@ -21,7 +21,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # Default targets: libraries, binaries, integration and doc tests (benchmarks only run with
 # `cargo bench`). Extra arguments replace the workspace-wide selection.
 if [[ $# -eq 0 ]]; then
-  set -- --workspace --locked
+  # --no-fail-fast: one run reports every failing test binary, not just the first.
+  set -- --workspace --locked --no-fail-fast
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

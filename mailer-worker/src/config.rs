@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use service_kit::ServiceConfig;
-use service_kit::config::{CommonConfig, Env, HumanDuration};
+use service_kit::config::{CommonConfig, Env, HumanDuration, RetryDelays};
 
 #[derive(Debug, Clone)]
 pub struct MailerWorkerConfig {
@@ -158,32 +158,6 @@ impl FromStr for SmtpUrl {
         lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(raw)
             .map_err(|_| format!("is not accepted by the SMTP client; expected {FORMS}"))?;
         Ok(Self(raw.to_owned()))
-    }
-}
-
-/// A comma-separated list of durations, e.g. `5s,30s,2m,10m`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryDelays(pub Vec<Duration>);
-
-impl FromStr for RetryDelays {
-    type Err = String;
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let delays = raw
-            .split(',')
-            .map(|part| {
-                let part = part.trim();
-                HumanDuration::from_str(part)
-                    .map(Duration::from)
-                    .map_err(|e| format!("`{part}` is {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if delays.iter().any(Duration::is_zero) {
-            return Err(
-                "every delay must be longer than zero (an immediate redelivery is a busy loop)"
-                    .into(),
-            );
-        }
-        Ok(Self(delays))
     }
 }
 

@@ -65,29 +65,17 @@ pub async fn run(
         lease,
     });
 
-    // Either half ending (shutdown, or the HTTP server failing) stops the other.
-    let stop = shutdown.child_token();
-    let grace = config.common.shutdown_grace;
-    let consuming = async {
-        consumer::run::<AuthLinkIssued, _>(
-            infra.jetstream.clone(),
-            infra.namespace.clone(),
-            consumer,
-            spec,
-            handler,
-            stop.clone(),
-            grace,
-        )
-        .await;
-        stop.cancel();
-    };
-    let serving = async {
-        let router = service_kit::health::router(SERVICE, infra.clone());
-        let served = service_kit::http::serve(SERVICE, listener, router, stop.clone(), grace).await;
-        stop.cancel();
-        served
-    };
-    let ((), served) = tokio::join!(consuming, serving);
+    let served = consumer::consume_and_serve::<AuthLinkIssued, _>(
+        SERVICE,
+        &infra,
+        listener,
+        consumer,
+        spec,
+        handler,
+        shutdown,
+        config.common.shutdown_grace,
+    )
+    .await;
     infra.close().await;
     served
 }

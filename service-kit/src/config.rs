@@ -301,6 +301,32 @@ impl FromStr for RedisUrl {
     }
 }
 
+/// A comma-separated list of durations, e.g. `5s,30s,2m,10m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryDelays(pub Vec<Duration>);
+
+impl FromStr for RetryDelays {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let delays = raw
+            .split(',')
+            .map(|part| {
+                let part = part.trim();
+                HumanDuration::from_str(part)
+                    .map(Duration::from)
+                    .map_err(|e| format!("`{part}` is {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.iter().any(Duration::is_zero) {
+            return Err(
+                "every delay must be longer than zero (an immediate redelivery is a busy loop)"
+                    .into(),
+            );
+        }
+        Ok(Self(delays))
+    }
+}
+
 /// How a tenant's database name is made from its subaccount id: a template containing
 /// `{subaccountId}`, e.g. `gcal_{subaccountId}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,8 @@
 //! - dead-lettering publishes the original payload and headers, plus why, where and when, to
 //!   the dead-letter stream, and acks the original only once that publish is acknowledged — the
 //!   original also stays in the domain stream, so nothing is ever lost;
+//! - a message JetStream stops delivering because nobody answered it `max_deliver` times (a
+//!   crashing or hanging handler) is parked too, from the server's max-deliveries advisory;
 //! - on shutdown stops pulling and lets in-flight handlers finish.
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use schemas::subjects::{Namespace, headers};
-use schemas::{Envelope, StreamEvent};
+use schemas::{DecodeError, Envelope, StreamEvent};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,11 +91,41 @@ impl Delivery {
     }
 }
 
-/// Handles one event type. Must be idempotent: JetStream delivers at least once.
-pub trait EventHandler<E: StreamEvent>: Send + Sync + 'static {
+/// What a consumer reads: one event type (every [`StreamEvent`] is one, read as its
+/// [`Envelope`]), or a family of them decoded into one enum (a consumer whose filter spans
+/// several types).
+pub trait Consumable: Send + Sync + 'static {
+    /// What the handler receives.
+    type Message: Send + 'static;
+    /// For logs and metrics (`connection-succeeded`; `connection` for the family).
+    const NAME: &'static str;
+    fn decode(bytes: &[u8]) -> Result<Self::Message, DecodeError>;
+    /// Identifies a message in logs: `(event id, correlation id, subaccount id)`.
+    fn describe(message: &Self::Message) -> (uuid::Uuid, uuid::Uuid, String);
+}
+
+impl<E: StreamEvent> Consumable for E {
+    type Message = Envelope<E>;
+    const NAME: &'static str = E::TYPE;
+
+    fn decode(bytes: &[u8]) -> Result<Envelope<E>, DecodeError> {
+        Envelope::<E>::decode(bytes)
+    }
+
+    fn describe(event: &Envelope<E>) -> (uuid::Uuid, uuid::Uuid, String) {
+        (
+            event.id,
+            event.correlation_id,
+            event.subaccount_id.to_string(),
+        )
+    }
+}
+
+/// Handles what consumer `E` reads. Must be idempotent: JetStream delivers at least once.
+pub trait EventHandler<E: Consumable>: Send + Sync + 'static {
     fn handle(
         &self,
-        event: Envelope<E>,
+        event: E::Message,
         delivery: Delivery,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
@@ -142,9 +174,17 @@ pub async fn run<E, H>(
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    E: StreamEvent,
+    E: Consumable,
     H: EventHandler<E>,
 {
+    let watcher = tokio::spawn(watch_max_deliveries(
+        js.clone(),
+        js.client(),
+        ns.events_stream(),
+        ns.dead_letter(spec.durable),
+        spec.clone(),
+        shutdown.clone(),
+    ));
     let worker = Arc::new(Worker {
         js,
         dead_letter_subject: ns.dead_letter(spec.durable),
@@ -209,6 +249,7 @@ pub async fn run<E, H>(
             "handlers outlived SHUTDOWN_GRACE; their messages will be redelivered"
         );
     }
+    let _ = watcher.await;
     tracing::info!(consumer = worker.spec.durable, "stopped consuming");
 }
 
@@ -227,7 +268,7 @@ const MAX_REMEMBERED_ERRORS: usize = 10_000;
 impl<H> Worker<H> {
     async fn process<E>(&self, message: jetstream::Message)
     where
-        E: StreamEvent,
+        E: Consumable,
         H: EventHandler<E>,
     {
         let durable = self.spec.durable;
@@ -248,16 +289,17 @@ impl<H> Worker<H> {
         )
         .map(|at| at.to_rfc3339())
         .unwrap_or_else(|| info.published.to_string());
-        let event = match Envelope::<E>::decode(&message.payload) {
+        let event = match E::decode(&message.payload) {
             Ok(event) => event,
             Err(e) => {
-                let reason = format!("undecodable {} event: {e}", E::TYPE);
+                let reason = format!("undecodable {} event: {e}", E::NAME);
                 self.park(&message, delivery, &published, reason).await;
                 return;
             }
         };
-        let span = tracing::info_span!("event", consumer = durable, event_type = E::TYPE, event_id = %event.id,
-            correlation_id = %event.correlation_id, subaccount_id = %event.subaccount_id,
+        let (event_id, correlation_id, subaccount_id) = E::describe(&event);
+        let span = tracing::info_span!("event", consumer = durable, event_type = E::NAME, %event_id,
+            %correlation_id, %subaccount_id,
             stream_sequence = delivery.stream_sequence, delivered = delivery.delivered);
         self.settle(&message, delivery, &published, event)
             .instrument(span)
@@ -270,9 +312,9 @@ impl<H> Worker<H> {
         message: &jetstream::Message,
         delivery: Delivery,
         published: &str,
-        event: Envelope<E>,
+        event: E::Message,
     ) where
-        E: StreamEvent,
+        E: Consumable,
         H: EventHandler<E>,
     {
         let durable = self.spec.durable;
@@ -339,46 +381,21 @@ impl<H> Worker<H> {
         let first_error = self
             .forget(delivery.stream_sequence)
             .unwrap_or_else(|| reason.clone());
-        let mut dead_headers = message.headers.clone().unwrap_or_default();
-        dead_headers.insert(headers::DEAD_LETTER_SUBJECT, message.subject.as_str());
-        dead_headers.insert(
-            headers::DEAD_LETTER_STREAM_SEQUENCE,
-            delivery.stream_sequence.to_string().as_str(),
-        );
-        dead_headers.insert(headers::DEAD_LETTER_CONSUMER, durable);
-        dead_headers.insert(
-            headers::DEAD_LETTER_DELIVERIES,
-            delivery.delivered.to_string().as_str(),
-        );
-        dead_headers.insert(
-            headers::DEAD_LETTER_FIRST_ERROR,
-            header_safe(&first_error).as_str(),
-        );
-        dead_headers.insert(
-            headers::DEAD_LETTER_LAST_ERROR,
-            header_safe(&reason).as_str(),
-        );
-        dead_headers.insert(headers::DEAD_LETTER_PUBLISHED_AT, published);
-        dead_headers.insert(
-            headers::DEAD_LETTER_PARKED_AT,
-            chrono::Utc::now().to_rfc3339().as_str(),
-        );
-        // One dead letter per original message and consumer, even if parking is retried.
-        dead_headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            format!("{durable}-{}", delivery.stream_sequence).as_str(),
-        );
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(message.payload.clone())
-            .headers(dead_headers);
-        let stored = match self
-            .js
-            .send_publish(self.dead_letter_subject.clone(), publish)
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let stored = dead_letter(
+            &self.js,
+            &self.dead_letter_subject,
+            durable,
+            Original {
+                subject: message.subject.as_str(),
+                payload: message.payload.clone(),
+                headers: message.headers.clone().unwrap_or_default(),
+                published,
+            },
+            delivery,
+            &first_error,
+            &reason,
+        )
+        .await;
         match stored {
             Ok(()) => {
                 tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
@@ -411,6 +428,206 @@ impl<H> Worker<H> {
             .lock()
             .ok()
             .and_then(|mut map| map.remove(&sequence))
+    }
+}
+
+/// A worker's whole life: `run` for its consumer and the health endpoints on `listener`, until
+/// `shutdown` or either of them ending (the other is then stopped too). Closes nothing: the
+/// caller closes `infra` afterwards.
+#[allow(clippy::too_many_arguments)]
+pub async fn consume_and_serve<E, H>(
+    service: &'static str,
+    infra: &crate::Infrastructure,
+    listener: tokio::net::TcpListener,
+    consumer: PullConsumer,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), StartupError>
+where
+    E: Consumable,
+    H: EventHandler<E>,
+{
+    let stop = shutdown.child_token();
+    let consuming = async {
+        run::<E, H>(
+            infra.jetstream.clone(),
+            infra.namespace.clone(),
+            consumer,
+            spec,
+            handler,
+            stop.clone(),
+            grace,
+        )
+        .await;
+        stop.cancel();
+    };
+    let serving = async {
+        let router = crate::health::router(service, infra.clone());
+        let served = crate::http::serve(service, listener, router, stop.clone(), grace).await;
+        stop.cancel();
+        served
+    };
+    let ((), served) = tokio::join!(consuming, serving);
+    served
+}
+
+/// The message being parked, as it was published.
+struct Original<'a> {
+    subject: &'a str,
+    payload: bytes::Bytes,
+    headers: async_nats::HeaderMap,
+    published: &'a str,
+}
+
+/// Publishes `original` to the dead-letter stream with why, where and when, and waits for the
+/// ack. One dead letter per original message and consumer (its `Nats-Msg-Id`), even if
+/// parking is retried or both the runner and the advisory watcher park it.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    js: &jetstream::Context,
+    dead_letter_subject: &str,
+    durable: &str,
+    original: Original<'_>,
+    delivery: Delivery,
+    first_error: &str,
+    last_error: &str,
+) -> Result<(), String> {
+    let mut dead_headers = original.headers;
+    dead_headers.insert(headers::DEAD_LETTER_SUBJECT, original.subject);
+    dead_headers.insert(
+        headers::DEAD_LETTER_STREAM_SEQUENCE,
+        delivery.stream_sequence.to_string().as_str(),
+    );
+    dead_headers.insert(headers::DEAD_LETTER_CONSUMER, durable);
+    dead_headers.insert(
+        headers::DEAD_LETTER_DELIVERIES,
+        delivery.delivered.to_string().as_str(),
+    );
+    dead_headers.insert(
+        headers::DEAD_LETTER_FIRST_ERROR,
+        header_safe(first_error).as_str(),
+    );
+    dead_headers.insert(
+        headers::DEAD_LETTER_LAST_ERROR,
+        header_safe(last_error).as_str(),
+    );
+    dead_headers.insert(headers::DEAD_LETTER_PUBLISHED_AT, original.published);
+    dead_headers.insert(
+        headers::DEAD_LETTER_PARKED_AT,
+        chrono::Utc::now().to_rfc3339().as_str(),
+    );
+    dead_headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{durable}-{}", delivery.stream_sequence).as_str(),
+    );
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(original.payload)
+        .headers(dead_headers);
+    match js
+        .send_publish(dead_letter_subject.to_owned(), publish)
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// JetStream's advisory when a message used up `max_deliver` without being acked or NAKed
+/// (the handler crashed, hung past `ack_wait`, or the process died): the server stops
+/// delivering it and only says so here. The runner itself parks messages that fail on their
+/// last delivery, so this only sees the ones no handler answered for.
+#[derive(Debug, serde::Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream_seq: u64,
+    deliveries: i64,
+}
+
+/// Parks every message JetStream gave up on for this consumer, until `shutdown`.
+async fn watch_max_deliveries(
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    stream: String,
+    dead_letter_subject: String,
+    spec: ConsumerSpec,
+    shutdown: CancellationToken,
+) {
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
+        spec.durable
+    );
+    let mut advisories = match nats.subscribe(subject.clone()).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "cannot watch for messages JetStream gives up on");
+            return;
+        }
+    };
+    loop {
+        let advisory = tokio::select! {
+            advisory = advisories.next() => advisory,
+            () = shutdown.cancelled() => break,
+        };
+        let Some(advisory) = advisory else { break };
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
+        else {
+            tracing::warn!(%subject, "unreadable max-deliveries advisory");
+            continue;
+        };
+        let original = match js.get_stream(&stream).await {
+            Ok(s) => s
+                .get_raw_message(advisory.stream_seq)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let original = match original {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(error = %e, stream_sequence = advisory.stream_seq, "JetStream gave up on a message that cannot be read back; it stays in the domain stream");
+                continue;
+            }
+        };
+        let published = chrono::DateTime::from_timestamp(
+            original.time.unix_timestamp(),
+            original.time.nanosecond(),
+        )
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+        let reason = format!(
+            "no answer after {} deliveries (the handler crashed or exceeded ack_wait each time)",
+            advisory.deliveries
+        );
+        let delivery = Delivery {
+            stream_sequence: advisory.stream_seq,
+            delivered: advisory.deliveries,
+            max_deliver: spec.max_deliver,
+        };
+        match dead_letter(
+            &js,
+            &dead_letter_subject,
+            spec.durable,
+            Original {
+                subject: original.subject.as_str(),
+                payload: original.payload.clone(),
+                headers: original.headers.clone(),
+                published: &published,
+            },
+            delivery,
+            &reason,
+            &reason,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::error!(%reason, stream_sequence = advisory.stream_seq, "event dead-lettered");
+                count(spec.durable, "dead_lettered");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, stream_sequence = advisory.stream_seq, "could not dead-letter a message JetStream gave up on; it stays in the domain stream")
+            }
+        }
     }
 }
 

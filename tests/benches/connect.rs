@@ -20,7 +20,6 @@
 //!
 //! Run: `cargo bench -p e2e --bench connect` (builds the release binaries first).
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +43,10 @@ const FLOOR_ECHO_ARG: &str = "--floor-echo";
 // Like the services, so the floor processes cost what a service built the same way would.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod support;
+
+use support::{build_release_binaries, cpu_seconds, peak_rss_kib, spawn, wait_ready};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -529,106 +532,4 @@ async fn seed_connector(uri: &str, database: &str) {
         })
         .await
         .expect("seed connector");
-}
-
-/// Builds the services as release binaries in a target directory of their own: `cargo bench`
-/// resolves features with the e2e crate's dev-dependencies, a plain build without them, and
-/// sharing one directory would rebuild half the dependency tree on every run.
-fn build_release_binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("bench-services");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bins"])
-        .args([
-            "-p",
-            "api",
-            "-p",
-            "oauth-worker",
-            "-p",
-            "metadata-worker",
-            "-p",
-            "mailer-worker",
-            "-p",
-            "e2e",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "release build failed");
-    target.join("release")
-}
-
-fn spawn(
-    name: &str,
-    bins: &std::path::Path,
-    common: &[(String, String)],
-    extra: &[(impl AsRef<str>, String)],
-) -> Child {
-    let mut command = Command::new(bins.join(name));
-    command
-        .env_clear()
-        .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
-}
-
-async fn wait_ready(http: &reqwest::Client, name: &str, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} not ready on port {port}");
-}
-
-/// Peak resident set size of a process, from /proc (KiB).
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    #[allow(unsafe_code)]
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }

@@ -182,36 +182,62 @@ impl MongoServer {
         let dir = scratch_dir("mongo");
         let log = dir.join("mongo.log");
         // An explicit (empty) config file stops it from reading ~/.secantus or /etc/secantus.
-        let config = dir.join("secantusd.toml");
-        std::fs::write(&config, "# e2e harness: flags only\n").expect("config file");
+        std::fs::write(dir.join("secantusd.toml"), "# e2e harness: flags only\n")
+            .expect("config file");
+        let mut server = ServerProcess {
+            child: None,
+            port: 0,
+            dir,
+            log,
+        };
+        // --port 0: the server picks a free port and logs it; no race with other processes.
+        server.port = Self::launch(&mut server, "0");
+        Self(server)
+    }
+
+    fn launch(server: &mut ServerProcess, port: &str) -> u16 {
         let mut cmd = Command::new(binary("secantusd-rs"));
         cmd.arg("--config")
-            .arg(&config)
+            .arg(server.dir.join("secantusd.toml"))
             .args([
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                port,
                 "--cache-size",
                 "256M",
                 "--log-file-max",
                 "16MB",
             ])
             .arg("--storage-path")
-            .arg(dir.join("data"));
-        let mut child = spawn(cmd, &log).expect("secantusd-rs starts");
-        let line = wait_for_line(&mut child, &log, "listening on 127.0.0.1:", START_TIMEOUT)
-            .expect("secantusd-rs listens");
-        Self(ServerProcess {
-            child: Some(child),
-            port: parse_port(&line),
-            dir,
-            log,
-        })
+            .arg(server.dir.join("data"));
+        let mut child = spawn(cmd, &server.log).expect("secantusd-rs starts");
+        let line = wait_for_line(
+            &mut child,
+            &server.log,
+            "listening on 127.0.0.1:",
+            START_TIMEOUT,
+        )
+        .expect("secantusd-rs listens");
+        server.child = Some(child);
+        parse_port(&line)
     }
 
     pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}", self.0.port)
+    }
+
+    /// Stops the server (SIGTERM); its data stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.0.stop();
+        let _ = std::fs::write(&self.0.log, "");
+        let port = self.0.port.to_string();
+        Self::launch(&mut self.0, &port);
     }
 }
 

@@ -270,3 +270,63 @@ async fn acks_retries_and_dead_letters_each_as_its_outcome_says() {
         .expect("no panic");
     infra.close().await;
 }
+
+/// Never answers: the task handling the message dies, so JetStream only sees ack timeouts.
+struct CrashingHandler;
+
+impl EventHandler<AuthLinkIssued> for CrashingHandler {
+    async fn handle(&self, _: Envelope<AuthLinkIssued>, _: Delivery) -> Result<(), HandlerError> {
+        panic!("simulated handler crash (expected by the test)");
+    }
+}
+
+#[tokio::test]
+async fn messages_nobody_answers_are_parked_when_jetstream_gives_up() {
+    let ctx = TestContext::new();
+    let config = ctx.common(&[]);
+    let infra = Infrastructure::connect(&config, "consumer-test", &CancellationToken::new())
+        .await
+        .expect("connect");
+    infra.ensure_streams(&config).await.expect("streams");
+    let ns = infra.namespace.clone();
+    let spec = ConsumerSpec {
+        ack_wait: Duration::from_secs(1),
+        max_deliver: 2,
+        ..spec(&ns)
+    };
+    let consumer = ensure_consumer(&infra.jetstream, &ns, &spec)
+        .await
+        .expect("consumer");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(run(
+        infra.jetstream.clone(),
+        ns.clone(),
+        consumer,
+        spec,
+        Arc::new(CrashingHandler),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    // Let the runner subscribe to the advisories before the event exists.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crashing = event("crash@example.com");
+    service_kit::nats::publish_event(&infra.jetstream, &ns, &crashing)
+        .await
+        .expect("publish");
+
+    let letters = dead_letters(&infra.jetstream, &ns, 1).await;
+    let parked = &letters[0];
+    assert_eq!(header(parked, headers::DEAD_LETTER_CONSUMER), DURABLE);
+    assert_eq!(header(parked, headers::DEAD_LETTER_DELIVERIES), "2");
+    assert!(
+        header(parked, headers::DEAD_LETTER_LAST_ERROR).contains("no answer after 2 deliveries"),
+        "{}",
+        header(parked, headers::DEAD_LETTER_LAST_ERROR)
+    );
+    assert_eq!(header(parked, headers::EVENT_TYPE), "auth-link-issued");
+    let original: Envelope<AuthLinkIssued> =
+        Envelope::decode(&parked.payload).expect("original payload kept");
+    assert_eq!(original.id, crashing.id);
+    shutdown.cancel();
+    running.await.expect("runner stops");
+}

@@ -1,0 +1,50 @@
+//! What the metadata-worker consumes: connection-succeeded and connection-failed, read by one
+//! durable consumer (`<ns>.events.connection.*.*`) and decoded by their `type`.
+
+use schemas::events::{ConnectionFailed, ConnectionSucceeded};
+use schemas::{DecodeError, Envelope, Event, RawEnvelope, SubaccountId};
+use service_kit::consumer::Consumable;
+
+/// One connection event.
+#[derive(Debug, Clone)]
+pub enum ConnectionEvent {
+    Succeeded(Envelope<ConnectionSucceeded>),
+    Failed(Envelope<ConnectionFailed>),
+}
+
+impl ConnectionEvent {
+    pub fn subaccount(&self) -> &SubaccountId {
+        match self {
+            Self::Succeeded(e) => &e.subaccount_id,
+            Self::Failed(e) => &e.subaccount_id,
+        }
+    }
+}
+
+/// The consumer's message family.
+#[derive(Debug)]
+pub struct ConnectionEvents;
+
+impl Consumable for ConnectionEvents {
+    type Message = ConnectionEvent;
+    const NAME: &'static str = "connection";
+
+    fn decode(bytes: &[u8]) -> Result<ConnectionEvent, DecodeError> {
+        let raw = RawEnvelope::decode_raw(bytes)?;
+        match raw.event_type.as_str() {
+            ConnectionSucceeded::TYPE => Envelope::decode(bytes).map(ConnectionEvent::Succeeded),
+            ConnectionFailed::TYPE => Envelope::decode(bytes).map(ConnectionEvent::Failed),
+            _ => Err(DecodeError::WrongType {
+                expected: "connection-succeeded or connection-failed",
+                found: raw.event_type,
+            }),
+        }
+    }
+
+    fn describe(event: &ConnectionEvent) -> (uuid::Uuid, uuid::Uuid, String) {
+        match event {
+            ConnectionEvent::Succeeded(e) => (e.id, e.correlation_id, e.subaccount_id.to_string()),
+            ConnectionEvent::Failed(e) => (e.id, e.correlation_id, e.subaccount_id.to_string()),
+        }
+    }
+}

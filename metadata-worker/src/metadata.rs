@@ -1,0 +1,140 @@
+//! The conditional writes to `connectorsubaccount.metadata`, in the tenant's database.
+//!
+//! Idempotent and ordered without any field the spec's document does not have for a connected
+//! account: `metadata.connectedAt` (ISO 8601 with milliseconds and `Z`, so strings compare in
+//! time order) is the version.
+//! - connection-succeeded sets `metadata` to exactly `{calendarId, userEmail, googleEmail,
+//!   connectedAt, isConnected: true}` only if the stored `connectedAt` is older (or absent) and
+//!   no newer failure was recorded: a redelivered or replayed event matches nothing, an older
+//!   one arriving after a newer one changes nothing.
+//! - connection-failed with `reauth_required` for the account the metadata describes sets
+//!   `isConnected: false`, `reason` and `reauthRequiredAt` (the event's time), keeping the other
+//!   fields, only if the connection it describes is older than the failure and no later failure
+//!   is recorded. Other failures (a denied or abandoned attempt) leave a working connection
+//!   alone.
+
+use bson::{Document, doc};
+use mongodb::Collection;
+use schemas::documents::connector_subaccount::{COLLECTION, GOOGLE_CALENDAR_CONNECTOR_ID};
+use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
+use schemas::{Envelope, SubaccountId};
+use service_kit::mongo::TenantDatabases;
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The metadata changed.
+    Written,
+    /// Nothing to do: a duplicate, an older event, or a failure that does not concern the
+    /// stored connection.
+    Unchanged,
+    /// The subaccount has no `google-calendar` connector.
+    ConnectorMissing,
+}
+
+/// `2025-10-05T12:00:00.000Z`, the format of `connectedAt`.
+fn iso_millis(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn collection(
+    tenants: &TenantDatabases,
+    subaccount: &SubaccountId,
+) -> mongodb::error::Result<Collection<Document>> {
+    Ok(tenants
+        .connection_for(subaccount)
+        .await?
+        .collection(COLLECTION))
+}
+
+fn connector(subaccount: &SubaccountId) -> Document {
+    doc! { "subaccountId": subaccount.as_str(), "connectorId": GOOGLE_CALENDAR_CONNECTOR_ID }
+}
+
+/// Unchanged, or missing: told apart by whether the connector exists at all.
+async fn nothing_matched(
+    connectors: &Collection<Document>,
+    subaccount: &SubaccountId,
+) -> mongodb::error::Result<Applied> {
+    let exists = connectors
+        .find_one(connector(subaccount))
+        .projection(doc! { "_id": 1 })
+        .await?
+        .is_some();
+    Ok(if exists {
+        Applied::Unchanged
+    } else {
+        Applied::ConnectorMissing
+    })
+}
+
+pub async fn apply_succeeded(
+    tenants: &TenantDatabases,
+    event: &Envelope<ConnectionSucceeded>,
+) -> mongodb::error::Result<Applied> {
+    let connectors = collection(tenants, &event.subaccount_id).await?;
+    let p = &event.payload;
+    let mut filter = connector(&event.subaccount_id);
+    filter.insert(
+        "$and",
+        vec![
+            doc! { "$or": [
+                { "metadata.connectedAt": { "$exists": false } },
+                { "metadata.connectedAt": { "$lt": &p.connected_at } },
+            ] },
+            doc! { "$or": [
+                { "metadata.reauthRequiredAt": { "$exists": false } },
+                { "metadata.reauthRequiredAt": { "$lt": &p.connected_at } },
+            ] },
+        ],
+    );
+    let update = doc! { "$set": {
+        "metadata": {
+            "calendarId": &p.calendar_id,
+            "userEmail": &p.user_email,
+            "googleEmail": &p.google_email,
+            "connectedAt": &p.connected_at,
+            "isConnected": true,
+        },
+        "updatedAt": bson::DateTime::now(),
+    } };
+    let result = connectors.update_one(filter, update).await?;
+    if result.matched_count > 0 {
+        return Ok(Applied::Written);
+    }
+    nothing_matched(&connectors, &event.subaccount_id).await
+}
+
+pub async fn apply_failed(
+    tenants: &TenantDatabases,
+    event: &Envelope<ConnectionFailed>,
+) -> mongodb::error::Result<Applied> {
+    let (FailureReason::ReauthRequired, Some(google_email)) =
+        (event.payload.reason, event.payload.google_email.as_deref())
+    else {
+        return Ok(Applied::Unchanged);
+    };
+    let connectors = collection(tenants, &event.subaccount_id).await?;
+    let at = iso_millis(event.occurred_at);
+    let mut filter = connector(&event.subaccount_id);
+    filter.insert("metadata.googleEmail", google_email);
+    filter.insert("metadata.connectedAt", doc! { "$lt": &at });
+    filter.insert(
+        "$or",
+        vec![
+            doc! { "metadata.reauthRequiredAt": { "$exists": false } },
+            doc! { "metadata.reauthRequiredAt": { "$lt": &at } },
+        ],
+    );
+    let update = doc! { "$set": {
+        "metadata.isConnected": false,
+        "metadata.reason": "reauth_required",
+        "metadata.reauthRequiredAt": &at,
+        "updatedAt": bson::DateTime::now(),
+    } };
+    let result = connectors.update_one(filter, update).await?;
+    if result.matched_count > 0 {
+        return Ok(Applied::Written);
+    }
+    nothing_matched(&connectors, &event.subaccount_id).await
+}

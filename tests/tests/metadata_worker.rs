@@ -1,0 +1,400 @@
+//! The metadata-worker over real NATS, Redis and the MongoDB-wire server: connection events
+//! become `connectorsubaccount.metadata` exactly as the spec shows it, idempotently and in
+//! order, through MongoDB outages, with the api's caches invalidated and missing connectors
+//! parked in the dead-letter stream.
+
+mod api_support;
+
+use std::time::Duration;
+
+use api_support::{Api, token};
+use async_nats::jetstream;
+use e2e::servers::MongoServer;
+use e2e::{RunningService, TestContext};
+use futures::StreamExt;
+use metadata_worker::MetadataWorkerConfig;
+use ops::Parser;
+use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
+use schemas::subjects::{METADATA_CONSUMER, Namespace, headers};
+use schemas::{Envelope, StreamEvent, SubaccountId};
+use serde_json::{Value, json};
+
+const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn start_worker(ctx: &TestContext, overrides: &[(&str, &str)]) -> RunningService {
+    let config: MetadataWorkerConfig = ctx.config(overrides);
+    let mut worker = RunningService::start(metadata_worker::SERVICE, |l, s| {
+        metadata_worker::run(config, l, s)
+    })
+    .await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+    worker
+}
+
+fn succeeded(subaccount: &str, google: &str, connected_at: &str) -> Envelope<ConnectionSucceeded> {
+    Envelope::new(
+        SubaccountId::parse(subaccount).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectionSucceeded {
+            calendar_id: format!("{:0>24}", connected_at.len()),
+            user_email: "user@example.com".into(),
+            google_email: google.into(),
+            connected_at: connected_at.into(),
+        },
+    )
+}
+
+async fn publish<E: StreamEvent>(ctx: &TestContext, event: &Envelope<E>) {
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let js = jetstream::new(nats);
+    service_kit::nats::publish_event(&js, &Namespace::new(&ctx.id).expect("ns"), event)
+        .await
+        .expect("published");
+}
+
+async fn metadata(api: &Api, subaccount: &str) -> Value {
+    api.stored_connectors(subaccount)
+        .await
+        .into_iter()
+        .find(|d| d.get_str("connectorId") == Ok("google-calendar"))
+        .map(|d| serde_json::to_value(d.get_document("metadata").expect("metadata")).expect("json"))
+        .unwrap_or(Value::Null)
+}
+
+/// Polls until `check` holds for the stored metadata.
+async fn eventually(api: &Api, subaccount: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let current = metadata(api, subaccount).await;
+        if check(&current) {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metadata never got there; last: {current}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn dead_letters(ctx: &TestContext) -> Vec<async_nats::jetstream::Message> {
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let js = jetstream::new(nats);
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let stream = js
+        .get_stream(ns.dead_letter_stream())
+        .await
+        .expect("dead-letter stream");
+    let reader = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .expect("reader");
+    let mut batch = reader
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::new();
+    while let Some(Ok(message)) = batch.next().await {
+        out.push(message);
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_event_becomes_the_specs_metadata_and_the_api_sees_it_at_once() {
+    let ctx = TestContext::new();
+    // A long cache TTL: only the worker's invalidation can make the api show new metadata.
+    let api = Api::start_in(ctx.clone(), &[("CONNECTOR_CACHE_TTL", "1h")]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let path = format!("/api/connectors/{SUBACCOUNT}/google-calendar");
+    let before = api.get(&path, Some(&token(SUBACCOUNT))).await;
+    assert_eq!(
+        before.body["data"]["metadata"],
+        json!({}),
+        "{}",
+        before.body
+    );
+    let _worker = start_worker(&ctx, &[]).await;
+
+    let event = succeeded(
+        SUBACCOUNT,
+        "googleuser@gmail.com",
+        "2025-10-05T12:00:00.000Z",
+    );
+    publish(&ctx, &event).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
+    assert_eq!(
+        stored,
+        json!({
+            "calendarId": event.payload.calendar_id,
+            "userEmail": "user@example.com",
+            "googleEmail": "googleuser@gmail.com",
+            "connectedAt": "2025-10-05T12:00:00.000Z",
+            "isConnected": true,
+        })
+    );
+    // Exactly the spec's keys, in its order.
+    let keys: Vec<&String> = stored.as_object().expect("object").keys().collect();
+    let documents = api.stored_connectors(SUBACCOUNT).await;
+    let ordered: Vec<String> = documents[0]
+        .get_document("metadata")
+        .expect("metadata")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        ordered,
+        [
+            "calendarId",
+            "userEmail",
+            "googleEmail",
+            "connectedAt",
+            "isConnected"
+        ]
+    );
+    assert_eq!(keys.len(), 5);
+    let after = api.get(&path, Some(&token(SUBACCOUNT))).await;
+    assert_eq!(
+        after.body["data"]["metadata"]["isConnected"], true,
+        "cache not invalidated: {}",
+        after.body
+    );
+
+    // reauth_required for that account: isConnected false with the reason, the rest kept.
+    let failed = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectionFailed {
+            user_email: None,
+            google_email: Some("googleuser@gmail.com".into()),
+            reason: FailureReason::ReauthRequired,
+            message: "refresh token revoked".into(),
+            missing_scopes: vec![],
+        },
+    );
+    publish(&ctx, &failed).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == false).await;
+    assert_eq!(stored["reason"], "reauth_required");
+    assert_eq!(stored["googleEmail"], "googleuser@gmail.com");
+    assert_eq!(stored["calendarId"], event.payload.calendar_id);
+    let after = api.get(&path, Some(&token(SUBACCOUNT))).await;
+    assert_eq!(after.body["data"]["metadata"]["isConnected"], false);
+
+    // A denied attempt does not touch a connection; a later success replaces the failure.
+    let denied = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectionFailed {
+            user_email: Some("user@example.com".into()),
+            google_email: None,
+            reason: FailureReason::AccessDenied,
+            message: "denied".into(),
+            missing_scopes: vec![],
+        },
+    );
+    publish(&ctx, &denied).await;
+    let later = succeeded(
+        SUBACCOUNT,
+        "googleuser@gmail.com",
+        &chrono::Utc::now()
+            .checked_add_signed(chrono::Duration::seconds(1))
+            .expect("time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    publish(&ctx, &later).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
+    assert!(stored.get("reason").is_none(), "{stored}");
+    assert!(dead_letters(&ctx).await.is_empty());
+}
+
+#[tokio::test]
+async fn duplicates_and_late_events_never_win_over_newer_ones() {
+    let ctx = TestContext::new();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    let subaccounts: Vec<String> = (0..100).map(|i| format!("{i:024x}")).collect();
+    for s in &subaccounts {
+        api.seed_google_calendar(s).await;
+    }
+    // 1,000 events: 10 per connector, published newest-first for half of them and shuffled
+    // with duplicates for the others, before the worker starts.
+    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let js = jetstream::new(nats);
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let common = ctx.common(&[]);
+    service_kit::nats::ensure_streams(&js, &ns, &common.streams)
+        .await
+        .expect("streams");
+    let mut newest = std::collections::HashMap::new();
+    let mut pending = Vec::new();
+    for (n, s) in subaccounts.iter().enumerate() {
+        let mut events: Vec<_> = (0..10)
+            .map(|i| {
+                succeeded(
+                    s,
+                    &format!("g{i}@gmail.example"),
+                    &format!("2025-10-05T12:00:{i:02}.000Z"),
+                )
+            })
+            .collect();
+        newest.insert(s.clone(), "g9@gmail.example".to_owned());
+        if n % 2 == 0 {
+            events.reverse();
+        } else {
+            events.rotate_left(3);
+            events.push(events[0].clone()); // a duplicate (same id: JetStream drops it)
+        }
+        pending.extend(events);
+    }
+    let acks = futures::future::join_all(
+        pending
+            .iter()
+            .map(|event| service_kit::nats::publish_event(&js, &ns, event)),
+    )
+    .await;
+    assert!(acks.iter().all(Result::is_ok));
+    let _worker = start_worker(&ctx, &[]).await;
+    for s in &subaccounts {
+        let stored = eventually(&api, s, |m| m["connectedAt"] == "2025-10-05T12:00:09.000Z").await;
+        assert_eq!(stored["googleEmail"], newest[s].as_str(), "{s}");
+    }
+    // Replaying an old event (new message id) changes nothing.
+    publish(
+        &ctx,
+        &succeeded(
+            &subaccounts[0],
+            "old@gmail.example",
+            "2025-10-05T12:00:01.000Z",
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metadata(&api, &subaccounts[0]).await["googleEmail"],
+        "g9@gmail.example"
+    );
+    assert!(dead_letters(&ctx).await.is_empty());
+}
+
+#[tokio::test]
+async fn events_wait_out_a_mongodb_outage_and_none_is_parked() {
+    let mut mongo = MongoServer::start();
+    let mut ctx = TestContext::new();
+    ctx.mongodb_uri = mongo.uri();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    let subaccounts: Vec<String> = (0..20).map(|i| format!("{:024x}", 1000 + i)).collect();
+    for s in &subaccounts {
+        api.seed_google_calendar(s).await;
+    }
+    let _worker = start_worker(
+        &ctx,
+        &[
+            ("METADATA_RETRY_DELAYS", "1s,2s"),
+            ("METADATA_WRITE_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    mongo.stop();
+    for s in &subaccounts {
+        publish(
+            &ctx,
+            &succeeded(s, "g@gmail.example", "2025-10-05T12:00:00.000Z"),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    mongo.restart();
+    for s in &subaccounts {
+        eventually(&api, s, |m| m["isConnected"] == true).await;
+    }
+    assert!(dead_letters(&ctx).await.is_empty(), "nothing parked");
+}
+
+#[tokio::test]
+async fn a_missing_connector_is_retried_then_parked_with_the_reason() {
+    let ctx = TestContext::new();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    let _worker = start_worker(
+        &ctx,
+        &[
+            ("METADATA_RETRY_DELAYS", "200ms"),
+            ("METADATA_MISSING_CONNECTOR_DELIVERIES", "3"),
+        ],
+    )
+    .await;
+    let event = succeeded(SUBACCOUNT, "g@gmail.example", "2025-10-05T12:00:00.000Z");
+    publish(&ctx, &event).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let parked = loop {
+        let parked = dead_letters(&ctx).await;
+        if !parked.is_empty() {
+            break parked;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(parked.len(), 1);
+    let h = parked[0].headers.clone().expect("headers");
+    assert_eq!(
+        h.get(headers::DEAD_LETTER_CONSUMER).map(|v| v.as_str()),
+        Some(METADATA_CONSUMER)
+    );
+    assert_eq!(
+        h.get(headers::DEAD_LETTER_DELIVERIES).map(|v| v.as_str()),
+        Some("3")
+    );
+    let reason = h
+        .get(headers::DEAD_LETTER_LAST_ERROR)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(reason.contains("no google-calendar connector"), "{reason}");
+    let original: Envelope<ConnectionSucceeded> =
+        Envelope::decode(&parked[0].payload).expect("original payload");
+    assert_eq!(original.id, event.id);
+    assert!(metadata(&api, SUBACCOUNT).await.is_null());
+
+    // The cause is fixed (the connector is added), the operator replays: metadata written.
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let cli = ops::Cli::try_parse_from([
+        "gcal-ops",
+        "--nats-url",
+        &ctx.nats_url,
+        "--namespace",
+        &ctx.id,
+        "dlq",
+        "replay",
+        "--all",
+    ])
+    .expect("command line");
+    let mut out = Vec::new();
+    ops::run_with_env(
+        cli,
+        service_kit::Env::from_pairs(Vec::<(String, String)>::new()),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
+    assert_eq!(stored["connectedAt"], "2025-10-05T12:00:00.000Z");
+    assert!(
+        dead_letters(&ctx).await.is_empty(),
+        "replayed letters leave the DLQ"
+    );
+    // Replaying the same event again (from the domain stream) changes nothing.
+    let before = api.stored_connectors(SUBACCOUNT).await[0]
+        .get_datetime("updatedAt")
+        .copied()
+        .expect("updatedAt");
+    let mut again = event.clone();
+    again.id = uuid::Uuid::now_v7(); // as a replay publishes it: past the duplicate window
+    publish(&ctx, &again).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = api.stored_connectors(SUBACCOUNT).await[0]
+        .get_datetime("updatedAt")
+        .copied()
+        .expect("updatedAt");
+    assert_eq!(before, after, "a replayed event wrote again");
+}
