@@ -32,8 +32,8 @@ impl Consumable for ConnectionEvents {
     fn decode(bytes: &[u8]) -> Result<ConnectionEvent, DecodeError> {
         let raw = RawEnvelope::decode_raw(bytes)?;
         match raw.event_type.as_str() {
-            ConnectionSucceeded::TYPE => Envelope::decode(bytes).map(ConnectionEvent::Succeeded),
-            ConnectionFailed::TYPE => Envelope::decode(bytes).map(ConnectionEvent::Failed),
+            ConnectionSucceeded::TYPE => Envelope::from_raw(raw).map(ConnectionEvent::Succeeded),
+            ConnectionFailed::TYPE => Envelope::from_raw(raw).map(ConnectionEvent::Failed),
             _ => Err(DecodeError::WrongType {
                 expected: "connection-succeeded or connection-failed",
                 found: raw.event_type,

@@ -37,14 +37,10 @@ fn iso_millis(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn collection(
-    tenants: &TenantDatabases,
-    subaccount: &SubaccountId,
-) -> mongodb::error::Result<Collection<Document>> {
-    Ok(tenants
-        .connection_for(subaccount)
-        .await?
-        .collection(COLLECTION))
+/// Only updates: the connector exists (or the event waits for it), created by the api or the
+/// platform, which ensured the indexes.
+fn collection(tenants: &TenantDatabases, subaccount: &SubaccountId) -> Collection<Document> {
+    tenants.existing(subaccount).collection(COLLECTION)
 }
 
 fn connector(subaccount: &SubaccountId) -> Document {
@@ -72,7 +68,7 @@ pub async fn apply_succeeded(
     tenants: &TenantDatabases,
     event: &Envelope<ConnectionSucceeded>,
 ) -> mongodb::error::Result<Applied> {
-    let connectors = collection(tenants, &event.subaccount_id).await?;
+    let connectors = collection(tenants, &event.subaccount_id);
     let p = &event.payload;
     let mut filter = connector(&event.subaccount_id);
     filter.insert(
@@ -114,7 +110,7 @@ pub async fn apply_failed(
     else {
         return Ok(Applied::Unchanged);
     };
-    let connectors = collection(tenants, &event.subaccount_id).await?;
+    let connectors = collection(tenants, &event.subaccount_id);
     let at = iso_millis(event.occurred_at);
     let mut filter = connector(&event.subaccount_id);
     filter.insert("metadata.googleEmail", google_email);

@@ -74,7 +74,12 @@ impl<P: Event> Envelope<P> {
     /// Decodes an incoming event of type `P`. Never panics: malformed JSON, a wrong type or
     /// version, an unknown field or a missing one each give their own [`DecodeError`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let raw = RawEnvelope::decode_raw(bytes)?;
+        Self::from_raw(RawEnvelope::decode_raw(bytes)?)
+    }
+
+    /// The event of type `P` in an envelope already decoded with [`RawEnvelope::decode_raw`]
+    /// (a consumer that dispatches on `type` parses the envelope once).
+    pub fn from_raw(raw: RawEnvelope) -> Result<Self, DecodeError> {
         if raw.event_type != P::TYPE {
             return Err(DecodeError::WrongType {
                 expected: P::TYPE,

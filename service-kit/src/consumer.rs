@@ -282,18 +282,21 @@ impl<H> Worker<H> {
             delivered: info.delivered,
             max_deliver: self.spec.max_deliver,
         };
-        // RFC 3339, as the header promises (`OffsetDateTime`'s Display is not).
-        let published = chrono::DateTime::from_timestamp(
-            info.published.unix_timestamp(),
-            info.published.nanosecond(),
-        )
-        .map(|at| at.to_rfc3339())
-        .unwrap_or_else(|| info.published.to_string());
+        // RFC 3339, as the header promises (`OffsetDateTime`'s Display is not); only a
+        // message being parked needs it.
+        let published = || {
+            chrono::DateTime::from_timestamp(
+                info.published.unix_timestamp(),
+                info.published.nanosecond(),
+            )
+            .map(|at| at.to_rfc3339())
+            .unwrap_or_else(|| info.published.to_string())
+        };
         let event = match E::decode(&message.payload) {
             Ok(event) => event,
             Err(e) => {
                 let reason = format!("undecodable {} event: {e}", E::NAME);
-                self.park(&message, delivery, &published, reason).await;
+                self.park(&message, delivery, &published(), reason).await;
                 return;
             }
         };
@@ -301,7 +304,7 @@ impl<H> Worker<H> {
         let span = tracing::info_span!("event", consumer = durable, event_type = E::NAME, %event_id,
             %correlation_id, %subaccount_id,
             stream_sequence = delivery.stream_sequence, delivered = delivery.delivered);
-        self.settle(&message, delivery, &published, event)
+        self.settle(&message, delivery, published, event)
             .instrument(span)
             .await;
     }
@@ -311,7 +314,7 @@ impl<H> Worker<H> {
         &self,
         message: &jetstream::Message,
         delivery: Delivery,
-        published: &str,
+        published: impl FnOnce() -> String,
         event: E::Message,
     ) where
         E: Consumable,
@@ -342,10 +345,10 @@ impl<H> Worker<H> {
             }
             Err(HandlerError::Retryable(reason)) => {
                 let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
-                self.park(message, delivery, published, reason).await;
+                self.park(message, delivery, &published(), reason).await;
             }
             Err(HandlerError::Permanent(reason)) => {
-                self.park(message, delivery, published, reason).await;
+                self.park(message, delivery, &published(), reason).await;
             }
         }
     }

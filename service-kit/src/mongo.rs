@@ -101,6 +101,14 @@ impl TenantDatabases {
         Ok(db)
     }
 
+    /// The tenant's database without ensuring its indexes: for services that only update
+    /// documents that already exist (whoever created them ensured the indexes), so a worker
+    /// meeting thousands of tenants does not issue three `createIndexes` for each.
+    pub fn existing(&self, subaccount: &SubaccountId) -> Database {
+        self.client
+            .database(&self.template.database_for(subaccount))
+    }
+
     /// Every subaccount that has a database on the server, found by database name.
     pub async fn tenants(&self) -> mongodb::error::Result<Vec<SubaccountId>> {
         let names = self.client.list_database_names().await?;
