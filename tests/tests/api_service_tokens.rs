@@ -880,9 +880,15 @@ async fn a_subaccount_without_the_connector_is_404_and_nothing_is_published() {
 #[tokio::test]
 async fn without_the_event_stream_the_update_is_503_event_stream_unavailable() {
     let auth = AuthServer::start(&[("db-token", "database-server", &[WRITE])]).await;
-    // No worker has provisioned the streams: JetStream has nowhere to store the event.
     let api = api_with(&auth, &[("API_PUBLISH_TIMEOUT", "1s")]).await;
     api.seed_google_calendar(SUBACCOUNT).await;
+    // The api provisioned the stream at start-up; an operator deleted it since: JetStream has
+    // nowhere to store the event.
+    let nats = async_nats::connect(&api.ctx.nats_url).await.expect("nats");
+    jetstream::new(nats)
+        .delete_stream(api.namespace.events_stream())
+        .await
+        .expect("stream deleted");
 
     let started = Instant::now();
     let reply = update(
