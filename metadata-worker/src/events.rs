@@ -1,7 +1,8 @@
-//! What the metadata-worker consumes: connection-succeeded and connection-failed, read by one
+//! What the metadata-worker consumes: connection-succeeded, connection-failed and
+//! connection-disconnected, read by one
 //! durable consumer (`<ns>.events.connection.*.*`) and decoded by their `type`.
 
-use schemas::events::{ConnectionFailed, ConnectionSucceeded};
+use schemas::events::{ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded};
 use schemas::{DecodeError, Envelope, Event, RawEnvelope, SubaccountId};
 use service_kit::consumer::Consumable;
 
@@ -10,6 +11,7 @@ use service_kit::consumer::Consumable;
 pub enum ConnectionEvent {
     Succeeded(Envelope<ConnectionSucceeded>),
     Failed(Envelope<ConnectionFailed>),
+    Disconnected(Envelope<ConnectionDisconnected>),
 }
 
 impl ConnectionEvent {
@@ -17,6 +19,7 @@ impl ConnectionEvent {
         match self {
             Self::Succeeded(e) => &e.subaccount_id,
             Self::Failed(e) => &e.subaccount_id,
+            Self::Disconnected(e) => &e.subaccount_id,
         }
     }
 }
@@ -34,8 +37,11 @@ impl Consumable for ConnectionEvents {
         match raw.event_type.as_str() {
             ConnectionSucceeded::TYPE => Envelope::from_raw(raw).map(ConnectionEvent::Succeeded),
             ConnectionFailed::TYPE => Envelope::from_raw(raw).map(ConnectionEvent::Failed),
+            ConnectionDisconnected::TYPE => {
+                Envelope::from_raw(raw).map(ConnectionEvent::Disconnected)
+            }
             _ => Err(DecodeError::WrongType {
-                expected: "connection-succeeded or connection-failed",
+                expected: "connection-succeeded, connection-failed or connection-disconnected",
                 found: raw.event_type,
             }),
         }
@@ -45,6 +51,9 @@ impl Consumable for ConnectionEvents {
         match event {
             ConnectionEvent::Succeeded(e) => (e.id, e.correlation_id, e.subaccount_id.to_string()),
             ConnectionEvent::Failed(e) => (e.id, e.correlation_id, e.subaccount_id.to_string()),
+            ConnectionEvent::Disconnected(e) => {
+                (e.id, e.correlation_id, e.subaccount_id.to_string())
+            }
         }
     }
 }

@@ -66,6 +66,7 @@ impl ConnectionEventHandler {
             match event {
                 ConnectionEvent::Succeeded(e) => metadata::apply_succeeded(tenants, e).await,
                 ConnectionEvent::Failed(e) => metadata::apply_failed(tenants, e).await,
+                ConnectionEvent::Disconnected(e) => metadata::apply_disconnected(tenants, e).await,
             }
         };
         attempt

@@ -12,11 +12,17 @@
 //!   fields, only if the connection it describes is older than the failure and no later failure
 //!   is recorded. Other failures (a denied or abandoned attempt) leave a working connection
 //!   alone.
+//! - connection-disconnected for the account the metadata describes sets `isConnected: false`
+//!   and `disconnectedAt`, keeping the other fields, if that connection is older than the
+//!   disconnect. A later connection-succeeded replaces the whole object again (a reconnect);
+//!   one older than a recorded disconnect or reauth changes nothing.
 
 use bson::{Document, doc};
 use mongodb::Collection;
 use schemas::documents::connector_subaccount::{COLLECTION, GOOGLE_CALENDAR_CONNECTOR_ID};
-use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
+use schemas::events::{
+    ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
+};
 use schemas::{Envelope, SubaccountId};
 use service_kit::mongo::TenantDatabases;
 
@@ -82,6 +88,10 @@ pub async fn apply_succeeded(
                 { "metadata.reauthRequiredAt": { "$exists": false } },
                 { "metadata.reauthRequiredAt": { "$lt": &p.connected_at } },
             ] },
+            doc! { "$or": [
+                { "metadata.disconnectedAt": { "$exists": false } },
+                { "metadata.disconnectedAt": { "$lt": &p.connected_at } },
+            ] },
         ],
     );
     let update = doc! { "$set": {
@@ -126,6 +136,34 @@ pub async fn apply_failed(
         "metadata.isConnected": false,
         "metadata.reason": "reauth_required",
         "metadata.reauthRequiredAt": &at,
+        "updatedAt": bson::DateTime::now(),
+    } };
+    let result = connectors.update_one(filter, update).await?;
+    if result.matched_count > 0 {
+        return Ok(Applied::Written);
+    }
+    nothing_matched(&connectors, &event.subaccount_id).await
+}
+
+pub async fn apply_disconnected(
+    tenants: &TenantDatabases,
+    event: &Envelope<ConnectionDisconnected>,
+) -> mongodb::error::Result<Applied> {
+    let connectors = collection(tenants, &event.subaccount_id);
+    let at = &event.payload.disconnected_at;
+    let mut filter = connector(&event.subaccount_id);
+    filter.insert("metadata.googleEmail", &event.payload.google_email);
+    filter.insert("metadata.connectedAt", doc! { "$lt": at });
+    filter.insert(
+        "$or",
+        vec![
+            doc! { "metadata.disconnectedAt": { "$exists": false } },
+            doc! { "metadata.disconnectedAt": { "$lt": at } },
+        ],
+    );
+    let update = doc! { "$set": {
+        "metadata.isConnected": false,
+        "metadata.disconnectedAt": at,
         "updatedAt": bson::DateTime::now(),
     } };
     let result = connectors.update_one(filter, update).await?;

@@ -3,6 +3,7 @@
 pub mod access_token_requested;
 pub mod auth_link_issued;
 pub mod connect_requested;
+pub mod connection_disconnected;
 pub mod connection_failed;
 pub mod connection_succeeded;
 
@@ -11,5 +12,6 @@ pub use access_token_requested::{
 };
 pub use auth_link_issued::AuthLinkIssued;
 pub use connect_requested::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
+pub use connection_disconnected::ConnectionDisconnected;
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::envelope::{Envelope, Event};
 use crate::events::{
     AccessTokenReply, AccessTokenRequested, AuthLinkIssued, ConnectRequested,
-    ConnectRequestedReply, ConnectionFailed, ConnectionSucceeded,
+    ConnectRequestedReply, ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded,
 };
 
 /// Folder, relative to the `schemas` crate, where the generated files are committed.
@@ -21,6 +21,7 @@ pub fn all() -> Vec<(String, Value)> {
         event::<AuthLinkIssued>(),
         event::<ConnectionSucceeded>(),
         event::<ConnectionFailed>(),
+        event::<ConnectionDisconnected>(),
         plain::<ConnectRequestedReply>(
             format!(
                 "{}-reply.v{}.schema.json",

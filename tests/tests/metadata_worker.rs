@@ -14,7 +14,9 @@ use e2e::{RunningService, TestContext};
 use futures::StreamExt;
 use metadata_worker::MetadataWorkerConfig;
 use ops::Parser;
-use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
+use schemas::events::{
+    ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
+};
 use schemas::subjects::{METADATA_CONSUMER, Namespace, headers};
 use schemas::{Envelope, StreamEvent, SubaccountId};
 use serde_json::{Value, json};
@@ -397,4 +399,62 @@ async fn a_missing_connector_is_retried_then_parked_with_the_reason() {
         .copied()
         .expect("updatedAt");
     assert_eq!(before, after, "a replayed event wrote again");
+}
+
+fn disconnected(google: &str, at: &str) -> Envelope<ConnectionDisconnected> {
+    Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectionDisconnected {
+            google_email: google.into(),
+            disconnected_at: at.into(),
+            operation_id: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_disconnect_marks_the_account_and_only_a_newer_connection_undoes_it() {
+    let ctx = TestContext::new();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let _worker = start_worker(&ctx, &[]).await;
+    let first = succeeded(SUBACCOUNT, "g@gmail.example", "2025-10-05T12:00:00.000Z");
+    publish(&ctx, &first).await;
+    eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
+
+    // Another account's disconnect does not touch the one described.
+    publish(
+        &ctx,
+        &disconnected("other@gmail.example", "2025-10-05T12:10:00.000Z"),
+    )
+    .await;
+    publish(
+        &ctx,
+        &disconnected("g@gmail.example", "2025-10-05T12:20:00.000Z"),
+    )
+    .await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == false).await;
+    assert_eq!(stored["disconnectedAt"], "2025-10-05T12:20:00.000Z");
+    assert_eq!(stored["googleEmail"], "g@gmail.example");
+    assert_eq!(stored["calendarId"], first.payload.calendar_id);
+
+    // A connection older than the disconnect arriving late changes nothing ...
+    publish(
+        &ctx,
+        &succeeded(SUBACCOUNT, "g@gmail.example", "2025-10-05T12:15:00.000Z"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metadata(&api, SUBACCOUNT).await["isConnected"], false);
+    // ... a newer one (a reconnect) is the spec's five fields again.
+    publish(
+        &ctx,
+        &succeeded(SUBACCOUNT, "g@gmail.example", "2025-10-05T12:30:00.000Z"),
+    )
+    .await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
+    assert!(stored.get("disconnectedAt").is_none(), "{stored}");
+    assert_eq!(stored.as_object().map(|o| o.len()), Some(5));
+    assert!(dead_letters(&ctx).await.is_empty());
 }
