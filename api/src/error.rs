@@ -82,6 +82,11 @@ pub enum ApiError {
         "The event could not be recorded right now (the event stream is unavailable); try again shortly"
     )]
     EventStreamUnavailable,
+    #[error("No operation {operation} for subaccount {subaccount}")]
+    OperationNotFound {
+        subaccount: SubaccountId,
+        operation: String,
+    },
     #[error("No such endpoint")]
     RouteNotFound,
     #[error("This endpoint does not accept this method")]
@@ -122,7 +127,9 @@ impl ApiError {
             | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ConnectorNotFound { .. } | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::ConnectorNotFound { .. }
+            | Self::OperationNotFound { .. }
+            | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::ConnectorExists { .. } => StatusCode::CONFLICT,
             Self::OAuthWorkerUnavailable
             | Self::OAuthWorkerTimeout { .. }
@@ -160,6 +167,7 @@ impl ApiError {
             Self::OAuthWorkerBadReply => "oauth_worker_bad_reply",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::EventStreamUnavailable => "event_stream_unavailable",
+            Self::OperationNotFound { .. } => "operation_not_found",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal_error",
@@ -199,6 +207,10 @@ impl ApiError {
                 subaccount,
                 connector,
             } => json!({ "subaccountId": subaccount, "connectorId": connector }),
+            Self::OperationNotFound {
+                subaccount,
+                operation,
+            } => json!({ "subaccountId": subaccount, "operationId": operation }),
             Self::OAuthWorkerTimeout { waited } => {
                 json!({ "timeoutMs": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX) })
             }

@@ -50,3 +50,22 @@ pub async fn upsert_primary(
         .map(|calendar| calendar.id)
         .ok_or_else(|| mongodb::error::Error::custom("upsert returned no calendar entry"))
 }
+
+/// Marks the account's calendar entry inactive (after a disconnect); the entry is kept.
+pub async fn deactivate(
+    infra: &Infrastructure,
+    subaccount: &SubaccountId,
+    google_email: &str,
+) -> Result<(), mongodb::error::Error> {
+    infra
+        .mongo
+        .connection_for(subaccount)
+        .await?
+        .collection::<Calendar>(COLLECTION)
+        .update_one(
+            doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email, "provider": PROVIDER },
+            doc! { "$set": { "isActive": false, "updatedAt": DateTime::now() } },
+        )
+        .await?;
+    Ok(())
+}

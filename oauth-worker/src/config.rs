@@ -24,6 +24,10 @@ pub struct OAuthWorkerConfig {
     pub vault: crate::vault::VaultConfig,
     /// A cached access token is handed out only while it has at least this long to live.
     pub access_token_margin: Duration,
+    /// Deliveries of one disconnect request before it fails (the provider stayed down).
+    pub disconnect_max_deliver: i64,
+    /// Redelivery delays of a disconnect whose revocation failed transiently.
+    pub disconnect_retry_delays: Vec<Duration>,
 }
 
 /// The OAuth 2.0 provider: where users consent and where codes become tokens.
@@ -206,6 +210,19 @@ impl ServiceConfig for OAuthWorkerConfig {
         if state_ttl < Duration::from_secs(60) || state_ttl > Duration::from_secs(24 * 3600) {
             env.problem("OAUTH_STATE_TTL", "must be between 1m and 24h");
         }
+        let disconnect_max_deliver: i64 = env.value(
+            "DISCONNECT_MAX_DELIVER",
+            "40",
+            "Deliveries of one disconnect request (revoke at the provider, delete the tokens) before the operation fails.",
+        );
+        if !(1..=1000).contains(&disconnect_max_deliver) {
+            env.problem("DISCONNECT_MAX_DELIVER", "must be between 1 and 1000");
+        }
+        let disconnect_retry_delays: service_kit::config::RetryDelays = env.value(
+            "DISCONNECT_RETRY_DELAYS",
+            "5s,30s,2m,10m",
+            "Delays before a disconnect whose revocation failed transiently is tried again; the last repeats (40 deliveries cover about 6 hours).",
+        );
         Self {
             common,
             http_addr,
@@ -214,6 +231,8 @@ impl ServiceConfig for OAuthWorkerConfig {
             frontend_redirect_url,
             vault,
             access_token_margin,
+            disconnect_max_deliver,
+            disconnect_retry_delays: disconnect_retry_delays.0,
         }
     }
 

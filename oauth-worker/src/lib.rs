@@ -15,6 +15,11 @@ pub mod token_store;
 pub mod vault;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::events::DisconnectRequested;
+use schemas::subjects::DISCONNECT_CONSUMER;
+use service_kit::consumer::{self, ConsumerSpec};
 
 use service_kit::{CancellationToken, Infrastructure, StartupError};
 use tokio::net::TcpListener;
@@ -24,6 +29,7 @@ pub use config::OAuthWorkerConfig;
 use crate::access_tokens::AccessTokens;
 use crate::callback::Callback;
 use crate::handlers::connect_requested::ConnectRequestedHandler;
+use crate::handlers::disconnect_requested::DisconnectHandler;
 use crate::outbox::Outbox;
 use crate::provider::Provider;
 use crate::state_store::StateStore;
@@ -69,6 +75,30 @@ pub async fn run(
         outbox: outbox.clone(),
         margin: config.access_token_margin,
     });
+    let disconnect_spec = ConsumerSpec {
+        durable: DISCONNECT_CONSUMER,
+        filter_subject: infra.namespace.event_filter::<DisconnectRequested>(),
+        ack_wait: Duration::from_secs(60),
+        max_deliver: config.disconnect_max_deliver,
+        max_ack_pending: 256,
+        concurrency: 4,
+        retry_delays: config.disconnect_retry_delays.clone(),
+    };
+    let disconnect_consumer =
+        consumer::ensure_consumer(&infra.jetstream, &infra.namespace, &disconnect_spec).await?;
+    let disconnects = consumer::run::<DisconnectRequested, _>(
+        infra.jetstream.clone(),
+        infra.namespace.clone(),
+        disconnect_consumer,
+        disconnect_spec,
+        Arc::new(DisconnectHandler {
+            infra: infra.clone(),
+            tokens: tokens.clone(),
+            provider: provider.clone(),
+        }),
+        shutdown.clone(),
+        grace,
+    );
     let callback = Arc::new(Callback {
         infra: infra.clone(),
         states,
@@ -99,7 +129,7 @@ pub async fn run(
     let router =
         service_kit::health::router(SERVICE, infra.clone()).merge(callback::router(callback));
     let http = service_kit::http::serve(SERVICE, listener, router, shutdown.clone(), grace);
-    let (requests, served) = tokio::join!(requests, http);
+    let (requests, served, ()) = tokio::join!(requests, http, disconnects);
     let _ = relay.await;
     infra.close().await;
     requests.map_err(|e| StartupError::Failed {

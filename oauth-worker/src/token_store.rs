@@ -240,6 +240,43 @@ impl TokenStore {
         Ok(result.matched_count > 0)
     }
 
+    /// The Google accounts stored for a subaccount.
+    pub async fn accounts(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<Vec<String>, TokenStoreError> {
+        use futures::TryStreamExt;
+        let raw: Collection<Document> = self
+            .infra
+            .mongo
+            .connection_for(subaccount)
+            .await?
+            .collection(COLLECTION);
+        let documents: Vec<Document> = raw
+            .find(doc! { "subaccountId": subaccount.as_str() })
+            .projection(doc! { "googleEmail": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(documents
+            .iter()
+            .filter_map(|d| d.get_str("googleEmail").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Deletes an account's tokens (after they were revoked).
+    pub async fn delete(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<(), TokenStoreError> {
+        self.collection(subaccount)
+            .await?
+            .delete_one(doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email })
+            .await?;
+        Ok(())
+    }
+
     /// Clears the outbox entry once JetStream has the event (only if it is still that event).
     pub async fn clear_pending(
         &self,

@@ -5,7 +5,9 @@
 pub mod calendar;
 pub mod connector_subaccount;
 pub mod google_auth;
+pub mod operation;
 
 pub use calendar::Calendar;
 pub use connector_subaccount::{ConnectorSubaccount, GoogleCalendarMetadata};
 pub use google_auth::{AuthStatus, EncryptedToken, GoogleAuth};
+pub use operation::{Operation, OperationStatus};

@@ -6,6 +6,7 @@ pub mod connect_requested;
 pub mod connection_disconnected;
 pub mod connection_failed;
 pub mod connection_succeeded;
+pub mod disconnect_requested;
 
 pub use access_token_requested::{
     AccessTokenRejectionCode, AccessTokenReply, AccessTokenRequested,
@@ -15,3 +16,4 @@ pub use connect_requested::{ConnectRejectionCode, ConnectRequested, ConnectReque
 pub use connection_disconnected::ConnectionDisconnected;
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;
+pub use disconnect_requested::DisconnectRequested;

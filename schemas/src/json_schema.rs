@@ -9,6 +9,7 @@ use crate::envelope::{Envelope, Event};
 use crate::events::{
     AccessTokenReply, AccessTokenRequested, AuthLinkIssued, ConnectRequested,
     ConnectRequestedReply, ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded,
+    DisconnectRequested,
 };
 
 /// Folder, relative to the `schemas` crate, where the generated files are committed.
@@ -22,6 +23,7 @@ pub fn all() -> Vec<(String, Value)> {
         event::<ConnectionSucceeded>(),
         event::<ConnectionFailed>(),
         event::<ConnectionDisconnected>(),
+        event::<DisconnectRequested>(),
         plain::<ConnectRequestedReply>(
             format!(
                 "{}-reply.v{}.schema.json",

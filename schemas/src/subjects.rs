@@ -17,6 +17,8 @@ use crate::ids::SubaccountId;
 pub const MAILER_CONSUMER: &str = "mailer-worker";
 /// Durable consumer of connection events (the metadata writer).
 pub const METADATA_CONSUMER: &str = "metadata-worker";
+/// Durable consumer of disconnect-requested (the oauth-worker revokes and deletes).
+pub const DISCONNECT_CONSUMER: &str = "oauth-worker-disconnect";
 /// Queue group in which oauth-worker replicas share connect requests.
 pub const OAUTH_WORKER_QUEUE: &str = "oauth-worker";
 

@@ -27,7 +27,15 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/api/connectors/{subaccountId}/{connectorId}",
-            get(get_connector),
+            get(get_connector).delete(super::disconnect::disconnect_all),
+        )
+        .route(
+            "/api/connectors/{subaccountId}/{connectorId}/connections/{googleEmail}",
+            axum::routing::delete(super::disconnect::disconnect_one),
+        )
+        .route(
+            "/api/connectors/{subaccountId}/operations/{operationId}",
+            get(super::disconnect::get_operation),
         )
 }
 

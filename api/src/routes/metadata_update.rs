@@ -17,9 +17,9 @@
 //!
 //! The body is `{"metadata": {"calendarId", "userEmail", "googleEmail", "connectedAt",
 //! "isConnected"}}`, the spec's `connectorsubaccount.metadata`. `isConnected` must be `true`:
-//! the event path records connections, and there is no "disconnected" fact to publish yet
-//! (the spec lists a disconnect endpoint as a future enhancement), so `false` is a 400 rather
-//! than a silently different meaning.
+//! this endpoint reports connections; a disconnect goes through `DELETE
+//! /api/connectors/{id}/google-calendar`, which also revokes the tokens, so `false` is a 400
+//! rather than a metadata change that leaves live tokens behind.
 //!
 //! The event id is derived from the subaccount and the metadata (a UUIDv7 whose time is
 //! `connectedAt`), so a caller that retries the same report — after a timeout, say — gets the

@@ -2,6 +2,7 @@
 //! endpoints. Every error, including an unknown path or method, answers in the house shape.
 
 pub mod connectors;
+pub mod disconnect;
 pub mod google_calendar;
 pub mod metadata_update;
 

@@ -1,0 +1,197 @@
+//! Disconnecting Google accounts, durably and asynchronously:
+//!
+//! - `DELETE /api/connectors/{subaccountId}/google-calendar` — every connected account;
+//! - `DELETE /api/connectors/{subaccountId}/google-calendar/connections/{googleEmail}` — one;
+//! - `GET /api/connectors/{subaccountId}/operations/{operationId}` — how it went.
+//!
+//! A DELETE records an operation (`pending`) in the tenant's `operations` collection, publishes
+//! disconnect-requested to JetStream and answers 202 with the operation id and its URL. The
+//! oauth-worker revokes the tokens at the provider (retrying while the provider is down),
+//! deletes them, marks the calendar entry inactive, announces connection-disconnected (the
+//! metadata-worker sets `isConnected: false`) and marks the operation `done` or `failed`.
+//! Disconnecting what is not connected is harmless: the operation is simply `done`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use bson::doc;
+use schemas::documents::connector_subaccount::GOOGLE_CALENDAR_CONNECTOR_ID;
+use schemas::documents::operation::{COLLECTION, Operation, OperationStatus};
+use schemas::events::DisconnectRequested;
+use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
+use serde_json::json;
+use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
+
+use super::Success;
+use crate::error::ApiError;
+use crate::extract::{ConnectorPath, SubaccountPath};
+use crate::state::AppState;
+
+/// `DELETE /api/connectors/{subaccountId}/{connectorId}` (only `google-calendar` has
+/// connections to disconnect).
+pub async fn disconnect_all(
+    State(state): State<AppState>,
+    user: AuthenticatedUser,
+    path: ConnectorPath,
+) -> Result<Response, ApiError> {
+    disconnect(&state, &user, path, None).await
+}
+
+/// `DELETE /api/connectors/{subaccountId}/{connectorId}/connections/{googleEmail}`.
+pub async fn disconnect_one(
+    State(state): State<AppState>,
+    user: AuthenticatedUser,
+    path: ConnectorPath,
+    Path((_, _, google_email)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let email = UserEmail::parse(&google_email).map_err(|e| ApiError::InvalidField {
+        field: Some("googleEmail".into()),
+        reason: e.to_string(),
+    })?;
+    disconnect(&state, &user, path, Some(email.as_str().to_lowercase())).await
+}
+
+async fn disconnect(
+    state: &AppState,
+    user: &AuthenticatedUser,
+    ConnectorPath {
+        subaccount,
+        connector,
+    }: ConnectorPath,
+    google_email: Option<String>,
+) -> Result<Response, ApiError> {
+    if connector.as_str() != GOOGLE_CALENDAR_CONNECTOR_ID {
+        return Err(ApiError::InvalidField {
+            field: Some("connectorId".into()),
+            reason: format!("only {GOOGLE_CALENDAR_CONNECTOR_ID} has connections to disconnect"),
+        });
+    }
+    user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    if !state.connectors.exists(&subaccount, &connector).await? {
+        return Err(ApiError::ConnectorNotFound {
+            subaccount,
+            connector: ConnectorId::google_calendar(),
+        });
+    }
+    let operation_id = uuid::Uuid::now_v7().to_string();
+    let now = bson::DateTime::now();
+    let operation = Operation {
+        id: operation_id.clone(),
+        subaccount_id: subaccount.to_string(),
+        kind: "disconnect".into(),
+        google_email: google_email.clone(),
+        status: OperationStatus::Pending,
+        disconnected: Vec::new(),
+        error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let operations = operations(state, &subaccount).await?;
+    operations
+        .insert_one(&operation)
+        .await
+        .map_err(|e| database_error(e, "recording the operation"))?;
+    let event = Envelope::new(
+        subaccount.clone(),
+        uuid::Uuid::now_v7(),
+        DisconnectRequested {
+            operation_id: operation_id.clone(),
+            google_email: google_email.clone(),
+        },
+    );
+    let published = tokio::time::timeout(
+        state.publish_timeout,
+        service_kit::nats::publish_event(&state.infra.jetstream, &state.infra.namespace, &event),
+    )
+    .await;
+    if !matches!(published, Ok(Ok(_))) {
+        tracing::warn!(%operation_id, "disconnect request not stored by JetStream");
+        let _ = operations
+            .update_one(
+                doc! { "_id": &operation_id },
+                doc! { "$set": { "status": "failed", "error": "the request could not be recorded", "updatedAt": bson::DateTime::now() } },
+            )
+            .await;
+        return Err(ApiError::EventStreamUnavailable);
+    }
+    tracing::info!(%operation_id, account = ?google_email, "disconnect requested");
+    let location = format!("/api/connectors/{subaccount}/operations/{operation_id}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(Success::new(
+            Some("Disconnect requested".into()),
+            render(&operation),
+        )),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::try_from(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /api/connectors/{subaccountId}/operations/{operationId}`.
+pub async fn get_operation(
+    State(state): State<AppState>,
+    user: AuthenticatedUser,
+    SubaccountPath(subaccount): SubaccountPath,
+    Path((_, operation_id)): Path<(String, String)>,
+) -> Result<Json<Success<serde_json::Value>>, ApiError> {
+    user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    let found = operations(&state, &subaccount)
+        .await?
+        .find_one(doc! { "_id": &operation_id })
+        .await
+        .map_err(|e| database_error(e, "reading the operation"))?;
+    match found {
+        Some(operation) => Ok(Json(Success::new(None, render(&operation)))),
+        None => Err(ApiError::OperationNotFound {
+            subaccount,
+            operation: operation_id,
+        }),
+    }
+}
+
+fn render(operation: &Operation) -> serde_json::Value {
+    let status = match operation.status {
+        OperationStatus::Pending => "pending",
+        OperationStatus::Done => "done",
+        OperationStatus::Failed => "failed",
+    };
+    let iso = |at: bson::DateTime| {
+        at.to_chrono()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut value = json!({
+        "operationId": operation.id,
+        "kind": operation.kind,
+        "status": status,
+        "subaccountId": operation.subaccount_id,
+        "googleEmail": operation.google_email,
+        "disconnected": operation.disconnected,
+        "createdAt": iso(operation.created_at),
+        "updatedAt": iso(operation.updated_at),
+    });
+    if let Some(error) = &operation.error {
+        value["error"] = json!(error);
+    }
+    value
+}
+
+async fn operations(
+    state: &AppState,
+    subaccount: &SubaccountId,
+) -> Result<mongodb::Collection<Operation>, ApiError> {
+    Ok(state
+        .infra
+        .mongo
+        .connection_for(subaccount)
+        .await
+        .map_err(|e| database_error(e, "opening the tenant database"))?
+        .collection(COLLECTION))
+}
+
+fn database_error(error: mongodb::error::Error, doing: &'static str) -> ApiError {
+    tracing::error!(%error, doing, "MongoDB operation failed");
+    ApiError::DatabaseUnavailable
+}

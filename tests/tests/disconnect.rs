@@ -1,0 +1,203 @@
+//! Disconnect end to end over real servers and the fake Google: the api records the operation
+//! and publishes the request, the oauth-worker revokes at the provider and deletes the tokens,
+//! the metadata-worker marks the account disconnected; twice is harmless; a provider outage
+//! only delays it.
+
+mod api_support;
+mod oauth_support;
+
+use std::time::Duration;
+
+use api_support::{Api, token};
+use e2e::fake_google::Decision;
+use e2e::{RunningService, TestContext};
+use metadata_worker::MetadataWorkerConfig;
+use oauth_support::{OAuthStack, SUBACCOUNT};
+use schemas::events::{AccessTokenRejectionCode, AccessTokenReply, ConnectionDisconnected};
+use serde_json::Value;
+
+const EMAIL: &str = "person@gmail.example";
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn setup(worker: &[(&str, &str)]) -> (OAuthStack, Api, RunningService) {
+    let ctx = TestContext::new();
+    let stack = OAuthStack::start(ctx.clone(), worker).await;
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let config: MetadataWorkerConfig = ctx.config(&[]);
+    let mut metadata = RunningService::start(metadata_worker::SERVICE, |l, s| {
+        metadata_worker::run(config, l, s)
+    })
+    .await;
+    metadata.wait_ready(WAIT).await;
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            Decision::Allow {
+                account: Some(EMAIL.into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    (stack, api, metadata)
+}
+
+async fn delete(api: &Api, path: &str) -> api_support::Reply {
+    api.send(
+        reqwest::Method::DELETE,
+        path,
+        Some(&token(SUBACCOUNT)),
+        None,
+    )
+    .await
+}
+
+/// Polls the operation until it is no longer pending.
+async fn settled(api: &Api, operation: &str) -> Value {
+    let path = format!("/api/connectors/{SUBACCOUNT}/operations/{operation}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = api.get(&path, Some(&token(SUBACCOUNT))).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["data"]["status"] != "pending" {
+            return reply.body["data"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still pending: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metadata(api: &Api) -> Value {
+    let reply = api
+        .get(
+            &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+            Some(&token(SUBACCOUNT)),
+        )
+        .await;
+    reply.body["data"]["metadata"].clone()
+}
+
+#[tokio::test]
+async fn disconnect_revokes_deletes_and_marks_the_account_and_twice_is_harmless() {
+    let (stack, api, _metadata) = setup(&[]).await;
+    let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metadata(&api).await["isConnected"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let reply = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let operation = reply.body["data"]["operationId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(reply.body["data"]["status"], "pending");
+    assert!(
+        reply.headers["location"]
+            .to_str()
+            .expect("ascii")
+            .ends_with(&format!("/operations/{operation}"))
+    );
+    let done = settled(&api, &operation).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
+
+    // Revoked at the provider, gone from the vault and the cache, calendar kept but inactive.
+    assert!(stack.google.is_revoked(&refresh));
+    assert!(stack.google_auth(EMAIL).await.is_none());
+    match stack.access_token(EMAIL).await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::NotConnected)
+        }
+        other => panic!("{other:?}"),
+    }
+    let calendars = stack.calendars().await;
+    assert_eq!(calendars.len(), 1);
+    assert_eq!(calendars[0].get_bool("isActive"), Ok(false));
+    let events = stack.events::<ConnectionDisconnected>(WAIT).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payload.google_email, EMAIL);
+
+    // The metadata says so, the document stays.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stored = loop {
+        let m = metadata(&api).await;
+        if m["isConnected"] == false {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metadata never disconnected: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stored["googleEmail"], EMAIL);
+    assert!(stored["disconnectedAt"].is_string(), "{stored}");
+
+    // Again, and for one named account: harmless, done, nothing more revoked.
+    let revokes = stack.google.revoke_requests();
+    let again = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
+    )
+    .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    let done = settled(
+        &api,
+        again.body["data"]["operationId"].as_str().expect("id"),
+    )
+    .await;
+    assert_eq!(done["status"], "done");
+    assert_eq!(done["disconnected"], serde_json::json!([]));
+    assert_eq!(stack.google.revoke_requests(), revokes);
+
+    // Unknown operations and other connectors are named as such.
+    let unknown = api
+        .get(
+            &format!("/api/connectors/{SUBACCOUNT}/operations/nope"),
+            Some(&token(SUBACCOUNT)),
+        )
+        .await;
+    unknown.assert_error(404, "operation_not_found");
+    delete(&api, &format!("/api/connectors/{SUBACCOUNT}/outlook"))
+        .await
+        .assert_error(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn a_disconnect_waits_out_a_revocation_outage() {
+    let (stack, api, _metadata) = setup(&[("DISCONNECT_RETRY_DELAYS", "300ms")]).await;
+    let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+    // Down for longer than one delivery's in-process attempts (3 by default).
+    stack.google.fail_next_revoke_requests(7, 503);
+    let reply = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let operation = reply.body["data"]["operationId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        stack.google_auth(EMAIL).await.is_some(),
+        "tokens kept until revoked"
+    );
+    let done = settled(&api, &operation).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(stack.google.is_revoked(&refresh));
+    assert!(stack.google_auth(EMAIL).await.is_none());
+}
