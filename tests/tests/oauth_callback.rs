@@ -270,3 +270,49 @@ async fn frontend_redirect_carries_only_the_outcome() {
         "https://app.example/done?status=error&reason=access_denied"
     );
 }
+
+#[tokio::test]
+async fn a_reconnect_without_a_refresh_token_keeps_the_stored_one() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+    let allow = || Decision::Allow {
+        account: Some("person@gmail.example".into()),
+        scopes: None,
+    };
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let first = stack
+        .google_auth("person@gmail.example")
+        .await
+        .expect("stored");
+
+    // The provider sends no refresh token this time, and a short-lived access token.
+    stack.google.withhold_refresh_tokens(true);
+    stack
+        .google
+        .set_access_token_lifetime(std::time::Duration::from_secs(30));
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let second = stack
+        .google_auth("person@gmail.example")
+        .await
+        .expect("stored");
+    assert_eq!(second.get_i64("tokenVersion").expect("version"), 2);
+    assert!(
+        second.get_document("refreshToken").is_ok(),
+        "refresh token dropped"
+    );
+    // Re-encrypted on the write (a new nonce) ...
+    assert_ne!(
+        first.get_document("refreshToken").expect("first"),
+        second.get_document("refreshToken").expect("second")
+    );
+    // ... and still the working token: the stale access token is refreshed with it.
+    stack
+        .google
+        .set_access_token_lifetime(std::time::Duration::from_secs(3600));
+    match stack.access_token("person@gmail.example").await {
+        schemas::events::AccessTokenReply::Issued { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stack.google.token_requests("refresh_token"), 1);
+}

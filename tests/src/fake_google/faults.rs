@@ -37,6 +37,9 @@ pub(super) struct Faults {
     pub failing_revoke: FailNext,
     /// Overrides Google's 3599 s for access tokens minted from now on.
     pub access_token_lifetime: Option<Duration>,
+    /// Code exchanges return no refresh token (as Google does for a repeated consent without
+    /// `prompt=consent`, or for some account types).
+    pub withhold_refresh_tokens: bool,
 }
 
 /// Answer the next `count` requests with `status` and a JSON error body.
@@ -123,6 +126,11 @@ impl FakeGoogle {
     /// of Google's 3599 s.
     pub fn set_access_token_lifetime(&self, lifetime: Duration) {
         self.shared.lock().faults.access_token_lifetime = Some(lifetime);
+    }
+
+    /// From now on, code exchanges return no refresh token (`false` restores Google's rules).
+    pub fn withhold_refresh_tokens(&self, withhold: bool) {
+        self.shared.lock().faults.withhold_refresh_tokens = withhold;
     }
 
     /// What the user does at myaccount.google.com → "Remove access": revokes every grant of

@@ -196,7 +196,9 @@ fn redeem_code<'a>(
     let has_refresh_token = state
         .live_grants(&issued.client_id, &issued.account)
         .any(|g| g.refresh_token.is_some());
-    let refresh_token = (issued.offline && (issued.forced_consent || !has_refresh_token))
+    let refresh_token = (issued.offline
+        && (issued.forced_consent || !has_refresh_token)
+        && !state.faults.withhold_refresh_tokens)
         .then(|| format!("1//0{}", random_token(48)));
     let grant_id = state.grants.len();
     let scopes = issued.scopes.clone();
