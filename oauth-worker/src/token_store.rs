@@ -283,8 +283,10 @@ impl TokenStore {
         subaccount: &SubaccountId,
         event_id: &str,
     ) -> Result<(), TokenStoreError> {
-        self.collection(subaccount)
-            .await?
+        self.infra
+            .mongo
+            .existing(subaccount)
+            .collection::<Document>(COLLECTION)
             .update_many(
                 doc! { "pendingEvent.eventId": event_id },
                 doc! { "$unset": { "pendingEvent": "" } },
@@ -299,12 +301,10 @@ impl TokenStore {
         subaccount: &SubaccountId,
     ) -> Result<Vec<PendingEvent>, TokenStoreError> {
         use futures::TryStreamExt;
-        let raw: Collection<Document> = self
-            .infra
-            .mongo
-            .connection_for(subaccount)
-            .await?
-            .collection(COLLECTION);
+        // `existing`: the relay scans every tenant and must not create collections or
+        // indexes in the ones that never connected an account.
+        let raw: Collection<Document> =
+            self.infra.mongo.existing(subaccount).collection(COLLECTION);
         let documents: Vec<Document> = raw
             .find(doc! { "pendingEvent": { "$exists": true } })
             .projection(doc! { "pendingEvent": 1 })
