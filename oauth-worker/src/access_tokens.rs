@@ -27,9 +27,10 @@ use crate::provider::Provider;
 use crate::token_store::{StoredAuth, TokenStore};
 use crate::vault::{TokenBinding, TokenKind};
 
-/// How long a refresh lock is held at most (a refresh is bounded by the provider timeout
-/// and retries well below this).
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a refresh lock is held at most: above a refresh's worst case with the defaults
+/// (3 attempts of `PROVIDER_TIMEOUT` 10 s plus backoff). Should a holder outlive it anyway,
+/// the `tokenVersion` fence keeps a second refresh from overwriting a newer token.
+const LOCK_TTL: Duration = Duration::from_secs(60);
 /// How long a replica waits for another's refresh before answering `unavailable`: below the
 /// 10-second default request timeout of NATS clients, so the caller gets an answer.
 const WAIT_FOR_OTHER: Duration = Duration::from_secs(8);
