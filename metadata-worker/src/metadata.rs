@@ -53,6 +53,11 @@ fn connector(subaccount: &SubaccountId) -> Document {
     doc! { "subaccountId": subaccount.as_str(), "connectorId": GOOGLE_CALENDAR_CONNECTOR_ID }
 }
 
+/// `field` is absent, or holds a time before `at` (ISO strings compare in time order).
+fn absent_or_before(field: &str, at: &str) -> Document {
+    doc! { "$or": [ { field: { "$exists": false } }, { field: { "$lt": at } } ] }
+}
+
 /// Unchanged, or missing: told apart by whether the connector exists at all.
 async fn nothing_matched(
     connectors: &Collection<Document>,
@@ -80,18 +85,9 @@ pub async fn apply_succeeded(
     filter.insert(
         "$and",
         vec![
-            doc! { "$or": [
-                { "metadata.connectedAt": { "$exists": false } },
-                { "metadata.connectedAt": { "$lt": &p.connected_at } },
-            ] },
-            doc! { "$or": [
-                { "metadata.reauthRequiredAt": { "$exists": false } },
-                { "metadata.reauthRequiredAt": { "$lt": &p.connected_at } },
-            ] },
-            doc! { "$or": [
-                { "metadata.disconnectedAt": { "$exists": false } },
-                { "metadata.disconnectedAt": { "$lt": &p.connected_at } },
-            ] },
+            absent_or_before("metadata.connectedAt", &p.connected_at),
+            absent_or_before("metadata.reauthRequiredAt", &p.connected_at),
+            absent_or_before("metadata.disconnectedAt", &p.connected_at),
         ],
     );
     let update = doc! { "$set": {
@@ -125,13 +121,7 @@ pub async fn apply_failed(
     let mut filter = connector(&event.subaccount_id);
     filter.insert("metadata.googleEmail", google_email);
     filter.insert("metadata.connectedAt", doc! { "$lt": &at });
-    filter.insert(
-        "$or",
-        vec![
-            doc! { "metadata.reauthRequiredAt": { "$exists": false } },
-            doc! { "metadata.reauthRequiredAt": { "$lt": &at } },
-        ],
-    );
+    filter.extend(absent_or_before("metadata.reauthRequiredAt", &at));
     let update = doc! { "$set": {
         "metadata.isConnected": false,
         "metadata.reason": "reauth_required",
@@ -154,13 +144,7 @@ pub async fn apply_disconnected(
     let mut filter = connector(&event.subaccount_id);
     filter.insert("metadata.googleEmail", &event.payload.google_email);
     filter.insert("metadata.connectedAt", doc! { "$lt": at });
-    filter.insert(
-        "$or",
-        vec![
-            doc! { "metadata.disconnectedAt": { "$exists": false } },
-            doc! { "metadata.disconnectedAt": { "$lt": at } },
-        ],
-    );
+    filter.extend(absent_or_before("metadata.disconnectedAt", at));
     let update = doc! { "$set": {
         "metadata.isConnected": false,
         "metadata.disconnectedAt": at,

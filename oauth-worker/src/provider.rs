@@ -121,12 +121,27 @@ impl Provider {
         }
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(self.attempts - 1)
-            .with_jitter()
+    /// Runs `attempt` up to `PROVIDER_ATTEMPTS` times with jittered backoff while it fails
+    /// transiently; `what` names the call in the retry log line.
+    async fn retrying<T, Fut>(
+        &self,
+        what: &'static str,
+        attempt: impl FnMut() -> Fut,
+    ) -> Result<T, ProviderError>
+    where
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(self.attempts - 1)
+                    .with_jitter(),
+            )
+            .when(ProviderError::is_transient)
+            .notify(|error, after| tracing::warn!(%error, ?after, what, "provider call failed; retrying"))
+            .await
     }
 
     /// Exchanges an authorization code, sending the PKCE verifier (the client secret goes as
@@ -141,13 +156,7 @@ impl Provider {
                 .await;
             token_result(response)
         };
-        attempt
-            .retry(self.backoff())
-            .when(ProviderError::is_transient)
-            .notify(|error, after| {
-                tracing::warn!(%error, ?after, "code exchange failed; retrying");
-            })
-            .await
+        self.retrying("code exchange", attempt).await
     }
 
     /// A new access token from a refresh token.
@@ -160,13 +169,7 @@ impl Provider {
                 .await;
             token_result(response)
         };
-        attempt
-            .retry(self.backoff())
-            .when(ProviderError::is_transient)
-            .notify(|error, after| {
-                tracing::warn!(%error, ?after, "token refresh failed; retrying");
-            })
-            .await
+        self.retrying("token refresh", attempt).await
     }
 
     /// The account's email from the userinfo endpoint; it must be verified.
@@ -245,11 +248,7 @@ impl Provider {
                 }),
             }
         };
-        attempt
-            .retry(self.backoff())
-            .when(ProviderError::is_transient)
-            .notify(|error, after| tracing::warn!(%error, ?after, "revocation failed; retrying"))
-            .await
+        self.retrying("revocation", attempt).await
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -286,10 +285,7 @@ impl Provider {
                 ))
             })
         };
-        attempt
-            .retry(self.backoff())
-            .when(ProviderError::is_transient)
-            .await
+        self.retrying("resource fetch", attempt).await
     }
 }
 

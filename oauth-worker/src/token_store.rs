@@ -106,19 +106,15 @@ impl TokenStore {
         let now = DateTime::now();
         let mut set = doc! {
             "userEmail": new.user_email,
-            "accessToken": bson::to_bson(&self.vault.encrypt(&new.tokens.access_token, &binding(TokenKind::Access)))
-                .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "accessToken": to_bson(&self.vault.encrypt(&new.tokens.access_token, &binding(TokenKind::Access)))?,
             "expiresAt": expiry(now, new.tokens.expires_in),
             "scopes": &new.scopes,
-            "status": bson::to_bson(&AuthStatus::Active).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "status": to_bson(&AuthStatus::Active)?,
             "updatedAt": now,
-            "pendingEvent": bson::to_bson(&new.event).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "pendingEvent": to_bson(&new.event)?,
         };
         if let Some(refresh) = refresh_token {
-            set.insert(
-                "refreshToken",
-                bson::to_bson(&refresh).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
-            );
+            set.insert("refreshToken", to_bson(&refresh)?);
         }
         collection
             .update_one(
@@ -186,8 +182,7 @@ impl TokenStore {
         };
         let now = DateTime::now();
         let mut set = doc! {
-            "accessToken": bson::to_bson(&self.vault.encrypt(&tokens.access_token, &binding(TokenKind::Access)))
-                .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+            "accessToken": to_bson(&self.vault.encrypt(&tokens.access_token, &binding(TokenKind::Access)))?,
             "expiresAt": expiry(now, tokens.expires_in),
             "updatedAt": now,
         };
@@ -199,8 +194,7 @@ impl TokenStore {
         if let Some(refresh) = refresh {
             set.insert(
                 "refreshToken",
-                bson::to_bson(&self.vault.encrypt(refresh, &binding(TokenKind::Refresh)))
-                    .map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+                to_bson(&self.vault.encrypt(refresh, &binding(TokenKind::Refresh)))?,
             );
         }
         let updated = self
@@ -210,7 +204,7 @@ impl TokenStore {
                 doc! {
                     "_id": document.id,
                     "tokenVersion": document.token_version,
-                    "status": bson::to_bson(&AuthStatus::Active).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+                    "status": to_bson(&AuthStatus::Active)?,
                 },
                 doc! { "$set": set, "$inc": { "tokenVersion": 1_i64 } },
             )
@@ -232,7 +226,7 @@ impl TokenStore {
             .update_one(
                 doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email },
                 doc! { "$set": {
-                    "status": bson::to_bson(&status).map_err(|e| TokenStoreError::Corrupt(e.to_string()))?,
+                    "status": to_bson(&status)?,
                     "updatedAt": DateTime::now(),
                 }, "$inc": { "tokenVersion": 1_i64 } },
             )
@@ -317,6 +311,11 @@ impl TokenStore {
             .filter_map(|d| bson::from_document::<PendingEvent>(d).ok())
             .collect())
     }
+}
+
+/// A value as BSON; our document types always convert, so a failure is reported as corrupt.
+fn to_bson<T: serde::Serialize + ?Sized>(value: &T) -> Result<bson::Bson, TokenStoreError> {
+    bson::to_bson(value).map_err(|e| TokenStoreError::Corrupt(e.to_string()))
 }
 
 fn expiry(now: DateTime, expires_in: Duration) -> DateTime {

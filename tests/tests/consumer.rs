@@ -95,6 +95,17 @@ async fn dead_letters(
     out
 }
 
+/// Infrastructure on a fresh test context, with the streams provisioned.
+async fn connected() -> Infrastructure {
+    let ctx = TestContext::new();
+    let config = ctx.common(&[]);
+    let infra = Infrastructure::connect(&config, "consumer-test", &CancellationToken::new())
+        .await
+        .expect("connect");
+    infra.ensure_streams(&config).await.expect("streams");
+    infra
+}
+
 fn header(message: &jetstream::Message, name: &str) -> String {
     message
         .headers
@@ -106,12 +117,7 @@ fn header(message: &jetstream::Message, name: &str) -> String {
 
 #[tokio::test]
 async fn acks_retries_and_dead_letters_each_as_its_outcome_says() {
-    let ctx = TestContext::new();
-    let config = ctx.common(&[]);
-    let infra = Infrastructure::connect(&config, "consumer-test", &CancellationToken::new())
-        .await
-        .expect("connect");
-    infra.ensure_streams(&config).await.expect("streams");
+    let infra = connected().await;
     let ns = infra.namespace.clone();
     let spec = spec(&ns);
     let consumer = ensure_consumer(&infra.jetstream, &ns, &spec)
@@ -282,12 +288,7 @@ impl EventHandler<AuthLinkIssued> for CrashingHandler {
 
 #[tokio::test]
 async fn messages_nobody_answers_are_parked_when_jetstream_gives_up() {
-    let ctx = TestContext::new();
-    let config = ctx.common(&[]);
-    let infra = Infrastructure::connect(&config, "consumer-test", &CancellationToken::new())
-        .await
-        .expect("connect");
-    infra.ensure_streams(&config).await.expect("streams");
+    let infra = connected().await;
     let ns = infra.namespace.clone();
     let spec = ConsumerSpec {
         ack_wait: Duration::from_secs(1),

@@ -60,10 +60,15 @@ async fn handle_google_calendar(
 ) -> Response {
     let correlation_id = Uuid::now_v7();
     let span = tracing::info_span!("connect", %correlation_id, %subaccount, user = %user.sub);
-    let mut response = connect(&state, &user, subaccount, body, correlation_id)
+    let response = connect(&state, &user, subaccount, body, correlation_id)
         .instrument(span)
         .await
         .into_response();
+    with_correlation_id(correlation_id, response)
+}
+
+/// Adds `X-Correlation-Id` to an answer, success or error alike.
+pub fn with_correlation_id(correlation_id: Uuid, mut response: Response) -> Response {
     if let Ok(value) = HeaderValue::try_from(correlation_id.to_string()) {
         response.headers_mut().insert(CORRELATION_ID_HEADER, value);
     }

@@ -42,7 +42,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Success;
-use super::google_calendar::CORRELATION_ID_HEADER;
+use super::google_calendar::with_correlation_id;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, SubaccountPath};
 use crate::service_auth::{METADATA_WRITE, ServiceCaller};
@@ -132,14 +132,11 @@ async fn update_metadata(
 ) -> Response {
     let correlation_id = Uuid::now_v7();
     let span = tracing::info_span!("metadata_update", %correlation_id, %subaccount, service = caller.service());
-    let mut response = accept(&state, &caller, subaccount, body.metadata, correlation_id)
+    let response = accept(&state, &caller, subaccount, body.metadata, correlation_id)
         .instrument(span)
         .await
         .into_response();
-    if let Ok(value) = HeaderValue::try_from(correlation_id.to_string()) {
-        response.headers_mut().insert(CORRELATION_ID_HEADER, value);
-    }
-    response
+    with_correlation_id(correlation_id, response)
 }
 
 async fn accept(
