@@ -1,23 +1,32 @@
 //! The conditional writes to `connectorsubaccount.metadata`, in the tenant's database.
 //!
-//! Idempotent and ordered without any field the spec's document does not have for a connected
-//! account: `metadata.connectedAt` (ISO 8601 with milliseconds and `Z`, so strings compare in
-//! time order) is the version.
-//! - connection-succeeded sets `metadata` to exactly `{calendarId, userEmail, googleEmail,
-//!   connectedAt, isConnected: true}` only if the stored `connectedAt` is older (or absent) and
-//!   no newer failure was recorded: a redelivered or replayed event matches nothing, an older
-//!   one arriving after a newer one changes nothing.
-//! - connection-failed with `reauth_required` for the account the metadata describes sets
-//!   `isConnected: false`, `reason` and `reauthRequiredAt` (the event's time), keeping the other
-//!   fields, only if the connection it describes is older than the failure and no later failure
-//!   is recorded. Other failures (a denied or abandoned attempt) leave a working connection
-//!   alone.
-//! - connection-disconnected for the account the metadata describes sets `isConnected: false`
-//!   and `disconnectedAt`, keeping the other fields, if that connection is older than the
-//!   disconnect. A later connection-succeeded replaces the whole object again (a reconnect);
-//!   one older than a recorded disconnect or reauth changes nothing.
+//! `metadata.connections` lists every Google account of the subaccount, keyed by
+//! `googleEmail`; the spec's top-level fields describe one of them (see
+//! [`described_account`]). Each event is one update of one document, so events of different
+//! accounts never lose each other's changes: the filter decides whether the event is news for
+//! its account, an update pipeline rewrites that account's entry and recomputes the top-level
+//! fields from the list.
+//!
+//! Idempotent and ordered per account, with the account's own ISO 8601 times (milliseconds and
+//! `Z`, so strings compare in time order) as versions:
+//! - connection-succeeded replaces the account's entry with exactly `{calendarId, userEmail,
+//!   googleEmail, connectedAt, isConnected: true}`, unless the entry records a connection,
+//!   reauth or disconnect at or after the event's `connectedAt`: a redelivered or replayed event
+//!   matches nothing, an older one arriving after a newer one changes nothing.
+//! - connection-failed with `reauth_required` sets the account's `isConnected: false`, `reason`
+//!   and `reauthRequiredAt` (the event's time), if its connection is older than the failure and
+//!   no later reauth or disconnect is recorded. Other failures (a denied or abandoned attempt)
+//!   leave working connections alone.
+//! - connection-disconnected sets the account's `isConnected: false` and `disconnectedAt`, if
+//!   no connection or disconnect at or after it is recorded. An account not listed yet (its
+//!   connection-succeeded is still on its way, say parked and replayed later) gets an entry with
+//!   just `googleEmail`, `isConnected: false` and `disconnectedAt`, so that late event cannot
+//!   bring it back.
+//!
+//! Documents written before several accounts were supported have the spec's fields but no
+//! `connections`; the first event turns those fields into the list's first entry.
 
-use bson::{Document, doc};
+use bson::{Bson, Document, doc};
 use mongodb::Collection;
 use schemas::documents::connector_subaccount::{COLLECTION, GOOGLE_CALENDAR_CONNECTOR_ID};
 use schemas::events::{
@@ -79,80 +88,232 @@ pub async fn apply_succeeded(
     tenants: &TenantDatabases,
     event: &Envelope<ConnectionSucceeded>,
 ) -> mongodb::error::Result<Applied> {
-    let connectors = collection(tenants, &event.subaccount_id);
     let p = &event.payload;
-    let mut filter = connector(&event.subaccount_id);
-    filter.insert(
-        "$and",
-        vec![
-            absent_or_before("metadata.connectedAt", &p.connected_at),
-            absent_or_before("metadata.reauthRequiredAt", &p.connected_at),
-            absent_or_before("metadata.disconnectedAt", &p.connected_at),
-        ],
-    );
-    let update = doc! { "$set": {
-        "metadata": {
-            "calendarId": &p.calendar_id,
-            "userEmail": &p.user_email,
-            "googleEmail": &p.google_email,
-            "connectedAt": &p.connected_at,
-            "isConnected": true,
-        },
-        "updatedAt": bson::DateTime::now(),
-    } };
-    let result = connectors.update_one(filter, update).await?;
-    if result.matched_count > 0 {
-        return Ok(Applied::Written);
-    }
-    nothing_matched(&connectors, &event.subaccount_id).await
+    let at = p.connected_at.as_str();
+    let email = p.google_email.as_str();
+    let entry = doc! {
+        "calendarId": &p.calendar_id,
+        "userEmail": &p.user_email,
+        "googleEmail": email,
+        "connectedAt": at,
+        "isConnected": true,
+    };
+    let newer_recorded = doc! { "$or": [
+        { "connectedAt": { "$gte": at } },
+        { "reauthRequiredAt": { "$gte": at } },
+        { "disconnectedAt": { "$gte": at } },
+    ] };
+    let entry = Bson::Document(doc! { "$literal": entry });
+    update(
+        tenants,
+        &event.subaccount_id,
+        doc! { "$nor": [recorded(email, newer_recorded)] },
+        upsert_entry(email, entry.clone(), Some(entry)),
+    )
+    .await
 }
 
 pub async fn apply_failed(
     tenants: &TenantDatabases,
     event: &Envelope<ConnectionFailed>,
 ) -> mongodb::error::Result<Applied> {
-    let (FailureReason::ReauthRequired, Some(google_email)) =
+    let (FailureReason::ReauthRequired, Some(email)) =
         (event.payload.reason, event.payload.google_email.as_deref())
     else {
         return Ok(Applied::Unchanged);
     };
-    let connectors = collection(tenants, &event.subaccount_id);
     let at = iso_millis(event.occurred_at);
-    let mut filter = connector(&event.subaccount_id);
-    filter.insert("metadata.googleEmail", google_email);
-    filter.insert("metadata.connectedAt", doc! { "$lt": &at });
-    filter.extend(absent_or_before("metadata.reauthRequiredAt", &at));
-    let update = doc! { "$set": {
-        "metadata.isConnected": false,
-        "metadata.reason": "reauth_required",
-        "metadata.reauthRequiredAt": &at,
-        "updatedAt": bson::DateTime::now(),
-    } };
-    let result = connectors.update_one(filter, update).await?;
-    if result.matched_count > 0 {
-        return Ok(Applied::Written);
-    }
-    nothing_matched(&connectors, &event.subaccount_id).await
+    let older_connection = doc! {
+        "connectedAt": { "$lt": &at },
+        "$and": [
+            absent_or_before("reauthRequiredAt", &at),
+            absent_or_before("disconnectedAt", &at),
+        ],
+    };
+    let marked = doc! { "$mergeObjects": [
+        "$$entry",
+        { "isConnected": false, "reason": "reauth_required", "reauthRequiredAt": &at },
+    ] };
+    update(
+        tenants,
+        &event.subaccount_id,
+        recorded(email, older_connection),
+        upsert_entry(email, Bson::Document(marked), None),
+    )
+    .await
 }
 
 pub async fn apply_disconnected(
     tenants: &TenantDatabases,
     event: &Envelope<ConnectionDisconnected>,
 ) -> mongodb::error::Result<Applied> {
-    let connectors = collection(tenants, &event.subaccount_id);
-    let at = &event.payload.disconnected_at;
-    let mut filter = connector(&event.subaccount_id);
-    filter.insert("metadata.googleEmail", &event.payload.google_email);
-    filter.insert("metadata.connectedAt", doc! { "$lt": at });
-    filter.extend(absent_or_before("metadata.disconnectedAt", at));
-    let update = doc! { "$set": {
-        "metadata.isConnected": false,
-        "metadata.disconnectedAt": at,
-        "updatedAt": bson::DateTime::now(),
+    let at = event.payload.disconnected_at.as_str();
+    let email = event.payload.google_email.as_str();
+    let newer_recorded = doc! { "$or": [
+        { "connectedAt": { "$gte": at } },
+        { "disconnectedAt": { "$gte": at } },
+    ] };
+    let marked = doc! { "$mergeObjects": [
+        "$$entry",
+        { "isConnected": false, "disconnectedAt": at },
+    ] };
+    let tombstone = doc! { "$literal": {
+        "googleEmail": email,
+        "isConnected": false,
+        "disconnectedAt": at,
     } };
-    let result = connectors.update_one(filter, update).await?;
+    update(
+        tenants,
+        &event.subaccount_id,
+        doc! { "$nor": [recorded(email, newer_recorded)] },
+        upsert_entry(
+            email,
+            Bson::Document(marked),
+            Some(Bson::Document(tombstone)),
+        ),
+    )
+    .await
+}
+
+/// Runs one event's update: `condition` (on the account's entry) decides whether it applies,
+/// `connections` computes the new list, the top-level fields follow from it.
+async fn update(
+    tenants: &TenantDatabases,
+    subaccount: &SubaccountId,
+    condition: Document,
+    connections: Document,
+) -> mongodb::error::Result<Applied> {
+    let connectors = collection(tenants, subaccount);
+    let mut filter = connector(subaccount);
+    filter.extend(condition);
+    let pipeline = vec![
+        doc! { "$set": { "metadata.connections": connections } },
+        doc! { "$set": { "metadata": described_account(), "updatedAt": bson::DateTime::now() } },
+    ];
+    let result = connectors.update_one(filter, pipeline).await?;
     if result.matched_count > 0 {
         return Ok(Applied::Written);
     }
-    nothing_matched(&connectors, &event.subaccount_id).await
+    nothing_matched(&connectors, subaccount).await
+}
+
+/// A filter: the account's entry matches `condition`. Documents without `connections` (written
+/// before several accounts) are read through their top-level fields.
+fn recorded(email: &str, condition: Document) -> Document {
+    let mut listed = doc! { "googleEmail": email };
+    listed.extend(condition.clone());
+    let mut legacy = doc! {
+        "metadata.connections": { "$exists": false },
+        "metadata.googleEmail": email,
+    };
+    for (field, value) in prefixed(condition) {
+        legacy.insert(field, value);
+    }
+    doc! { "$or": [
+        { "metadata.connections": { "$elemMatch": listed } },
+        legacy,
+    ] }
+}
+
+/// The same conditions on `metadata.<field>` instead of an array element's `<field>`.
+fn prefixed(condition: Document) -> Document {
+    condition
+        .into_iter()
+        .map(|(key, value)| {
+            if key.starts_with('$') {
+                let value = match value {
+                    Bson::Array(parts) => Bson::Array(
+                        parts
+                            .into_iter()
+                            .map(|part| match part {
+                                Bson::Document(d) => Bson::Document(prefixed(d)),
+                                other => other,
+                            })
+                            .collect(),
+                    ),
+                    other => other,
+                };
+                (key, value)
+            } else {
+                (format!("metadata.{key}"), value)
+            }
+        })
+        .collect()
+}
+
+/// The stored list, or for an older document its top-level account as the only entry.
+fn current_connections() -> Bson {
+    Bson::Document(doc! { "$ifNull": [
+        "$metadata.connections",
+        { "$cond": [
+            { "$eq": [{ "$type": "$metadata.googleEmail" }, "string"] },
+            ["$metadata"],
+            [],
+        ] },
+    ] })
+}
+
+/// The new list: the account's entry replaced by `replace` (an expression over `$$entry`), or,
+/// when the account is not listed, `insert` appended (if given).
+fn upsert_entry(email: &str, replace: Bson, insert: Option<Bson>) -> Document {
+    let replaced = doc! { "$map": {
+        "input": "$$list",
+        "as": "entry",
+        "in": { "$cond": [{ "$eq": ["$$entry.googleEmail", email] }, replace, "$$entry"] },
+    } };
+    let not_listed = match insert {
+        Some(entry) => Bson::Document(doc! { "$concatArrays": ["$$list", [entry]] }),
+        None => Bson::String("$$list".into()),
+    };
+    let emails = doc! { "$map": { "input": "$$list", "as": "entry", "in": "$$entry.googleEmail" } };
+    doc! { "$let": {
+        "vars": { "list": current_connections() },
+        "in": { "$cond": [{ "$in": [email, emails] }, replaced, not_listed] },
+    } }
+}
+
+/// The top-level fields: the most recently connected account that is still connected; when
+/// none is, the most recently connected one (with `isConnected: false` and why); when no
+/// account was ever connected, just `isConnected: false`. Then `connections`.
+fn described_account() -> Document {
+    let connected = doc! { "$filter": {
+        "input": "$$list",
+        "as": "entry",
+        "cond": { "$eq": ["$$entry.isConnected", true] },
+    } };
+    let ever_connected = doc! { "$filter": {
+        "input": "$$list",
+        "as": "entry",
+        "cond": { "$eq": [{ "$type": "$$entry.connectedAt" }, "string"] },
+    } };
+    let candidates = doc! { "$cond": [
+        { "$gt": [{ "$size": "$$connected" }, 0] },
+        "$$connected",
+        ever_connected,
+    ] };
+    let latest = doc! { "$reduce": {
+        "input": candidates,
+        "initialValue": Bson::Null,
+        "in": { "$cond": [
+            { "$or": [
+                { "$eq": ["$$value", Bson::Null] },
+                { "$gt": ["$$this.connectedAt", "$$value.connectedAt"] },
+            ] },
+            "$$this",
+            "$$value",
+        ] },
+    } };
+    doc! { "$let": {
+        "vars": { "list": "$metadata.connections" },
+        "in": { "$let": {
+            "vars": { "connected": connected },
+            "in": { "$let": {
+                "vars": { "latest": latest },
+                "in": { "$mergeObjects": [
+                    { "$ifNull": ["$$latest", { "isConnected": false }] },
+                    { "connections": "$$list" },
+                ] },
+            } },
+        } },
+    } }
 }

@@ -28,6 +28,8 @@ pub struct OAuthWorkerConfig {
     pub disconnect_max_deliver: i64,
     /// Redelivery delays of a disconnect whose revocation failed transiently.
     pub disconnect_retry_delays: Vec<Duration>,
+    /// Google accounts one subaccount may have connected at once.
+    pub max_accounts: usize,
 }
 
 /// The OAuth 2.0 provider: where users consent and where codes become tokens.
@@ -192,6 +194,14 @@ impl ServiceConfig for OAuthWorkerConfig {
                 "must be an http:// or https:// URL",
             );
         }
+        let max_accounts: usize = env.value(
+            "MAX_GOOGLE_ACCOUNTS",
+            "10",
+            "Google accounts one subaccount may have connected at once; connecting one more is refused (reconnecting a connected one is always allowed).",
+        );
+        if !(1..=1000).contains(&max_accounts) {
+            env.problem("MAX_GOOGLE_ACCOUNTS", "must be between 1 and 1000");
+        }
         let vault = crate::vault::VaultConfig::from_env(env);
         let access_token_margin: Duration = env
             .value::<HumanDuration>(
@@ -233,6 +243,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             access_token_margin,
             disconnect_max_deliver,
             disconnect_retry_delays: disconnect_retry_delays.0,
+            max_accounts,
         }
     }
 

@@ -107,6 +107,7 @@ pub async fn run(
         outbox,
         required_scopes: config.provider.scopes.0.clone(),
         frontend: config.frontend_redirect_url.clone(),
+        max_accounts: config.max_accounts,
     });
     let connect_requests = rpc::serve(
         infra.nats.clone(),

@@ -8,6 +8,8 @@ pub mod google_auth;
 pub mod operation;
 
 pub use calendar::Calendar;
-pub use connector_subaccount::{ConnectorSubaccount, GoogleCalendarMetadata};
+pub use connector_subaccount::{
+    ConnectorSubaccount, GoogleCalendarConnection, GoogleCalendarMetadata,
+};
 pub use google_auth::{AuthStatus, EncryptedToken, GoogleAuth};
 pub use operation::{Operation, OperationStatus};

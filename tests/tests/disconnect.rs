@@ -13,7 +13,10 @@ use e2e::fake_google::Decision;
 use e2e::{RunningService, TestContext};
 use metadata_worker::MetadataWorkerConfig;
 use oauth_support::{OAuthStack, SUBACCOUNT};
-use schemas::events::{AccessTokenRejectionCode, AccessTokenReply, ConnectionDisconnected};
+use schemas::events::{
+    AccessTokenRejectionCode, AccessTokenReply, ConnectionDisconnected, ConnectionFailed,
+    FailureReason,
+};
 use serde_json::Value;
 
 const EMAIL: &str = "person@gmail.example";
@@ -200,4 +203,94 @@ async fn a_disconnect_waits_out_a_revocation_outage() {
     assert_eq!(done["status"], "done", "{done}");
     assert!(stack.google.is_revoked(&refresh));
     assert!(stack.google_auth(EMAIL).await.is_none());
+}
+
+/// Polls the metadata until `check` holds.
+async fn metadata_until(api: &Api, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = metadata(api).await;
+        if check(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metadata never got there: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn several_accounts_disconnected_one_at_a_time_and_capped() {
+    const SECOND: &str = "second@gmail.example";
+    const THIRD: &str = "third@gmail.example";
+    let (stack, api, _metadata) = setup(&[("MAX_GOOGLE_ACCOUNTS", "2")]).await;
+    metadata_until(&api, |m| m["isConnected"] == true).await;
+    let allow = |account: &str| Decision::Allow {
+        account: Some(account.into()),
+        scopes: None,
+    };
+    let (_, page) = stack.connect("user@example.com", allow(SECOND)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let both = metadata_until(&api, |m| m["googleEmail"] == SECOND).await;
+    assert_eq!(both["isConnected"], true);
+    let listed: Vec<(&str, bool)> = both["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| {
+            (
+                c["googleEmail"].as_str().expect("email"),
+                c["isConnected"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(EMAIL, true), (SECOND, true)]);
+
+    // A third account is over the cap: refused, its grant given back, nothing stored.
+    let (_, page) = stack.connect("user@example.com", allow(THIRD)).await;
+    assert_eq!(page.status, 409, "{}", page.body);
+    assert!(stack.google_auth(THIRD).await.is_none());
+    let refused = stack.events::<ConnectionFailed>(WAIT).await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].payload.reason,
+        FailureReason::AccountLimitReached
+    );
+    // Reconnecting an account already connected is not a new one.
+    let (_, page) = stack.connect("user@example.com", allow(EMAIL)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // The most recently connected account goes; the other one is described again.
+    let reply = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let done = settled(
+        &api,
+        reply.body["data"]["operationId"].as_str().expect("id"),
+    )
+    .await;
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
+    let after = metadata_until(&api, |m| m["googleEmail"] == SECOND).await;
+    assert_eq!(after["isConnected"], true);
+    let first = after["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .find(|c| c["googleEmail"] == EMAIL)
+        .expect("still listed")
+        .clone();
+    assert_eq!(first["isConnected"], false);
+    assert!(first["disconnectedAt"].is_string(), "{first}");
+    assert!(
+        stack.google_auth(SECOND).await.is_some(),
+        "the other account is kept"
+    );
+    // Room again for another account.
+    let (_, page) = stack.connect("user@example.com", allow(THIRD)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
 }

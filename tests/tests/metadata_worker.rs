@@ -129,18 +129,17 @@ async fn an_event_becomes_the_specs_metadata_and_the_api_sees_it_at_once() {
     );
     publish(&ctx, &event).await;
     let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
-    assert_eq!(
-        stored,
-        json!({
-            "calendarId": event.payload.calendar_id,
-            "userEmail": "user@example.com",
-            "googleEmail": "googleuser@gmail.com",
-            "connectedAt": "2025-10-05T12:00:00.000Z",
-            "isConnected": true,
-        })
-    );
-    // Exactly the spec's keys, in its order.
-    let keys: Vec<&String> = stored.as_object().expect("object").keys().collect();
+    let account = json!({
+        "calendarId": event.payload.calendar_id,
+        "userEmail": "user@example.com",
+        "googleEmail": "googleuser@gmail.com",
+        "connectedAt": "2025-10-05T12:00:00.000Z",
+        "isConnected": true,
+    });
+    let mut expected = account.clone();
+    expected["connections"] = json!([account]);
+    assert_eq!(stored, expected);
+    // Exactly the spec's keys, in its order, then the list of accounts.
     let documents = api.stored_connectors(SUBACCOUNT).await;
     let ordered: Vec<String> = documents[0]
         .get_document("metadata")
@@ -155,10 +154,10 @@ async fn an_event_becomes_the_specs_metadata_and_the_api_sees_it_at_once() {
             "userEmail",
             "googleEmail",
             "connectedAt",
-            "isConnected"
+            "isConnected",
+            "connections"
         ]
     );
-    assert_eq!(keys.len(), 5);
     let after = api.get(&path, Some(&token(SUBACCOUNT))).await;
     assert_eq!(
         after.body["data"]["metadata"]["isConnected"], true,
@@ -183,6 +182,8 @@ async fn an_event_becomes_the_specs_metadata_and_the_api_sees_it_at_once() {
     assert_eq!(stored["reason"], "reauth_required");
     assert_eq!(stored["googleEmail"], "googleuser@gmail.com");
     assert_eq!(stored["calendarId"], event.payload.calendar_id);
+    assert_eq!(stored["connections"][0]["reason"], "reauth_required");
+    assert_eq!(stored["connections"][0]["isConnected"], false);
     let after = api.get(&path, Some(&token(SUBACCOUNT))).await;
     assert_eq!(after.body["data"]["metadata"]["isConnected"], false);
 
@@ -210,6 +211,7 @@ async fn an_event_becomes_the_specs_metadata_and_the_api_sees_it_at_once() {
     publish(&ctx, &later).await;
     let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
     assert!(stored.get("reason").is_none(), "{stored}");
+    assert_eq!(stored["connections"].as_array().map(Vec::len), Some(1));
     assert!(dead_letters(&ctx).await.is_empty());
 }
 
@@ -423,7 +425,8 @@ async fn a_disconnect_marks_the_account_and_only_a_newer_connection_undoes_it() 
     publish(&ctx, &first).await;
     eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
 
-    // Another account's disconnect does not touch the one described.
+    // Another account's disconnect does not touch the one described; it is remembered, so
+    // that account's older connection arriving late cannot bring it back.
     publish(
         &ctx,
         &disconnected("other@gmail.example", "2025-10-05T12:10:00.000Z"),
@@ -455,6 +458,134 @@ async fn a_disconnect_marks_the_account_and_only_a_newer_connection_undoes_it() 
     .await;
     let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == true).await;
     assert!(stored.get("disconnectedAt").is_none(), "{stored}");
-    assert_eq!(stored.as_object().map(|o| o.len()), Some(5));
+    assert_eq!(stored.as_object().map(|o| o.len()), Some(6), "{stored}");
+    publish(
+        &ctx,
+        &succeeded(
+            SUBACCOUNT,
+            "other@gmail.example",
+            "2025-10-05T12:05:00.000Z",
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = metadata(&api, SUBACCOUNT).await;
+    assert_eq!(stored["googleEmail"], "g@gmail.example");
+    assert_eq!(
+        stored["connections"],
+        json!([
+            {
+                "calendarId": first.payload.calendar_id,
+                "userEmail": "user@example.com",
+                "googleEmail": "g@gmail.example",
+                "connectedAt": "2025-10-05T12:30:00.000Z",
+                "isConnected": true,
+            },
+            {
+                "googleEmail": "other@gmail.example",
+                "isConnected": false,
+                "disconnectedAt": "2025-10-05T12:10:00.000Z",
+            },
+        ])
+    );
+    assert!(dead_letters(&ctx).await.is_empty());
+}
+
+#[tokio::test]
+async fn several_accounts_are_listed_and_the_top_level_describes_the_latest_connected_one() {
+    let ctx = TestContext::new();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    // A document written before several accounts were supported: the spec's fields only.
+    api.tenant_db(SUBACCOUNT)
+        .await
+        .collection::<mongodb::bson::Document>("connectorsubaccount")
+        .update_one(
+            mongodb::bson::doc! { "subaccountId": SUBACCOUNT },
+            mongodb::bson::doc! { "$set": { "metadata": {
+                "calendarId": "000000000000000000000001",
+                "userEmail": "user@example.com",
+                "googleEmail": "old@gmail.example",
+                "connectedAt": "2025-10-05T11:00:00.000Z",
+                "isConnected": true,
+            } } },
+        )
+        .await
+        .expect("legacy metadata");
+    let _worker = start_worker(&ctx, &[]).await;
+    let a = succeeded(SUBACCOUNT, "a@gmail.example", "2025-10-05T12:00:00.000Z");
+    let b = succeeded(SUBACCOUNT, "b@gmail.example", "2025-10-05T12:10:00.000Z");
+    // Out of order: the newer account first.
+    publish(&ctx, &b).await;
+    publish(&ctx, &a).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| {
+        m["connections"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
+    let emails: Vec<&str> = stored["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["googleEmail"].as_str().expect("email"))
+        .collect();
+    assert_eq!(
+        emails,
+        ["old@gmail.example", "b@gmail.example", "a@gmail.example"]
+    );
+    assert_eq!(stored["googleEmail"], "b@gmail.example", "{stored}");
+    assert_eq!(stored["isConnected"], true);
+
+    // The described account goes: the most recent remaining one is described.
+    publish(
+        &ctx,
+        &disconnected("b@gmail.example", "2025-10-05T12:20:00.000Z"),
+    )
+    .await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["googleEmail"] == "a@gmail.example").await;
+    assert_eq!(stored["isConnected"], true);
+    assert_eq!(stored["connectedAt"], "2025-10-05T12:00:00.000Z");
+    assert!(stored.get("disconnectedAt").is_none(), "{stored}");
+    assert_eq!(stored["connections"][1]["isConnected"], false);
+    assert_eq!(
+        stored["connections"][1]["disconnectedAt"],
+        "2025-10-05T12:20:00.000Z"
+    );
+
+    // A reauth of the described account: the other connected one is described instead.
+    let reauth = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectionFailed {
+            user_email: None,
+            google_email: Some("a@gmail.example".into()),
+            reason: FailureReason::ReauthRequired,
+            message: "refresh token revoked".into(),
+            missing_scopes: vec![],
+        },
+    );
+    publish(&ctx, &reauth).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| {
+        m["googleEmail"] == "old@gmail.example"
+    })
+    .await;
+    assert_eq!(stored["isConnected"], true);
+    assert_eq!(stored["connections"][2]["reason"], "reauth_required");
+
+    // None connected any more: the latest connected account, with isConnected false.
+    publish(
+        &ctx,
+        &disconnected("old@gmail.example", "2025-10-05T12:30:00.000Z"),
+    )
+    .await;
+    let stored = eventually(&api, SUBACCOUNT, |m| m["isConnected"] == false).await;
+    assert_eq!(stored["googleEmail"], "b@gmail.example", "{stored}");
+    assert_eq!(stored["disconnectedAt"], "2025-10-05T12:20:00.000Z");
+    let connected = stored["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|c| c["isConnected"] == true)
+        .count();
+    assert_eq!(connected, 0);
     assert!(dead_letters(&ctx).await.is_empty());
 }

@@ -5,7 +5,8 @@
 //! 2. `error=` from the provider (`access_denied`, ...) → a page and connection-failed.
 //! 3. The code is exchanged with the PKCE verifier (bounded retries), the granted scopes are
 //!    checked against the required ones, the account's email is read from userinfo and its
-//!    primary calendar from the Calendar API.
+//!    primary calendar from the Calendar API. A new account beyond `MAX_GOOGLE_ACCOUNTS` for
+//!    the subaccount is refused (and its tokens revoked); reconnecting a connected one is not.
 //! 4. The calendar entry is upserted; tokens (encrypted) and the connection-succeeded event
 //!    are written in one document write (the outbox), then the event is published.
 //! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
@@ -49,6 +50,8 @@ pub struct Callback {
     pub outbox: Outbox,
     pub required_scopes: Vec<String>,
     pub frontend: Option<url::Url>,
+    /// `MAX_GOOGLE_ACCOUNTS`.
+    pub max_accounts: usize,
 }
 
 /// The query the provider sends (RFC 6749 §4.1.2 and §4.1.2.1).
@@ -191,14 +194,7 @@ impl Callback {
         let missing = missing_scopes(&self.required_scopes, &granted);
         if !missing.is_empty() {
             tracing::info!(?missing, "the user did not grant every required scope");
-            // Tokens we will not keep are given back.
-            let provider = self.provider.clone();
-            let token = tokens.access_token.clone();
-            tokio::spawn(async move {
-                if let Err(error) = provider.revoke(&token).await {
-                    tracing::warn!(%error, "could not revoke an unused partial grant");
-                }
-            });
+            self.give_back(&tokens.access_token);
             failed(
                 FailureReason::ScopeNotGranted,
                 None,
@@ -226,6 +222,41 @@ impl Callback {
             }
         };
         let google_email = identity.email.as_str();
+        match self.room_for(&attempt.subaccount_id, google_email).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(
+                    max = self.max_accounts,
+                    "the subaccount already has as many Google accounts as allowed"
+                );
+                self.give_back(&tokens.access_token);
+                failed(
+                    FailureReason::AccountLimitReached,
+                    Some(google_email),
+                    format!(
+                        "the subaccount already has {} connected Google accounts",
+                        self.max_accounts
+                    ),
+                    vec![],
+                );
+                return Outcome::failed(
+                    StatusCode::CONFLICT,
+                    "account_limit_reached",
+                    "Too many Google accounts",
+                    "Google Calendar was not connected: this workspace already has as many Google accounts connected as it may. Disconnect one, then try again.",
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot count the subaccount's accounts");
+                failed(
+                    FailureReason::StorageUnavailable,
+                    Some(google_email),
+                    "the connected accounts could not be counted".into(),
+                    vec![],
+                );
+                return storage_failure();
+            }
+        }
         let primary = match self.provider.primary_calendar(&tokens.access_token).await {
             Ok(primary) => primary,
             Err(error) => {
@@ -301,6 +332,29 @@ impl Callback {
             subaccount_id: subaccount.to_string(),
             google_email: google_email.to_owned(),
         }
+    }
+
+    /// Whether `google_email` may be stored: it is already connected, or the subaccount has
+    /// fewer than `MAX_GOOGLE_ACCOUNTS`. Two simultaneous callbacks for two new accounts can
+    /// both pass at the limit; the cap is a guard against runaway use, not a quota to the unit.
+    async fn room_for(
+        &self,
+        subaccount: &schemas::SubaccountId,
+        google_email: &str,
+    ) -> Result<bool, crate::token_store::TokenStoreError> {
+        let accounts = self.tokens.accounts(subaccount).await?;
+        Ok(accounts.iter().any(|a| a == google_email) || accounts.len() < self.max_accounts)
+    }
+
+    /// Tokens we will not keep are given back to the provider, in the background.
+    fn give_back(&self, access_token: &str) {
+        let provider = self.provider.clone();
+        let token = access_token.to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = provider.revoke(&token).await {
+                tracing::warn!(%error, "could not revoke a grant we do not keep");
+            }
+        });
     }
 
     fn emit_failure(

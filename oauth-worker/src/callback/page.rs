@@ -51,6 +51,7 @@ impl Outcome {
             FailureReason::IdentityUnavailable => "identity_unavailable",
             FailureReason::ReauthRequired => "reauth_required",
             FailureReason::StorageUnavailable => "storage_unavailable",
+            FailureReason::AccountLimitReached => "account_limit_reached",
         }
     }
 

@@ -13,13 +13,22 @@
 //!     userEmail: "user@example.com",
 //!     googleEmail: "googleuser@gmail.com",
 //!     connectedAt: "2025-10-05T12:00:00.000Z",
-//!     isConnected: true
+//!     isConnected: true,
+//!     connections: [ /* every Google account of the subaccount, see below */ ]
 //!   },
 //!   isActive: true,
 //!   createdAt: Date(...),
 //!   updatedAt: Date(...)
 //! }
 //! ```
+//!
+//! The spec's five `metadata` fields describe one account: the most recently connected one that
+//! is still connected, or, when none is, the most recently connected one (then `isConnected:
+//! false`, with `reason`/`reauthRequiredAt` or `disconnectedAt` saying why). Existing readers keep
+//! working. `metadata.connections` (our addition) lists every Google account the subaccount
+//! has connected, keyed by `googleEmail`, each in the same shape; a disconnected account stays
+//! listed with `isConnected: false` and `disconnectedAt`, which is also what keeps a late,
+//! older `connection-succeeded` from bringing it back.
 
 use bson::oid::ObjectId;
 use bson::{DateTime, Document};
@@ -52,17 +61,62 @@ pub struct ConnectorSubaccount {
     pub updated_at: DateTime,
 }
 
-/// `metadata` of the `google-calendar` connector once connected.
+/// `metadata` of the `google-calendar` connector once connected: the spec's fields for the
+/// account it describes, then every account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoogleCalendarMetadata {
-    /// Hex `_id` of the calendar entry (`calendars` collection).
-    pub calendar_id: String,
-    pub user_email: String,
+    #[serde(flatten)]
+    pub described: GoogleCalendarConnection,
+    /// Every account the subaccount has connected (absent in documents written before several
+    /// accounts were supported).
+    #[serde(default)]
+    pub connections: Vec<GoogleCalendarConnection>,
+}
+
+/// One Google account of a subaccount, in the spec's shape plus why it is not connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoogleCalendarConnection {
+    /// Hex `_id` of the calendar entry (`calendars` collection). Absent only for an account
+    /// whose disconnect was recorded before its connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_email: Option<String>,
     pub google_email: String,
     /// ISO 8601 string with milliseconds and `Z` (not a BSON date), as the spec stores it.
-    pub connected_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<String>,
     pub is_connected: bool,
+    /// `reauth_required` when the refresh token stopped working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauth_required_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<String>,
+}
+
+impl GoogleCalendarConnection {
+    /// A connected account, as connection-succeeded describes it.
+    pub fn connected(
+        calendar_id: &str,
+        user_email: &str,
+        google_email: &str,
+        connected_at: &str,
+    ) -> Self {
+        Self {
+            calendar_id: Some(calendar_id.to_owned()),
+            user_email: Some(user_email.to_owned()),
+            google_email: google_email.to_owned(),
+            connected_at: Some(connected_at.to_owned()),
+            is_connected: true,
+            reason: None,
+            reauth_required_at: None,
+            disconnected_at: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -77,12 +131,17 @@ mod tests {
             connector_id: GOOGLE_CALENDAR_CONNECTOR_ID.into(),
             connector_type: CALENDAR_CONNECTOR_TYPE.into(),
             config: Document::new(),
-            metadata: bson::to_document(&GoogleCalendarMetadata {
-                calendar_id: "507f1f77bcf86cd799439011".into(),
-                user_email: "user@example.com".into(),
-                google_email: "googleuser@gmail.com".into(),
-                connected_at: "2025-10-05T12:00:00.000Z".into(),
-                is_connected: true,
+            metadata: bson::to_document(&{
+                let account = GoogleCalendarConnection::connected(
+                    "507f1f77bcf86cd799439011",
+                    "user@example.com",
+                    "googleuser@gmail.com",
+                    "2025-10-05T12:00:00.000Z",
+                );
+                GoogleCalendarMetadata {
+                    described: account.clone(),
+                    connections: vec![account],
+                }
             })
             .expect("metadata"),
             is_active: true,
@@ -118,7 +177,8 @@ mod tests {
                 "userEmail",
                 "googleEmail",
                 "connectedAt",
-                "isConnected"
+                "isConnected",
+                "connections"
             ]
         );
         assert!(matches!(

@@ -40,6 +40,8 @@ pub enum FailureReason {
     ReauthRequired,
     /// The tokens could not be stored (MongoDB unavailable); the user should try again.
     StorageUnavailable,
+    /// The subaccount already has `MAX_GOOGLE_ACCOUNTS` connected accounts.
+    AccountLimitReached,
 }
 
 impl Event for ConnectionFailed {
