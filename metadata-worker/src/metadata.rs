@@ -88,6 +88,11 @@ pub async fn apply_succeeded(
     tenants: &TenantDatabases,
     event: &Envelope<ConnectionSucceeded>,
 ) -> mongodb::error::Result<Applied> {
+    succeeded_write(event).run(tenants).await
+}
+
+/// connection-succeeded's write, also issued verbatim by the drain benchmark's floor.
+pub fn succeeded_write(event: &Envelope<ConnectionSucceeded>) -> Write {
     let p = &event.payload;
     let at = p.connected_at.as_str();
     let email = p.google_email.as_str();
@@ -104,13 +109,11 @@ pub async fn apply_succeeded(
         { "disconnectedAt": { "$gte": at } },
     ] };
     let entry = Bson::Document(doc! { "$literal": entry });
-    update(
-        tenants,
+    Write::new(
         &event.subaccount_id,
         doc! { "$nor": [recorded(email, newer_recorded)] },
         upsert_entry(email, entry.clone(), Some(entry)),
     )
-    .await
 }
 
 pub async fn apply_failed(
@@ -134,12 +137,12 @@ pub async fn apply_failed(
         "$$entry",
         { "isConnected": false, "reason": "reauth_required", "reauthRequiredAt": &at },
     ] };
-    update(
-        tenants,
+    Write::new(
         &event.subaccount_id,
         recorded(email, older_connection),
         upsert_entry(email, Bson::Document(marked), None),
     )
+    .run(tenants)
     .await
 }
 
@@ -162,8 +165,7 @@ pub async fn apply_disconnected(
         "isConnected": false,
         "disconnectedAt": at,
     } };
-    update(
-        tenants,
+    Write::new(
         &event.subaccount_id,
         doc! { "$nor": [recorded(email, newer_recorded)] },
         upsert_entry(
@@ -172,29 +174,43 @@ pub async fn apply_disconnected(
             Some(Bson::Document(tombstone)),
         ),
     )
+    .run(tenants)
     .await
 }
 
-/// Runs one event's update: `condition` (on the account's entry) decides whether it applies,
-/// `connections` computes the new list, the top-level fields follow from it.
-async fn update(
-    tenants: &TenantDatabases,
-    subaccount: &SubaccountId,
-    condition: Document,
-    connections: Document,
-) -> mongodb::error::Result<Applied> {
-    let connectors = collection(tenants, subaccount);
-    let mut filter = connector(subaccount);
-    filter.extend(condition);
-    let pipeline = vec![
-        doc! { "$set": { "metadata.connections": connections } },
-        doc! { "$set": { "metadata": described_account(), "updatedAt": bson::DateTime::now() } },
-    ];
-    let result = connectors.update_one(filter, pipeline).await?;
-    if result.matched_count > 0 {
-        return Ok(Applied::Written);
+/// One event's update of one connector document: `filter` decides whether the event applies
+/// (the connector, and a condition on the account's entry), `pipeline` computes the new list of
+/// accounts and from it the top-level fields.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub subaccount: SubaccountId,
+    pub filter: Document,
+    pub pipeline: Vec<Document>,
+}
+
+impl Write {
+    fn new(subaccount: &SubaccountId, condition: Document, connections: Document) -> Self {
+        let mut filter = connector(subaccount);
+        filter.extend(condition);
+        let pipeline = vec![
+            doc! { "$set": { "metadata.connections": connections } },
+            doc! { "$set": { "metadata": described_account(), "updatedAt": bson::DateTime::now() } },
+        ];
+        Self {
+            subaccount: subaccount.clone(),
+            filter,
+            pipeline,
+        }
     }
-    nothing_matched(&connectors, subaccount).await
+
+    async fn run(self, tenants: &TenantDatabases) -> mongodb::error::Result<Applied> {
+        let connectors = collection(tenants, &self.subaccount);
+        let result = connectors.update_one(self.filter, self.pipeline).await?;
+        if result.matched_count > 0 {
+            return Ok(Applied::Written);
+        }
+        nothing_matched(&connectors, &self.subaccount).await
+    }
 }
 
 /// A filter: the account's entry matches `condition`. Documents without `connections` (written

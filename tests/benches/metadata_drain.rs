@@ -3,8 +3,9 @@
 //! - **drain**: 20,000 connection-succeeded events for 2,000 connectors (2,000 tenant
 //!   databases) are preloaded into JetStream; then the release metadata-worker starts and the
 //!   time until its consumer has nothing pending or unacknowledged gives events/s.
-//! - **floor**: the same 20,000 conditional updates (the worker's filter and update, on the
-//!   same documents, metadata reset in between) issued straight from the mongodb driver at the
+//! - **floor**: the same 20,000 conditional updates (the worker's own filter and update
+//!   pipeline, `metadata_worker::metadata::succeeded_write`, on the same documents, metadata
+//!   reset in between) issued straight from the mongodb driver at the
 //!   worker's concurrency: what any design must pay for the writes themselves.
 //! - **latency**: events published at a steady 200/s for `BENCH_SECONDS` (default 10) while
 //!   the worker runs; each one's time from publish until its metadata is visible in MongoDB
@@ -130,25 +131,9 @@ async fn bench() {
                 .collection::<Document>("connectorsubaccount");
             let e = event(i, n);
             async move {
-                let p = &e.payload;
+                let write = metadata_worker::metadata::succeeded_write(&e);
                 collection
-                    .update_one(
-                        doc! {
-                            "subaccountId": e.subaccount_id.as_str(), "connectorId": "google-calendar",
-                            "$and": [
-                                { "$or": [ { "metadata.connectedAt": { "$exists": false } },
-                                           { "metadata.connectedAt": { "$lt": &p.connected_at } } ] },
-                                { "$or": [ { "metadata.reauthRequiredAt": { "$exists": false } },
-                                           { "metadata.reauthRequiredAt": { "$lt": &p.connected_at } } ] },
-                            ],
-                        },
-                        doc! { "$set": {
-                            "metadata": { "calendarId": &p.calendar_id, "userEmail": &p.user_email,
-                                "googleEmail": &p.google_email, "connectedAt": &p.connected_at,
-                                "isConnected": true },
-                            "updatedAt": mongodb::bson::DateTime::now(),
-                        } },
-                    )
+                    .update_one(write.filter, write.pipeline)
                     .await
                     .expect("floor update");
             }
