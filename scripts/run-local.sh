@@ -32,6 +32,11 @@
 # DEV_SMTP_SINK_HTTP_ADDR moves the page; DEV_SMTP_SINK_SMTP_ADDR moves the SMTP port (then set
 # SMTP_URL=smtp://<that address> too). When SMTP_URL points anywhere else, the sink is not started.
 #
+# Try-it page: the api runs with API_DEV_MODE=true (unless set, or unless JWT_ALGORITHM names an
+# identity provider's RS256/ES256, whose tokens the api cannot mint), so http://127.0.0.1:3002/
+# serves a page that connects a calendar in the browser. FRONTEND_REDIRECT_URL (unless set) brings
+# the browser back to that page after consent; DEV_SMTP_SINK_URL (unless set) is the sink's page.
+#
 # Environment of this script:
 #   READY_TIMEOUT          seconds to wait for every service's /readyz to return 200 (60)
 #   SERVICE_STOP_TIMEOUT   seconds a service gets to exit after SIGTERM before SIGKILL (25)
@@ -136,6 +141,29 @@ use_fake_google() {
     redirect="$URL/api/google/callback"
   fi
   export OAUTH_REDIRECT_URI="$redirect"
+}
+
+# True when the api serves the try-it page: API_DEV_MODE as configured, else on (exported) unless
+# user tokens come from an identity provider (the api can only mint HS256 tokens).
+try_it_wanted() {
+  local mode algorithm
+  mode="$(setting_value API_DEV_MODE)"
+  if [[ -z "$mode" ]]; then
+    algorithm="$(setting_value JWT_ALGORITHM)"
+    [[ -z "$algorithm" || "$algorithm" == HS256 ]] || return 1
+    export API_DEV_MODE=true
+    mode=true
+  fi
+  [[ "$mode" == true ]]
+}
+
+# Wires the try-it page: the OAuth callback redirects the browser back to the api's / and the page
+# reads the local mailbox; either stays as configured when set.
+use_try_it() {
+  resolve_addr "$SINK"
+  [[ -n "$(setting_value DEV_SMTP_SINK_URL)" ]] || export DEV_SMTP_SINK_URL="$URL"
+  resolve_addr api
+  [[ -n "$(setting_value FRONTEND_REDIRECT_URL)" ]] || export FRONTEND_REDIRECT_URL="$URL/"
 }
 
 # APP_SERVICES without process $1.
@@ -545,6 +573,10 @@ summary() {
   done
   printf '\n'
   printf '  Endpoints on each service URL: /healthz /readyz /metrics\n'
+  if [[ "$(setting_value API_DEV_MODE)" == true ]]; then
+    resolve_addr api
+    printf '  Try it: open %s/ in a browser: pick a subaccount and an email, Connect, consent, and watch the metadata, the email and the events\n' "$URL"
+  fi
   if [[ " ${APP_SERVICES[*]} " == *" $SINK "* ]]; then
     resolve_addr "$SINK"
     printf '  Mailbox: %s/ (JSON: %s/messages) shows every email sent (SMTP %s; also printed to %s)\n' \
@@ -602,6 +634,16 @@ start_all() {
     without "$FAKE_GOOGLE"
     log "GOOGLE_CLIENT_ID is set: the oauth-worker talks to the configured provider"
   fi
+  if try_it_wanted; then
+    use_try_it
+    log "API_DEV_MODE=true: the api serves the try-it page; after consent the browser returns to ${FRONTEND_REDIRECT_URL:-$(setting_value FRONTEND_REDIRECT_URL)}"
+  else
+    log "API_DEV_MODE is off (or user tokens come from an identity provider): no try-it page"
+  fi
+  # Webhook receivers of a local try-out run on this machine, usually over plain http: allow
+  # both unless configured (production keeps both false, the default).
+  [[ -n "$(setting_value WEBHOOK_ALLOW_HTTP)" ]] || export WEBHOOK_ALLOW_HTTP=true
+  [[ -n "$(setting_value WEBHOOK_ALLOW_PRIVATE_TARGETS)" ]] || export WEBHOOK_ALLOW_PRIVATE_TARGETS=true
   preflight
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   printf '%s\n' "$$" >"$RUNNER_PID_FILE"

@@ -6,6 +6,7 @@ use std::time::Duration;
 use service_kit::ServiceConfig;
 use service_kit::auth::JwtConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration};
+use service_kit::webhook::{TargetPolicy, WebhookSecrets};
 
 use crate::service_auth::ServiceAuthConfig;
 
@@ -28,6 +29,40 @@ pub struct ApiConfig {
     /// How long a request that records an event waits for JetStream's acknowledgement before
     /// answering 503; a publish queued behind a reconnecting NATS connection never hangs it.
     pub publish_timeout: Duration,
+    /// Webhook registration: target policy, secret encryption, endpoints per subaccount.
+    pub webhooks: WebhookSettings,
+    /// `API_DEV_MODE`: the try-it page of a local run (see [`crate::try_it`]).
+    pub try_it: crate::try_it::TryItConfig,
+}
+
+/// What the webhook routes need (the target policy and secret keys are shared with the
+/// metadata-worker, which delivers).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub policy: TargetPolicy,
+    pub secrets: WebhookSecrets,
+    /// Most endpoints one subaccount may register.
+    pub max_endpoints: usize,
+}
+
+impl WebhookSettings {
+    fn from_env(env: &mut Env) -> Self {
+        let policy = TargetPolicy::from_env(env);
+        let secrets = WebhookSecrets::from_env(env);
+        let max_endpoints: usize = env.value(
+            "WEBHOOK_MAX_ENDPOINTS",
+            "10",
+            "Most webhook endpoints one subaccount may register (409 webhook_limit_reached beyond).",
+        );
+        if !(1..=100).contains(&max_endpoints) {
+            env.problem("WEBHOOK_MAX_ENDPOINTS", "must be between 1 and 100");
+        }
+        Self {
+            policy,
+            secrets,
+            max_endpoints,
+        }
+    }
 }
 
 impl ServiceConfig for ApiConfig {
@@ -77,6 +112,8 @@ impl ServiceConfig for ApiConfig {
         if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&publish_timeout) {
             env.problem("API_PUBLISH_TIMEOUT", "must be between 50ms and 60s");
         }
+        let webhooks = WebhookSettings::from_env(env);
+        let try_it = crate::try_it::TryItConfig::from_env(env, &auth);
         Self {
             common,
             http_addr,
@@ -86,6 +123,8 @@ impl ServiceConfig for ApiConfig {
             max_body_bytes,
             service_auth,
             publish_timeout,
+            webhooks,
+            try_it,
         }
     }
 

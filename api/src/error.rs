@@ -87,6 +87,20 @@ pub enum ApiError {
         subaccount: SubaccountId,
         operation: String,
     },
+    /// 404: no webhook endpoint with this id for the subaccount.
+    #[error("No webhook {webhook} for subaccount {subaccount}")]
+    WebhookNotFound {
+        subaccount: SubaccountId,
+        webhook: String,
+    },
+    /// 400: the target URL is refused by the webhook target policy (the message says why).
+    #[error("Invalid webhook URL: {0}")]
+    InvalidWebhookUrl(service_kit::webhook::TargetError),
+    /// 409: the subaccount already has `WEBHOOK_MAX_ENDPOINTS` endpoints.
+    #[error(
+        "This subaccount already has {limit} webhook endpoints, the most allowed; delete one first"
+    )]
+    WebhookLimitReached { limit: usize },
     #[error("No such endpoint")]
     RouteNotFound,
     #[error("This endpoint does not accept this method")]
@@ -100,17 +114,23 @@ fn at_field(field: Option<&str>) -> String {
     field.map(|f| format!(" at `{f}`")).unwrap_or_default()
 }
 
-/// The seed's error body, field order included.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body every failure answers with (the seed's, field order included).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorResponse)]
+pub(crate) struct ErrorBody<'a> {
+    /// Always `false`.
     success: bool,
+    /// What went wrong and what to do about it, for a person.
     message: String,
     error: ErrorInfo<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorInfo<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub(crate) struct ErrorInfo<'a> {
+    /// Stable machine-readable code, e.g. `connector_not_found`; each response lists its codes.
     code: &'a str,
+    /// Structured context (e.g. `{"field": "userEmail"}`), or `null`.
     details: Value,
 }
 
@@ -129,7 +149,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ConnectorNotFound { .. }
             | Self::OperationNotFound { .. }
+            | Self::WebhookNotFound { .. }
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::InvalidWebhookUrl(_) => StatusCode::BAD_REQUEST,
+            Self::WebhookLimitReached { .. } => StatusCode::CONFLICT,
             Self::ConnectorExists { .. } => StatusCode::CONFLICT,
             Self::OAuthWorkerUnavailable
             | Self::OAuthWorkerTimeout { .. }
@@ -168,6 +191,9 @@ impl ApiError {
             Self::DatabaseUnavailable => "database_unavailable",
             Self::EventStreamUnavailable => "event_stream_unavailable",
             Self::OperationNotFound { .. } => "operation_not_found",
+            Self::WebhookNotFound { .. } => "webhook_not_found",
+            Self::InvalidWebhookUrl(_) => "invalid_webhook_url",
+            Self::WebhookLimitReached { .. } => "webhook_limit_reached",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal_error",
@@ -211,6 +237,14 @@ impl ApiError {
                 subaccount,
                 operation,
             } => json!({ "subaccountId": subaccount, "operationId": operation }),
+            Self::WebhookNotFound {
+                subaccount,
+                webhook,
+            } => json!({ "subaccountId": subaccount, "webhookId": webhook }),
+            Self::InvalidWebhookUrl(refused) => {
+                json!({ "field": "url", "reason": refused.reason() })
+            }
+            Self::WebhookLimitReached { limit } => json!({ "limit": limit }),
             Self::OAuthWorkerTimeout { waited } => {
                 json!({ "timeoutMs": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX) })
             }

@@ -8,6 +8,8 @@
 //! - [`oauth_worker`]: the NATS request that asks the oauth-worker for an authorization link.
 //! - [`service_auth`]: service tokens, for the deprecated
 //!   `POST /api/connectors/{subaccountId}/metadata/update`.
+//! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) and Swagger UI (`/docs`).
+//! - [`try_it`]: the try-it page at `/` and its `/dev/...` helpers, with `API_DEV_MODE` only.
 //!
 //! Users authenticate with a bearer JWT (`service_kit::auth`), other services with a service
 //! token ([`service_auth`]).
@@ -17,9 +19,11 @@ pub mod connectors;
 pub mod error;
 pub mod extract;
 pub mod oauth_worker;
+pub mod openapi;
 pub mod routes;
 pub mod service_auth;
 pub mod state;
+pub mod try_it;
 
 use service_kit::auth::JwtVerifier;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
@@ -50,6 +54,19 @@ pub async fn run(
         );
     }
     tracing::info!(algorithm = %config.auth.algorithm, "user tokens: algorithm pinned");
+    if config.webhooks.secrets.uses_dev_key() {
+        tracing::warn!(
+            "WEBHOOK_SECRET_KEYS holds the public development key: stored webhook secrets are \
+             readable by anyone with the database. Set your own key before real use."
+        );
+    }
+    if config.try_it.enabled {
+        tracing::warn!(
+            page = %format_args!("http://{}/", config.http_addr),
+            "API_DEV_MODE is on: the try-it page and /dev/token mint a token for any subaccount \
+             for anyone who can reach this api. For a developer's machine only."
+        );
+    }
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     // The deprecated metadata update publishes to the domain stream: make sure it exists even
     // when no worker has started yet.
@@ -74,6 +91,8 @@ pub async fn run(
         body_limit: BodyLimit(config.max_body_bytes),
         service_tokens,
         publish_timeout: config.publish_timeout,
+        webhooks: config.webhooks.clone(),
+        try_it: config.try_it.clone(),
     });
     let served = service_kit::http::serve(
         SERVICE,

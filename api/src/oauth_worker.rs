@@ -39,6 +39,8 @@ pub async fn request_auth_link(
     let mut header_map = HeaderMap::new();
     header_map.insert(headers::EVENT_TYPE, ConnectRequested::TYPE);
     header_map.insert(headers::CORRELATION_ID, correlation_id.to_string().as_str());
+    // The oauth-worker's handling continues this request's trace.
+    service_kit::telemetry::inject_nats(&mut header_map);
     let request = async_nats::Request::new()
         .payload(envelope.to_bytes().into())
         .headers(header_map)

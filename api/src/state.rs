@@ -31,6 +31,10 @@ pub struct Shared {
     pub service_tokens: ServiceTokenVerifier,
     /// `API_PUBLISH_TIMEOUT`.
     pub publish_timeout: Duration,
+    /// `WEBHOOK_*`: what the webhook routes check and encrypt with.
+    pub webhooks: crate::config::WebhookSettings,
+    /// `API_DEV_MODE` and what the try-it page's helpers need.
+    pub try_it: crate::try_it::TryItConfig,
 }
 
 impl AppState {

@@ -6,6 +6,8 @@ use std::time::Duration;
 use service_kit::ServiceConfig;
 use service_kit::config::{CommonConfig, Env, RetryDelays};
 
+use crate::webhooks::WebhookConfig;
+
 #[derive(Debug, Clone)]
 pub struct MetadataWorkerConfig {
     pub common: CommonConfig,
@@ -21,6 +23,8 @@ pub struct MetadataWorkerConfig {
     pub missing_connector_deliveries: i64,
     /// In-process retries of a transient failure before the event is handed back to JetStream.
     pub write_attempts: usize,
+    /// The webhook consumers' settings (`WEBHOOK_*`).
+    pub webhooks: WebhookConfig,
 }
 
 impl ServiceConfig for MetadataWorkerConfig {
@@ -71,6 +75,7 @@ impl ServiceConfig for MetadataWorkerConfig {
         if !(1..=20).contains(&write_attempts) {
             env.problem("METADATA_WRITE_ATTEMPTS", "must be between 1 and 20");
         }
+        let webhooks = WebhookConfig::from_env(env);
         Self {
             common,
             health_addr,
@@ -79,6 +84,7 @@ impl ServiceConfig for MetadataWorkerConfig {
             retry_delays: retry_delays.0,
             missing_connector_deliveries,
             write_attempts,
+            webhooks,
         }
     }
 

@@ -4,12 +4,16 @@ pub mod config;
 pub mod events;
 pub mod handler;
 pub mod metadata;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use schemas::subjects::{METADATA_CONSUMER, Namespace};
-use service_kit::consumer::{self, ConsumerSpec};
+use schemas::events::WebhookDeliveryRequested;
+use schemas::subjects::{
+    METADATA_CONSUMER, Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER,
+};
+use service_kit::consumer::{self, Consumer, ConsumerSpec};
 use service_kit::{CancellationToken, Infrastructure, StartupError};
 use tokio::net::TcpListener;
 
@@ -17,6 +21,8 @@ pub use config::MetadataWorkerConfig;
 
 use crate::events::ConnectionEvents;
 use crate::handler::ConnectionEventHandler;
+use crate::webhooks::delivery::DeliveryHandler;
+use crate::webhooks::fan_out::FanOutHandler;
 
 /// How long JetStream waits for an ack before redelivering; the runner signals progress while
 /// a write is being retried.
@@ -41,13 +47,15 @@ pub async fn run(
         config.missing_connector_deliveries,
         config.write_attempts,
     ));
-    let served = consumer::consume_and_serve::<ConnectionEvents, _>(
+    let mut consumers = vec![Consumer::new::<ConnectionEvents, _>(
+        consumer, spec, handler,
+    )];
+    consumers.extend(webhook_consumers(&config, &infra).await?);
+    let served = consumer::consume_all_and_serve(
         SERVICE,
         &infra,
         listener,
-        consumer,
-        spec,
-        handler,
+        consumers,
         shutdown,
         config.common.shutdown_grace,
     )
@@ -69,4 +77,58 @@ fn consumer_spec(config: &MetadataWorkerConfig, ns: &Namespace) -> ConsumerSpec 
         concurrency: config.concurrency,
         retry_delays: config.retry_delays.clone(),
     }
+}
+
+/// The two webhook consumers (see [`webhooks`]): the fan-out reads the same connection events
+/// as the metadata writer under its own durable name, the delivery reads the requests the
+/// fan-out publishes.
+async fn webhook_consumers(
+    config: &MetadataWorkerConfig,
+    infra: &Infrastructure,
+) -> Result<Vec<Consumer>, StartupError> {
+    let webhooks = &config.webhooks;
+    if webhooks.secrets.uses_dev_key() {
+        tracing::warn!(
+            "WEBHOOK_SECRET_KEYS holds the public development key: stored webhook secrets are \
+             readable by anyone with the database. Set your own key before real use."
+        );
+    }
+    let ns = &infra.namespace;
+    let fan_out_spec = ConsumerSpec {
+        durable: WEBHOOK_FAN_OUT_CONSUMER,
+        filter_subject: ns.connection_events_filter(),
+        ack_wait: ACK_WAIT,
+        max_deliver: config.max_deliver,
+        max_ack_pending: (config.concurrency as i64 * 8).max(256),
+        concurrency: config.concurrency,
+        retry_delays: config.retry_delays.clone(),
+    };
+    let delivery_spec = ConsumerSpec {
+        durable: WEBHOOK_DELIVERY_CONSUMER,
+        filter_subject: ns.event_filter::<WebhookDeliveryRequested>(),
+        // Progress is signalled while a POST runs; this only bounds a hung process.
+        ack_wait: webhooks.timeout + ACK_WAIT,
+        max_deliver: webhooks.max_deliver,
+        max_ack_pending: (webhooks.concurrency as i64 * 8).max(256),
+        concurrency: webhooks.concurrency,
+        retry_delays: webhooks.retry_delays.clone(),
+    };
+    let fan_out = consumer::ensure_consumer(&infra.jetstream, ns, &fan_out_spec).await?;
+    let delivery = consumer::ensure_consumer(&infra.jetstream, ns, &delivery_spec).await?;
+    let deliverer = DeliveryHandler::new(infra.clone(), webhooks.clone()).map_err(|e| {
+        StartupError::Misconfigured {
+            setting: "WEBHOOK_TIMEOUT",
+            cause: format!("cannot build the webhook HTTP client: {e}"),
+        }
+    })?;
+    Ok(vec![
+        Consumer::new::<ConnectionEvents, _>(
+            fan_out,
+            fan_out_spec,
+            Arc::new(FanOutHandler {
+                infra: infra.clone(),
+            }),
+        ),
+        Consumer::new::<WebhookDeliveryRequested, _>(delivery, delivery_spec, Arc::new(deliverer)),
+    ])
 }

@@ -248,6 +248,8 @@ impl AccessTokens {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot store the refreshed token");
+                metrics::counter!("token_refreshes_total", "outcome" => "store_failed")
+                    .increment(1);
                 AccessTokenError::Unavailable(
                     "the refreshed token cannot be stored right now".into(),
                 )

@@ -133,21 +133,26 @@ impl Outbox {
         event: Envelope<E>,
     ) {
         let infra = self.infra.clone();
-        tokio::spawn(async move {
-            let attempt = || publish_event(&infra.jetstream, &infra.namespace, &event);
-            let published = attempt
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(500))
-                        .with_max_delay(Duration::from_secs(30))
-                        .with_max_times(12)
-                        .with_jitter(),
-                )
-                .await;
-            if let Err(error) = published {
-                tracing::error!(%error, event_id = %event.id, event_type = E::TYPE, "event could not be published");
-            }
-        });
+        // In the caller's span: the event carries its trace context and the logs its ids.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let attempt = || publish_event(&infra.jetstream, &infra.namespace, &event);
+                let published = attempt
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(500))
+                            .with_max_delay(Duration::from_secs(30))
+                            .with_max_times(12)
+                            .with_jitter(),
+                    )
+                    .await;
+                if let Err(error) = published {
+                    tracing::error!(%error, event_id = %event.id, event_type = E::TYPE, "event could not be published");
+                }
+            },
+            span,
+        ));
     }
 
     /// Publishes every entry of one tenant; false if any is still pending.

@@ -10,6 +10,7 @@ use schemas::subjects::OAUTH_WORKER_QUEUE;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Requests answered concurrently by one replica; past it, requests wait in the subscription
 /// (and other replicas of the queue group take theirs).
@@ -70,14 +71,26 @@ pub async fn serve<R: Responder>(
             break;
         };
         let shared = shared.clone();
-        tracker.spawn(async move {
-            let (responder, nats) = &*shared;
-            let body = responder.respond(&message.payload).await;
-            if let Err(e) = nats.publish(reply_to, body.into()).await {
-                tracing::warn!(error = %e, "could not send a reply");
+        // The caller's trace goes on here (its `traceparent` header), or a new one starts.
+        let span = tracing::info_span!("rpc", subject = %message.subject, trace_id = tracing::field::Empty);
+        match &message.headers {
+            Some(headers) => service_kit::telemetry::continue_trace(
+                &span,
+                &service_kit::telemetry::NatsHeaders(headers),
+            ),
+            None => service_kit::telemetry::record_trace_id(&span),
+        }
+        tracker.spawn(
+            async move {
+                let (responder, nats) = &*shared;
+                let body = responder.respond(&message.payload).await;
+                if let Err(e) = nats.publish(reply_to, body.into()).await {
+                    tracing::warn!(error = %e, "could not send a reply");
+                }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(span),
+        );
     }
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

@@ -22,6 +22,11 @@ pub struct PendingAttempt {
     pub pkce_verifier: String,
     pub correlation_id: Uuid,
     pub issued_at: DateTime<Utc>,
+    /// W3C `traceparent` of the span that issued the link: the callback, minutes later and
+    /// from the user's browser, continues the connect attempt's trace. Absent in attempts
+    /// stored by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for PendingAttempt {
@@ -31,6 +36,7 @@ impl std::fmt::Debug for PendingAttempt {
             .field("user_email", &self.user_email)
             .field("correlation_id", &self.correlation_id)
             .field("issued_at", &self.issued_at)
+            .field("traceparent", &self.traceparent)
             .finish_non_exhaustive()
     }
 }

@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod connector_subaccount;
 pub mod google_auth;
 pub mod operation;
+pub mod webhook;
 
 pub use calendar::Calendar;
 pub use connector_subaccount::{
@@ -13,3 +14,4 @@ pub use connector_subaccount::{
 };
 pub use google_auth::{AuthStatus, EncryptedToken, GoogleAuth};
 pub use operation::{Operation, OperationStatus};
+pub use webhook::{DeliveryOutcome, WebhookDelivery, WebhookEndpoint};

@@ -7,6 +7,7 @@ pub mod connection_disconnected;
 pub mod connection_failed;
 pub mod connection_succeeded;
 pub mod disconnect_requested;
+pub mod webhook_delivery_requested;
 
 pub use access_token_requested::{
     AccessTokenRejectionCode, AccessTokenReply, AccessTokenRequested,
@@ -17,3 +18,4 @@ pub use connection_disconnected::ConnectionDisconnected;
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;
 pub use disconnect_requested::DisconnectRequested;
+pub use webhook_delivery_requested::{WebhookDeliveryRequested, WebhookEvent};

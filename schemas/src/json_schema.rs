@@ -9,7 +9,7 @@ use crate::envelope::{Envelope, Event};
 use crate::events::{
     AccessTokenReply, AccessTokenRequested, AuthLinkIssued, ConnectRequested,
     ConnectRequestedReply, ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded,
-    DisconnectRequested,
+    DisconnectRequested, WebhookDeliveryRequested,
 };
 
 /// Folder, relative to the `schemas` crate, where the generated files are committed.
@@ -24,6 +24,7 @@ pub fn all() -> Vec<(String, Value)> {
         event::<ConnectionFailed>(),
         event::<ConnectionDisconnected>(),
         event::<DisconnectRequested>(),
+        event::<WebhookDeliveryRequested>(),
         plain::<ConnectRequestedReply>(
             format!(
                 "{}-reply.v{}.schema.json",

@@ -19,6 +19,12 @@ pub const MAILER_CONSUMER: &str = "mailer-worker";
 pub const METADATA_CONSUMER: &str = "metadata-worker";
 /// Durable consumer of disconnect-requested (the oauth-worker revokes and deletes).
 pub const DISCONNECT_CONSUMER: &str = "oauth-worker-disconnect";
+/// Durable consumer of connection events that requests one webhook delivery per subscribed
+/// endpoint (in the metadata-worker).
+pub const WEBHOOK_FAN_OUT_CONSUMER: &str = "webhook-fan-out";
+/// Durable consumer of webhook-delivery-requested that POSTs signed webhooks (in the
+/// metadata-worker).
+pub const WEBHOOK_DELIVERY_CONSUMER: &str = "webhook-delivery";
 /// Queue group in which oauth-worker replicas share connect requests.
 pub const OAUTH_WORKER_QUEUE: &str = "oauth-worker";
 
@@ -28,6 +34,11 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "Gcal-Event-Type";
     /// The envelope's `correlationId`, for log correlation before the body is decoded.
     pub const CORRELATION_ID: &str = "Gcal-Correlation-Id";
+    /// W3C trace context of the span that sent the message (`00-<trace id>-<span id>-<flags>`):
+    /// the receiver's handling continues the same trace.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C vendor trace state, next to [`TRACEPARENT`] when the trace has any.
+    pub const TRACESTATE: &str = "tracestate";
     /// On a replayed message: the `Nats-Msg-Id` it was first published with.
     pub const ORIGINAL_MSG_ID: &str = "Gcal-Original-Msg-Id";
     /// On a dead letter: the subject the message was first published on.

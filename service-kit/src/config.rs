@@ -384,6 +384,8 @@ pub struct CommonConfig {
     pub shutdown_grace: Duration,
     pub streams: StreamSettings,
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector that receives the spans; `None`: nothing is exported.
+    pub otlp_endpoint: Option<url::Url>,
 }
 
 /// Retention of the JetStream streams, applied (and updated) by every service at start-up.
@@ -479,6 +481,10 @@ impl CommonConfig {
                 replicas,
             },
             log_format: env.value("LOG_FORMAT", "text", "`text` or `json` (one object per line)."),
+            otlp_endpoint: env.optional(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTLP/HTTP collector base URL (e.g. `http://127.0.0.1:4318`); when set, spans are sampled and exported to `<url>/v1/traces`. Unset: trace context still travels and logs show `trace_id`, nothing is exported.",
+            ),
         }
     }
 }

@@ -62,6 +62,23 @@ impl ConsumerSpec {
             .copied()
             .unwrap_or(Duration::from_secs(1))
     }
+
+    /// [`retry_delay`](Self::retry_delay) spread by ±[`RETRY_JITTER`], so messages that failed
+    /// together (a receiver or database that was down) do not all come back at the same
+    /// instant.
+    fn jittered_retry_delay(&self, delivered: i64) -> Duration {
+        jitter(self.retry_delay(delivered), rand::random_range(0.0..=1.0))
+    }
+}
+
+/// How far a NAK delay may move either way, as a fraction of it.
+pub const RETRY_JITTER: f64 = 0.2;
+
+/// `delay` scaled by a factor between `1 - RETRY_JITTER` (`unit` 0) and `1 + RETRY_JITTER`
+/// (`unit` 1).
+fn jitter(delay: Duration, unit: f64) -> Duration {
+    let factor = 1.0 - RETRY_JITTER + 2.0 * RETRY_JITTER * unit.clamp(0.0, 1.0);
+    delay.mul_f64(factor)
 }
 
 /// What went wrong in a handler, and so what happens to the message.
@@ -185,6 +202,7 @@ pub async fn run<E, H>(
         spec.clone(),
         shutdown.clone(),
     ));
+    let lag = tokio::spawn(watch_lag(consumer.clone(), spec.durable, shutdown.clone()));
     let worker = Arc::new(Worker {
         js,
         dead_letter_subject: ns.dead_letter(spec.durable),
@@ -250,6 +268,7 @@ pub async fn run<E, H>(
         );
     }
     let _ = watcher.await;
+    let _ = lag.await;
     tracing::info!(consumer = worker.spec.durable, "stopped consuming");
 }
 
@@ -296,14 +315,23 @@ impl<H> Worker<H> {
             Ok(event) => event,
             Err(e) => {
                 let reason = format!("undecodable {} event: {e}", E::NAME);
-                self.park(&message, delivery, &published(), reason).await;
+                self.park(&message, delivery, &published(), reason, "undecodable")
+                    .await;
                 return;
             }
         };
         let (event_id, correlation_id, subaccount_id) = E::describe(&event);
         let span = tracing::info_span!("event", consumer = durable, event_type = E::NAME, %event_id,
             %correlation_id, %subaccount_id,
-            stream_sequence = delivery.stream_sequence, delivered = delivery.delivered);
+            stream_sequence = delivery.stream_sequence, delivered = delivery.delivered,
+            trace_id = tracing::field::Empty);
+        // The publisher's trace goes on here (its `traceparent` header), or a new one starts.
+        match &message.headers {
+            Some(headers) => {
+                crate::telemetry::continue_trace(&span, &crate::telemetry::NatsHeaders(headers))
+            }
+            None => crate::telemetry::record_trace_id(&span),
+        }
         self.settle(&message, delivery, published, event)
             .instrument(span)
             .await;
@@ -338,17 +366,19 @@ impl<H> Worker<H> {
             }
             Err(HandlerError::Retryable(reason)) if !delivery.is_last_attempt() => {
                 self.remember(delivery.stream_sequence, &reason);
-                let delay = self.spec.retry_delay(delivery.delivered);
+                let delay = self.spec.jittered_retry_delay(delivery.delivered);
                 tracing::warn!(%reason, retry_in = ?delay, "handler failed; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 count(durable, "retried");
             }
             Err(HandlerError::Retryable(reason)) => {
                 let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
-                self.park(message, delivery, &published(), reason).await;
+                self.park(message, delivery, &published(), reason, "dead_lettered")
+                    .await;
             }
             Err(HandlerError::Permanent(reason)) => {
-                self.park(message, delivery, &published(), reason).await;
+                self.park(message, delivery, &published(), reason, "dead_lettered")
+                    .await;
             }
         }
     }
@@ -371,14 +401,16 @@ impl<H> Worker<H> {
         }
     }
 
-    /// Publishes the message to the dead-letter stream, then acks it. If the dead-letter
-    /// publish fails, the message is NAKed instead, so it is retried rather than lost.
+    /// Publishes the message to the dead-letter stream, then acks it (counted as `outcome`).
+    /// If the dead-letter publish fails, the message is NAKed instead, so it is retried rather
+    /// than lost.
     async fn park(
         &self,
         message: &jetstream::Message,
         delivery: Delivery,
         published: &str,
         reason: String,
+        outcome: &'static str,
     ) {
         let durable = self.spec.durable;
         let first_error = self
@@ -403,14 +435,14 @@ impl<H> Worker<H> {
             Ok(()) => {
                 tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
                 let _ = message.ack().await;
-                count(durable, "dead_lettered");
+                count(durable, outcome);
             }
             Err(e) => {
                 tracing::error!(%reason, error = %e, "dead-letter publish failed; the event stays pending");
                 self.remember(delivery.stream_sequence, &first_error);
                 let _ = message
                     .ack_with(AckKind::Nak(Some(
-                        self.spec.retry_delay(delivery.delivered),
+                        self.spec.jittered_retry_delay(delivery.delivered),
                     )))
                     .await;
                 count(durable, "park_failed");
@@ -452,27 +484,88 @@ where
     E: Consumable,
     H: EventHandler<E>,
 {
+    let consumers = vec![Consumer::new::<E, H>(consumer, spec, handler)];
+    consume_all_and_serve(service, infra, listener, consumers, shutdown, grace).await
+}
+
+/// One durable consumer ready to [`run`], its event type erased so that a worker can run
+/// several of them side by side ([`consume_all_and_serve`]).
+pub struct Consumer {
+    durable: &'static str,
+    start: Box<dyn FnOnce(RunContext) -> futures::future::BoxFuture<'static, ()> + Send>,
+}
+
+/// What [`run`] needs besides the consumer itself.
+struct RunContext {
+    js: jetstream::Context,
+    ns: Namespace,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Consumer {
+    pub fn new<E, H>(consumer: PullConsumer, spec: ConsumerSpec, handler: Arc<H>) -> Self
+    where
+        E: Consumable,
+        H: EventHandler<E>,
+    {
+        Self {
+            durable: spec.durable,
+            start: Box::new(move |cx: RunContext| {
+                Box::pin(run::<E, H>(
+                    cx.js,
+                    cx.ns,
+                    consumer,
+                    spec,
+                    handler,
+                    cx.shutdown,
+                    cx.grace,
+                ))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`consume_and_serve`] for several consumers in one process: each is `run` concurrently
+/// with the health endpoints, until `shutdown` or any of them ending (the others are then
+/// stopped too). Closes nothing: the caller closes `infra` afterwards.
+pub async fn consume_all_and_serve(
+    service: &'static str,
+    infra: &crate::Infrastructure,
+    listener: tokio::net::TcpListener,
+    consumers: Vec<Consumer>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), StartupError> {
     let stop = shutdown.child_token();
-    let consuming = async {
-        run::<E, H>(
-            infra.jetstream.clone(),
-            infra.namespace.clone(),
-            consumer,
-            spec,
-            handler,
-            stop.clone(),
+    let consuming = futures::future::join_all(consumers.into_iter().map(|consumer| {
+        let stop = stop.clone();
+        let running = (consumer.start)(RunContext {
+            js: infra.jetstream.clone(),
+            ns: infra.namespace.clone(),
+            shutdown: stop.clone(),
             grace,
-        )
-        .await;
-        stop.cancel();
-    };
+        });
+        async move {
+            running.await;
+            stop.cancel();
+        }
+    }));
     let serving = async {
         let router = crate::health::router(service, infra.clone());
         let served = crate::http::serve(service, listener, router, stop.clone(), grace).await;
         stop.cancel();
         served
     };
-    let ((), served) = tokio::join!(consuming, serving);
+    let (_, served) = tokio::join!(consuming, serving);
     served
 }
 
@@ -634,9 +727,36 @@ async fn watch_max_deliveries(
     }
 }
 
+/// `events_processed_total{consumer,outcome}`: `acked`, `retried` (NAKed for a later
+/// redelivery), `dead_lettered` (parked after a permanent failure or the last retry, or given up
+/// on by JetStream), `undecodable` (parked at once), `park_failed` (the dead-letter stream did
+/// not take it; NAKed instead).
 fn count(consumer: &'static str, outcome: &'static str) {
-    metrics::counter!("events_handled_total", "consumer" => consumer, "outcome" => outcome)
+    metrics::counter!("events_processed_total", "consumer" => consumer, "outcome" => outcome)
         .increment(1);
+}
+
+/// How often [`watch_lag`] reads the consumer's pending count.
+pub const LAG_REFRESH: Duration = Duration::from_secs(10);
+
+/// `consumer_lag_messages{consumer}`: messages of the stream matching the consumer's filter
+/// that it has not been delivered yet (JetStream's `num_pending`), read every [`LAG_REFRESH`]
+/// until `shutdown`.
+async fn watch_lag(consumer: PullConsumer, durable: &'static str, shutdown: CancellationToken) {
+    let gauge = metrics::gauge!("consumer_lag_messages", "consumer" => durable);
+    loop {
+        match consumer.get_info().await {
+            // u64 → f64: exact below 2^53 messages.
+            Ok(info) => gauge.set(info.num_pending as f64),
+            Err(e) => {
+                tracing::debug!(consumer = durable, error = %e, "cannot read the consumer's lag")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LAG_REFRESH) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
 }
 
 /// Header values are one line of visible ASCII; errors may hold anything. Cap the length too.
@@ -651,4 +771,47 @@ fn header_safe(text: &str) -> String {
         })
         .take(1024)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(delays: &[u64]) -> ConsumerSpec {
+        ConsumerSpec {
+            durable: "test",
+            filter_subject: "t.events.>".into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 10,
+            concurrency: 1,
+            retry_delays: delays.iter().map(|s| Duration::from_secs(*s)).collect(),
+        }
+    }
+
+    #[test]
+    fn retry_delays_follow_the_list_and_the_last_repeats() {
+        let spec = spec(&[10, 60, 300]);
+        assert_eq!(spec.retry_delay(1), Duration::from_secs(10));
+        assert_eq!(spec.retry_delay(3), Duration::from_secs(300));
+        assert_eq!(spec.retry_delay(9), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        let base = Duration::from_secs(100);
+        assert_eq!(jitter(base, 0.0), Duration::from_secs(80));
+        assert_eq!(jitter(base, 0.5), Duration::from_secs(100));
+        assert_eq!(jitter(base, 1.0), Duration::from_secs(120));
+        let spec = spec(&[100]);
+        let seen: Vec<Duration> = (0..200).map(|_| spec.jittered_retry_delay(1)).collect();
+        assert!(
+            seen.iter()
+                .all(|d| (Duration::from_secs(80)..=Duration::from_secs(120)).contains(d))
+        );
+        assert!(
+            seen.iter().any(|d| *d != seen[0]),
+            "the delays are spread, not all equal"
+        );
+    }
 }

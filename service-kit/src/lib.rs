@@ -3,6 +3,7 @@
 //! provisioning, tenant [`mongo`] databases, [`redis`] with every key in one place, the
 //! [`health`] and [`metrics`] endpoints, [`http`] serving, and the [`service`] entry point.
 
+pub mod aead;
 pub mod auth;
 pub mod config;
 pub mod consumer;
@@ -18,6 +19,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 
 pub use config::{CommonConfig, Env};
 pub use infrastructure::Infrastructure;

@@ -13,7 +13,7 @@ use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 use schemas::SubaccountId;
-use schemas::documents::{calendar, connector_subaccount, google_auth};
+use schemas::documents::{calendar, connector_subaccount, google_auth, webhook};
 
 use crate::config::{DatabaseTemplate, MongoUri};
 use crate::startup::{Dependency, StartupError, retry_for};
@@ -151,6 +151,13 @@ pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
         .create_index(unique(
             doc! { "subaccountId": 1, "googleEmail": 1, "provider": 1 },
         ))
+        .await?;
+    let plain = |keys| IndexModel::builder().keys(keys).build();
+    db.collection::<mongodb::bson::Document>(webhook::ENDPOINTS_COLLECTION)
+        .create_index(plain(doc! { "subaccountId": 1 }))
+        .await?;
+    db.collection::<mongodb::bson::Document>(webhook::DELIVERIES_COLLECTION)
+        .create_index(plain(doc! { "endpointId": 1, "attemptedAt": -1 }))
         .await?;
     Ok(())
 }

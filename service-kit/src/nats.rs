@@ -216,6 +216,29 @@ pub struct RawEvent {
     pub bytes: Vec<u8>,
 }
 
+/// [`publish_event`] with a `Nats-Msg-Id` of the caller's choosing, for an event derived
+/// from another one (e.g. `<event id>.<endpoint id>`): a producer that is redelivered its input
+/// then derives the same id, and JetStream stores the derived event once.
+pub async fn publish_event_with_msg_id<E: schemas::StreamEvent>(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    event: &schemas::Envelope<E>,
+    msg_id: &str,
+) -> Result<jetstream::publish::PublishAck, PublishError> {
+    publish_with_msg_id(
+        js,
+        ns.event::<E>(&event.subaccount_id),
+        RawEvent {
+            event_type: E::TYPE,
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            bytes: event.to_bytes(),
+        },
+        msg_id,
+    )
+    .await
+}
+
 /// Publishes serialized event bytes on `subject` with the event id as `Nats-Msg-Id` and
 /// waits for JetStream's acknowledgement.
 pub async fn publish_raw(
@@ -223,20 +246,34 @@ pub async fn publish_raw(
     subject: String,
     event: RawEvent,
 ) -> Result<jetstream::publish::PublishAck, PublishError> {
+    let msg_id = event.event_id.to_string();
+    publish_with_msg_id(js, subject, event, &msg_id).await
+}
+
+async fn publish_with_msg_id(
+    js: &jetstream::Context,
+    subject: String,
+    event: RawEvent,
+    msg_id: &str,
+) -> Result<jetstream::publish::PublishAck, PublishError> {
     let error = |cause: String| PublishError {
         event_type: event.event_type,
         event_id: event.event_id,
         subject: subject.clone(),
         cause,
     };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(schemas::subjects::headers::EVENT_TYPE, event.event_type);
+    headers.insert(
+        schemas::subjects::headers::CORRELATION_ID,
+        event.correlation_id.to_string().as_str(),
+    );
+    // W3C trace context of the span publishing: the consumer's handling continues the trace.
+    crate::telemetry::inject_nats(&mut headers);
     let message = jetstream::message::PublishMessage::build()
         .payload(event.bytes.clone().into())
-        .message_id(event.event_id.to_string())
-        .header(schemas::subjects::headers::EVENT_TYPE, event.event_type)
-        .header(
-            schemas::subjects::headers::CORRELATION_ID,
-            event.correlation_id.to_string().as_str(),
-        );
+        .headers(headers)
+        .message_id(msg_id);
     let ack = js
         .send_publish(subject.clone(), message)
         .await

@@ -39,15 +39,26 @@ where
     let config = match C::from_env(Env::from_process()) {
         Ok(config) => config,
         Err(err) => {
-            crate::telemetry::init(LogFormat::Text);
+            let _ = crate::telemetry::init(LogFormat::Text);
             eprintln!("{service}: {err}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::telemetry::init(config.common().log_format);
+    let telemetry = crate::telemetry::install(
+        config.common().log_format,
+        service,
+        config.common().otlp_endpoint.as_ref(),
+    );
     let shutdown = crate::shutdown::on_signal();
-    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
-    match run(config, shutdown).await {
+    tracing::info!(
+        service,
+        version = env!("CARGO_PKG_VERSION"),
+        exporting_spans = telemetry.is_exporting(),
+        "starting"
+    );
+    let result = run(config, shutdown).await;
+    tokio::task::block_in_place(|| telemetry.shutdown());
+    match result {
         Ok(()) => {
             tracing::info!(service, "stopped");
             ExitCode::SUCCESS

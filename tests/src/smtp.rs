@@ -255,6 +255,29 @@ impl SmtpSink {
         self.inbox.snapshot(0)
     }
 
+    /// Every message received so far, oldest first, as the mailbox's JSON (`dev-smtp-sink`'s
+    /// `/messages`, which the api's try-it page reads): `[{id, receivedAt, from, to, subject,
+    /// text, html}]`, `id` counting from 1.
+    pub fn messages_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.messages()
+                .iter()
+                .enumerate()
+                .map(|(i, message)| {
+                    serde_json::json!({
+                        "id": i + 1,
+                        "receivedAt": message.received_at.to_rfc3339(),
+                        "from": message.header("From").unwrap_or_else(|| message.from.clone()),
+                        "to": message.to,
+                        "subject": message.subject(),
+                        "text": message.text(),
+                        "html": message.html(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// Waits until at least `n` messages have arrived and returns all of them; panics with
     /// what did arrive after `timeout`.
     pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<ReceivedMessage> {

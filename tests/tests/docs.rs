@@ -48,7 +48,10 @@ fn the_operator_guide_has_the_current_configuration_reference() {
         "METADATA_WORKER_HEALTH_ADDR",
         "MAILER_WORKER_HEALTH_ADDR",
     ] {
-        assert!(regenerated.contains(&format!("| `{setting}` |")), "{setting}");
+        assert!(
+            regenerated.contains(&format!("| `{setting}` |")),
+            "{setting}"
+        );
     }
     assert!(!regenerated.contains("|  |"));
 }
@@ -56,12 +59,9 @@ fn the_operator_guide_has_the_current_configuration_reference() {
 // The generated block: every service's settings, from what its `ServiceConfig::read` asks
 // `Env` for.
 
-
-
 /// Where the generated block lives, between these two lines.
 const BEGIN: &str = "<!-- config-reference:begin (generated from the config types by `GCAL_WRITE_DOCS=1 cargo test -p e2e --test docs`; do not edit) -->";
 const END: &str = "<!-- config-reference:end -->";
-
 
 fn settings_of<C: ServiceConfig>() -> Vec<SettingDoc> {
     let mut env = Env::from_pairs(Vec::<(String, String)>::new());

@@ -41,16 +41,38 @@ pub fn router() -> Router<AppState> {
 
 /// `POST /api/connectors/{subaccountId}`. `connectorType` may be left out for
 /// `google-calendar` (it is `calendar`); `config` defaults to `{}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AddConnectorBody {
+    /// 1-64 of a-z, 0-9 and `-`.
+    #[schema(value_type = String, pattern = "^[a-z0-9-]{1,64}$", example = "google-calendar")]
     connector_id: ConnectorId,
+    /// 1-64 of a-z, 0-9, `-` and `_`; required except for `google-calendar` (`calendar`).
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "calendar")]
     connector_type: Option<String>,
+    /// Stored as given (default `{}`); keys may not be empty, start with `$` or contain `.`.
     #[serde(default)]
     config: Option<Map<String, Value>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/connectors/{subaccountId}",
+    operation_id = "addConnector",
+    tag = "connectors",
+    summary = "Add a connector to a subaccount",
+    description = "Creates the subaccount's connector document; answers 201 with it and its \
+`Location`, 409 when the subaccount already has this connector.",
+    params(crate::openapi::SubaccountParam),
+    request_body = AddConnectorBody,
+    security(("userToken" = [])),
+    responses(
+        (status = 201, description = "The connector, as stored.", body = Success<crate::openapi::ConnectorDoc>,
+            headers(("Location" = String, description = "`/api/connectors/{subaccountId}/{connectorId}`"))),
+        crate::openapi::AddConnectorFailures,
+    ),
+)]
 async fn add_connector(
     State(state): State<AppState>,
     user: AuthenticatedUser,
@@ -125,6 +147,20 @@ fn connector_type(connector: &ConnectorId, given: Option<String>) -> Result<Stri
 }
 
 /// `GET /api/connectors/{subaccountId}`.
+#[utoipa::path(
+    get,
+    path = "/api/connectors/{subaccountId}",
+    operation_id = "listConnectors",
+    tag = "connectors",
+    summary = "List a subaccount's connectors",
+    description = "Every connector of the subaccount, oldest first (cached in Redis).",
+    params(crate::openapi::SubaccountParam),
+    security(("userToken" = [])),
+    responses(
+        (status = 200, description = "The connectors.", body = Success<Vec<crate::openapi::ConnectorDoc>>),
+        crate::openapi::ListConnectorsFailures,
+    ),
+)]
 async fn list_connectors(
     State(state): State<AppState>,
     user: AuthenticatedUser,
@@ -136,6 +172,21 @@ async fn list_connectors(
 }
 
 /// `GET /api/connectors/{subaccountId}/{connectorId}`.
+#[utoipa::path(
+    get,
+    path = "/api/connectors/{subaccountId}/{connectorId}",
+    operation_id = "getConnector",
+    tag = "connectors",
+    summary = "Read one connector",
+    description = "One connector of the subaccount, e.g. `google-calendar` with its connection \
+metadata (cached in Redis).",
+    params(crate::openapi::SubaccountParam, crate::openapi::ConnectorParam),
+    security(("userToken" = [])),
+    responses(
+        (status = 200, description = "The connector.", body = Success<crate::openapi::ConnectorDoc>),
+        crate::openapi::GetConnectorFailures,
+    ),
+)]
 async fn get_connector(
     State(state): State<AppState>,
     user: AuthenticatedUser,

@@ -21,6 +21,7 @@ use schemas::events::DisconnectRequested;
 use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
 use serde_json::json;
 use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
+use service_kit::http::RequestId;
 
 use super::Success;
 use crate::error::ApiError;
@@ -29,17 +30,56 @@ use crate::state::AppState;
 
 /// `DELETE /api/connectors/{subaccountId}/{connectorId}` (only `google-calendar` has
 /// connections to disconnect).
+#[utoipa::path(
+    delete,
+    path = "/api/connectors/{subaccountId}/{connectorId}",
+    operation_id = "disconnectAll",
+    tag = "disconnect",
+    summary = "Disconnect every Google account of the subaccount",
+    description = "Records a disconnect operation and answers 202 at once; the oauth-worker \
+revokes and deletes the tokens and the metadata-worker marks the accounts disconnected. Follow \
+the operation at its `Location`. Only `google-calendar` has connections (another connector is a \
+400 `invalid_field`). Disconnecting what is not connected is harmless.",
+    params(crate::openapi::SubaccountParam, crate::openapi::ConnectorParam),
+    security(("userToken" = [])),
+    responses(
+        (status = 202, description = "The operation, `pending`.", body = Success<crate::openapi::OperationDoc>,
+            headers(("Location" = String, description = "`/api/connectors/{subaccountId}/operations/{operationId}`"))),
+        crate::openapi::DisconnectFailures,
+    ),
+)]
 pub async fn disconnect_all(
     State(state): State<AppState>,
+    request_id: RequestId,
     user: AuthenticatedUser,
     path: ConnectorPath,
 ) -> Result<Response, ApiError> {
-    disconnect(&state, &user, path, None).await
+    disconnect(&state, request_id, &user, path, None).await
 }
 
 /// `DELETE /api/connectors/{subaccountId}/{connectorId}/connections/{googleEmail}`.
+#[utoipa::path(
+    delete,
+    path = "/api/connectors/{subaccountId}/{connectorId}/connections/{googleEmail}",
+    operation_id = "disconnectOne",
+    tag = "disconnect",
+    summary = "Disconnect one Google account",
+    description = "As disconnecting every account, for `googleEmail` only.",
+    params(
+        crate::openapi::SubaccountParam,
+        crate::openapi::ConnectorParam,
+        crate::openapi::GoogleEmailParam
+    ),
+    security(("userToken" = [])),
+    responses(
+        (status = 202, description = "The operation, `pending`.", body = Success<crate::openapi::OperationDoc>,
+            headers(("Location" = String, description = "`/api/connectors/{subaccountId}/operations/{operationId}`"))),
+        crate::openapi::DisconnectFailures,
+    ),
+)]
 pub async fn disconnect_one(
     State(state): State<AppState>,
+    request_id: RequestId,
     user: AuthenticatedUser,
     path: ConnectorPath,
     Path((_, _, google_email)): Path<(String, String, String)>,
@@ -48,11 +88,19 @@ pub async fn disconnect_one(
         field: Some("googleEmail".into()),
         reason: e.to_string(),
     })?;
-    disconnect(&state, &user, path, Some(email.as_str().to_lowercase())).await
+    disconnect(
+        &state,
+        request_id,
+        &user,
+        path,
+        Some(email.as_str().to_lowercase()),
+    )
+    .await
 }
 
 async fn disconnect(
     state: &AppState,
+    request_id: RequestId,
     user: &AuthenticatedUser,
     ConnectorPath {
         subaccount,
@@ -91,9 +139,10 @@ async fn disconnect(
         .insert_one(&operation)
         .await
         .map_err(|e| database_error(e, "recording the operation"))?;
+    // The request's id is the correlation id of the whole disconnect.
     let event = Envelope::new(
         subaccount.clone(),
-        uuid::Uuid::now_v7(),
+        request_id.0,
         DisconnectRequested {
             operation_id: operation_id.clone(),
             google_email: google_email.clone(),
@@ -131,6 +180,20 @@ async fn disconnect(
 }
 
 /// `GET /api/connectors/{subaccountId}/operations/{operationId}`.
+#[utoipa::path(
+    get,
+    path = "/api/connectors/{subaccountId}/operations/{operationId}",
+    operation_id = "getOperation",
+    tag = "disconnect",
+    summary = "Follow a disconnect",
+    description = "`pending`, `done` (with `disconnected`: the accounts) or `failed` (with `error`).",
+    params(crate::openapi::SubaccountParam, crate::openapi::OperationParam),
+    security(("userToken" = [])),
+    responses(
+        (status = 200, description = "The operation.", body = Success<crate::openapi::OperationDoc>),
+        crate::openapi::OperationFailures,
+    ),
+)]
 pub async fn get_operation(
     State(state): State<AppState>,
     user: AuthenticatedUser,

@@ -14,6 +14,7 @@ use schemas::events::ConnectRequested;
 use schemas::{ConnectorId, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
+use service_kit::http::RequestId;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -34,31 +35,61 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The request body. `sendEmail` defaults to true, as in the spec.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConnectBody {
+    /// Who asked for the connection; receives the link when `sendEmail` is true.
+    #[schema(value_type = String, format = "email", example = "user@example.com")]
     user_email: UserEmail,
+    /// Email the link to `userEmail` (default `true`).
     #[serde(default)]
+    #[schema(default = true)]
     send_email: Option<bool>,
 }
 
 /// The spec's `data`, in the spec's field order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ConnectData {
+    /// Google's consent page; single use, expires.
     auth_url: String,
+    #[schema(value_type = String, format = "email")]
     user_email: UserEmail,
+    #[schema(value_type = String)]
     subaccount_id: SubaccountId,
+    /// True only once the email job is stored (the message then says "sent", else "created").
     email_sent: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/connectors/{subaccountId}/handlegooglecalendar",
+    operation_id = "handleGoogleCalendar",
+    tag = "connect",
+    summary = "Start a Google Calendar connection",
+    description = "Asks the oauth-worker for a Google consent link for the subaccount's \
+`google-calendar` connector and returns it; emails it to `userEmail` unless `sendEmail` is false. \
+The connector must exist (add it with `POST /api/connectors/{subaccountId}`). Answers from the \
+permission check on (200, 403, 404, 5xx) carry `X-Correlation-Id`.",
+    params(crate::openapi::SubaccountParam),
+    request_body = ConnectBody,
+    security(("userToken" = [])),
+    responses(
+        (status = 200, description = "The authorization link.", body = Success<ConnectData>,
+            headers(("X-Correlation-Id" = String, description = "Follows this attempt through every service's logs."))),
+        crate::openapi::ConnectFailures,
+    ),
+)]
 async fn handle_google_calendar(
     State(state): State<AppState>,
+    request_id: RequestId,
     user: AuthenticatedUser,
     SubaccountPath(subaccount): SubaccountPath,
     ApiJson(body): ApiJson<ConnectBody>,
 ) -> Response {
-    let correlation_id = Uuid::now_v7();
+    // The request's id follows the attempt: the connect request, the email job, the callback
+    // and the connection events all carry it as their correlation id.
+    let correlation_id = request_id.0;
     let span = tracing::info_span!("connect", %correlation_id, %subaccount, user = %user.sub);
     let response = connect(&state, &user, subaccount, body, correlation_id)
         .instrument(span)

@@ -64,19 +64,26 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The request body: the spec's metadata, under `metadata`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     metadata: MetadataBody,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct MetadataBody {
+    /// The calendar entry's ObjectId: 24 hexadecimal characters.
+    #[schema(value_type = String, pattern = "^[0-9a-fA-F]{24}$", example = "507f1f77bcf86cd799439011")]
     calendar_id: CalendarId,
+    #[schema(value_type = String, format = "email", example = "user@example.com")]
     user_email: UserEmail,
+    #[schema(value_type = String, format = "email", example = "googleuser@gmail.com")]
     google_email: UserEmail,
+    /// With a time zone; not in the future.
+    #[schema(value_type = String, format = DateTime, example = "2025-10-05T12:00:00.000Z")]
     connected_at: ConnectedAt,
+    /// Must be `true`: this endpoint reports connections only.
     is_connected: bool,
 }
 
@@ -118,19 +125,46 @@ impl ConnectedAt {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Accepted {
+    /// The same report always gets the same id (and is stored once).
+    #[schema(value_type = String, format = "uuid")]
     event_id: Uuid,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/connectors/{subaccountId}/metadata/update",
+    operation_id = "updateMetadata",
+    tag = "deprecated",
+    summary = "Report a completed connection's metadata (deprecated)",
+    description = "For other services, with a service token granting `connectors:metadata:write`. \
+Publishes `connection-succeeded` (the metadata-worker records it) and answers 202; writes \
+nothing itself. Deprecated: the connect flow records the metadata by itself. Every answer \
+carries `Deprecation` and `Link` (rel=\"successor-version\"); answers from the permission check \
+on also `X-Correlation-Id`.",
+    params(crate::openapi::SubaccountParam),
+    request_body = UpdateBody,
+    security(("serviceToken" = []), ("serviceBearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the event is stored.", body = Success<Accepted>,
+            headers(
+                ("X-Correlation-Id" = String, description = "Follows this attempt through every service's logs."),
+                ("Deprecation" = String, description = "RFC 9745: `@<unix time>` it was deprecated."),
+                ("Link" = String, description = "The successor: `<.../handlegooglecalendar>; rel=\"successor-version\"`."),
+            )),
+        crate::openapi::MetadataUpdateFailures,
+    ),
+)]
 async fn update_metadata(
     State(state): State<AppState>,
+    request_id: service_kit::http::RequestId,
     caller: ServiceCaller,
     SubaccountPath(subaccount): SubaccountPath,
     ApiJson(body): ApiJson<UpdateBody>,
 ) -> Response {
-    let correlation_id = Uuid::now_v7();
+    let correlation_id = request_id.0;
     let span = tracing::info_span!("metadata_update", %correlation_id, %subaccount, service = caller.service());
     let response = accept(&state, &caller, subaccount, body.metadata, correlation_id)
         .instrument(span)

@@ -5,6 +5,7 @@ pub mod connectors;
 pub mod disconnect;
 pub mod google_calendar;
 pub mod metadata_update;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +20,9 @@ pub fn router(state: AppState) -> Router {
         .merge(connectors::router())
         .merge(google_calendar::router())
         .merge(metadata_update::router())
+        .merge(webhooks::router())
+        .merge(crate::openapi::router())
+        .merge(crate::try_it::router(state.try_it.enabled))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Enforced while the body streams in, so an oversized body is never buffered whole.
@@ -28,8 +32,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The spec's success body: `{"success": true, "message"?, "data"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Success<T> {
+    /// Always `true`.
     pub success: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

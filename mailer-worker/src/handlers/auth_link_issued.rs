@@ -56,6 +56,7 @@ impl EventHandler<AuthLinkIssued> for AuthLinkIssuedHandler {
             Claim::Claimed(token) => token,
             Claim::AlreadySent => {
                 tracing::info!("authorization link was already emailed; not sending it again");
+                count_email("already_sent");
                 return Ok(());
             }
             Claim::InProgress => {
@@ -66,6 +67,10 @@ impl EventHandler<AuthLinkIssued> for AuthLinkIssuedHandler {
             }
         };
         if let Err(e) = self.send(&event).await {
+            count_email(match e {
+                HandlerError::Permanent(_) => "failed_permanent",
+                HandlerError::Retryable(_) => "failed_transient",
+            });
             if let Err(release) = sent.release(&event, &token).await {
                 tracing::warn!(error = %release, "cannot release the send claim; it expires by itself");
             }
@@ -73,6 +78,7 @@ impl EventHandler<AuthLinkIssued> for AuthLinkIssuedHandler {
         }
         // The recipient is logged, the link never is: it carries the single-use OAuth state.
         tracing::info!(to = %event.payload.user_email, smtp = self.sender.server(), "authorization link emailed");
+        count_email("sent");
         mark_sent(&sent, &event).await;
         Ok(())
     }
@@ -93,6 +99,12 @@ impl AuthLinkIssuedHandler {
             SendError::Transient(_) => HandlerError::Retryable(e.to_string()),
         })
     }
+}
+
+/// `emails_sent_total{outcome}`: `sent`, `already_sent` (a redelivery or replay; nothing sent),
+/// `failed_transient` (retried later), `failed_permanent` (refused or expired; dead-lettered).
+fn count_email(outcome: &'static str) {
+    metrics::counter!("emails_sent_total", "outcome" => outcome).increment(1);
 }
 
 /// Marks the event sent, retrying briefly. If MongoDB stays away the event is still acked: the

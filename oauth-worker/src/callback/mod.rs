@@ -112,7 +112,9 @@ impl Callback {
             }
         };
         let span = tracing::info_span!("callback", correlation_id = %attempt.correlation_id,
-            subaccount_id = %attempt.subaccount_id);
+            subaccount_id = %attempt.subaccount_id, trace_id = tracing::field::Empty);
+        // The attempt's trace (begun by the connect request) goes on.
+        service_kit::telemetry::continue_trace_from(&span, attempt.traceparent.as_deref());
         self.connect(query, &state, attempt).instrument(span).await
     }
 

@@ -46,6 +46,7 @@ impl ConnectRequestedHandler {
     }
 
     async fn issue(&self, request: Envelope<ConnectRequested>) -> ConnectRequestedReply {
+        let started = std::time::Instant::now();
         let user_email = request.payload.user_email.clone();
         let link = issue_link(&self.provider, &self.scopes, user_email.as_str());
         let issued_at = Utc::now();
@@ -56,8 +57,12 @@ impl ConnectRequestedHandler {
             pkce_verifier: link.pkce_verifier,
             correlation_id: request.correlation_id,
             issued_at,
+            traceparent: service_kit::telemetry::current_traceparent(),
         };
-        if let Err(e) = self.states.put(&link.state, &attempt).await {
+        let stored = self.states.put(&link.state, &attempt).await;
+        // Building the link (state, PKCE pair, URL) and remembering the attempt in Redis.
+        metrics::histogram!("auth_url_duration_seconds").record(started.elapsed().as_secs_f64());
+        if let Err(e) = stored {
             tracing::error!(error = %e, "cannot store the OAuth state; no link issued");
             metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable")
                 .increment(1);

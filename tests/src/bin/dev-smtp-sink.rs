@@ -23,7 +23,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{Html, Json};
 use axum::routing::get;
-use e2e::smtp::{ReceivedMessage, SmtpSink};
+use e2e::smtp::SmtpSink;
 use serde_json::json;
 
 const USAGE: &str = "usage: dev-smtp-sink [--smtp ADDR] [--http ADDR]
@@ -143,26 +143,8 @@ async fn print_messages(sink: Arc<SmtpSink>) {
     }
 }
 
-fn summary(id: usize, message: &ReceivedMessage) -> serde_json::Value {
-    json!({
-        "id": id,
-        "receivedAt": message.received_at.to_rfc3339(),
-        "from": message.header("From").unwrap_or_else(|| message.from.clone()),
-        "to": message.to,
-        "subject": message.subject(),
-        "text": message.text(),
-        "html": message.html(),
-    })
-}
-
 async fn messages(State(sink): State<Arc<SmtpSink>>) -> Json<serde_json::Value> {
-    let all = sink.messages();
-    Json(serde_json::Value::Array(
-        all.iter()
-            .enumerate()
-            .map(|(i, m)| summary(i + 1, m))
-            .collect(),
-    ))
+    Json(sink.messages_json())
 }
 
 async fn page(State(sink): State<Arc<SmtpSink>>) -> Html<String> {

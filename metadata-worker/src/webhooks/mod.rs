@@ -1,0 +1,85 @@
+//! Signed webhook notifications, as two more durable consumers of this worker (the connection
+//! events already flow here; a separate worker would only add a process to run):
+//!
+//! - [`fan_out`] (`webhook-fan-out`) reads the same connection events as the metadata writer
+//!   and, for each, publishes one `webhook-delivery-requested` event per enabled endpoint of
+//!   the subaccount subscribed to its type (`Nats-Msg-Id` `<event id>.<endpoint id>`, so a
+//!   redelivered fan-out requests nothing twice);
+//! - [`delivery`] (`webhook-delivery`) POSTs each requested webhook, signed ([`signature`]),
+//!   to a target the policy allows (`service_kit::webhook::TargetPolicy`, with a DNS resolver
+//!   that drops refused addresses), records every attempt in the tenant's
+//!   `webhookdeliveries` ([`store`]), and leaves retries (jittered `WEBHOOK_RETRY_DELAYS` up to
+//!   `WEBHOOK_MAX_DELIVER`) and the dead-letter stream to the shared consumer runner.
+
+pub mod delivery;
+pub mod fan_out;
+pub mod signature;
+pub mod store;
+
+use std::time::Duration;
+
+use service_kit::config::{Env, HumanDuration, RetryDelays};
+use service_kit::webhook::{TargetPolicy, WebhookSecrets};
+
+/// The webhook settings of the metadata-worker.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Which targets may be POSTed to (checked again at every delivery).
+    pub policy: TargetPolicy,
+    /// Decrypts the endpoints' signing secrets.
+    pub secrets: WebhookSecrets,
+    /// Bound on one POST (connect, send, answer).
+    pub timeout: Duration,
+    /// Deliveries of one webhook before it is parked in the dead-letter stream.
+    pub max_deliver: i64,
+    /// Redelivery delays after the 1st, 2nd, ... failed attempt; the last repeats.
+    pub retry_delays: Vec<Duration>,
+    /// Webhooks one replica POSTs at the same time.
+    pub concurrency: usize,
+}
+
+impl WebhookConfig {
+    pub fn from_env(env: &mut Env) -> Self {
+        let policy = TargetPolicy::from_env(env);
+        let secrets = WebhookSecrets::from_env(env);
+        let timeout: Duration = env
+            .value::<HumanDuration>(
+                "WEBHOOK_TIMEOUT",
+                "10s",
+                "Bound on one webhook POST (connecting, sending and the receiver's answer); slower counts as a failed attempt.",
+            )
+            .into();
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+            env.problem("WEBHOOK_TIMEOUT", "must be between 100ms and 60s");
+        }
+        let max_deliver: i64 = env.value(
+            "WEBHOOK_MAX_DELIVER",
+            "16",
+            "Attempts to deliver one webhook before it is parked in the dead-letter stream (with the default delays, 16 span about 11 hours).",
+        );
+        if !(2..=1000).contains(&max_deliver) {
+            env.problem("WEBHOOK_MAX_DELIVER", "must be between 2 and 1000");
+        }
+        let retry_delays: RetryDelays = env.value(
+            "WEBHOOK_RETRY_DELAYS",
+            "10s,1m,5m,15m,30m,1h",
+            "Delays before a failed webhook is tried again: after the 1st, 2nd, ... failure; the last repeats. Each is spread by ±20 %.",
+        );
+        let concurrency: usize = env.value(
+            "WEBHOOK_CONCURRENCY",
+            "16",
+            "Webhooks one metadata-worker replica POSTs at the same time.",
+        );
+        if !(1..=1024).contains(&concurrency) {
+            env.problem("WEBHOOK_CONCURRENCY", "must be between 1 and 1024");
+        }
+        Self {
+            policy,
+            secrets,
+            timeout,
+            max_deliver,
+            retry_delays: retry_delays.0,
+            concurrency,
+        }
+    }
+}

@@ -1,0 +1,863 @@
+//! Signed webhooks over real NATS, MongoDB-wire server and HTTP: endpoints registered through
+//! the api, connection events fanned out and POSTed by the metadata-worker to a receiver in
+//! this test (axum on 127.0.0.1), verified with the README's recipe; retries with the log
+//! readable through the api; 410 disabling the endpoint; dead letters replayed with
+//! `gcal-ops`; and targets the policy refuses.
+
+mod api_support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_support::{Api, SUBACCOUNT, token};
+use async_nats::jetstream;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use e2e::{RunningService, TestContext};
+use futures::StreamExt;
+use metadata_worker::MetadataWorkerConfig;
+use ops::Parser as _;
+use schemas::events::{
+    ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
+};
+use schemas::subjects::{Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER, headers};
+use schemas::{Envelope, StreamEvent, SubaccountId};
+use serde_json::{Value, json};
+use service_kit::Env;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The README's verification recipe, exactly (README "Webhooks" → "Verifying a webhook").
+mod recipe {
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::Sha256;
+
+    /// Checks a webhook: `secret` is the `whsec_...` value shown at registration, `body` the
+    /// raw request body (before any JSON parsing), `now` the current unix time in seconds.
+    pub fn verify_webhook(
+        secret: &str,
+        timestamp: &str,
+        signature: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), &'static str> {
+        let sent_at: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
+        if (now - sent_at).abs() > 300 {
+            return Err("timestamp older than 5 minutes (a replay?)");
+        }
+        let expected = signature
+            .strip_prefix("v1=")
+            .and_then(|hex| hex::decode(hex).ok())
+            .ok_or("bad signature header")?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| "bad key")?;
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        // Constant-time comparison.
+        mac.verify_slice(&expected)
+            .map_err(|_| "signature mismatch")
+    }
+}
+
+/// One request the receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+    answered: u16,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+
+    fn verify(&self, secret: &str) -> Result<(), &'static str> {
+        recipe::verify_webhook(
+            secret,
+            &self.header("Gcal-Webhook-Timestamp"),
+            &self.header("Gcal-Webhook-Signature"),
+            &self.body,
+            chrono::Utc::now().timestamp(),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    /// Statuses for the next requests, in order; then `otherwise`.
+    next: VecDeque<u16>,
+    otherwise: u16,
+    received: Vec<Received>,
+}
+
+/// A webhook receiver on 127.0.0.1 that answers as scripted and keeps every request.
+#[derive(Debug, Clone)]
+struct Receiver {
+    url: String,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Receiver {
+    async fn start(first: &[u16], otherwise: u16) -> Self {
+        let script = Arc::new(Mutex::new(Script {
+            next: first.iter().copied().collect(),
+            otherwise,
+            received: Vec::new(),
+        }));
+        let state = script.clone();
+        let app = axum::Router::new().route(
+            "/hooks/calendar",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move {
+                    let mut script = state.lock().expect("lock");
+                    let status = script.next.pop_front().unwrap_or(script.otherwise);
+                    script.received.push(Received {
+                        headers,
+                        body,
+                        answered: status,
+                    });
+                    StatusCode::from_u16(status).expect("status")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}/hooks/calendar"),
+            script,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.script.lock().expect("lock").received.clone()
+    }
+
+    fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .collect()
+    }
+
+    fn answer_from_now_on(&self, status: u16) {
+        let mut script = self.script.lock().expect("lock");
+        script.next.clear();
+        script.otherwise = status;
+    }
+}
+
+/// Settings that let webhooks reach the receiver (plain http on loopback).
+const LOCAL_TARGETS: [(&str, &str); 2] = [
+    ("WEBHOOK_ALLOW_HTTP", "true"),
+    ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+];
+
+struct Stack {
+    api: Api,
+    _worker: RunningService,
+}
+
+impl Stack {
+    /// The api and the metadata-worker in one fresh context, webhooks allowed to reach
+    /// loopback, quick retries; `worker` overrides the worker's settings.
+    async fn start(worker: &[(&str, &str)]) -> Self {
+        let ctx = TestContext::new();
+        let api = Api::start_in(ctx.clone(), &LOCAL_TARGETS).await;
+        api.seed_google_calendar(SUBACCOUNT).await;
+        let mut settings = LOCAL_TARGETS.to_vec();
+        settings.extend_from_slice(&[("WEBHOOK_RETRY_DELAYS", "200ms"), ("WEBHOOK_TIMEOUT", "2s")]);
+        settings.extend_from_slice(worker);
+        let config: MetadataWorkerConfig = ctx.config(&settings);
+        let mut service = RunningService::start(metadata_worker::SERVICE, |l, s| {
+            metadata_worker::run(config, l, s)
+        })
+        .await;
+        service.wait_ready(WAIT).await;
+        Self {
+            api,
+            _worker: service,
+        }
+    }
+
+    fn ctx(&self) -> &TestContext {
+        &self.api.ctx
+    }
+
+    /// Registers `url`; the 201's data (with the secret).
+    async fn register(&self, url: &str) -> Value {
+        let reply = self
+            .api
+            .post(
+                &webhooks_path(SUBACCOUNT),
+                Some(&token(SUBACCOUNT)),
+                &json!({ "url": url, "description": "test receiver" }),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        assert_eq!(reply.body["success"], true);
+        reply.body["data"].clone()
+    }
+
+    async fn list(&self) -> Vec<Value> {
+        let reply = self
+            .api
+            .get(&webhooks_path(SUBACCOUNT), Some(&token(SUBACCOUNT)))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["data"].as_array().expect("list").clone()
+    }
+
+    async fn deliveries(&self, webhook_id: &str) -> Vec<Value> {
+        let reply = self
+            .api
+            .get(
+                &format!("{}/{webhook_id}/deliveries", webhooks_path(SUBACCOUNT)),
+                Some(&token(SUBACCOUNT)),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["data"].as_array().expect("log").clone()
+    }
+
+    async fn publish<E: StreamEvent>(&self, event: &Envelope<E>) {
+        let js = jetstream::new(
+            async_nats::connect(&self.ctx().nats_url)
+                .await
+                .expect("nats"),
+        );
+        service_kit::nats::publish_event(&js, &self.api.namespace, event)
+            .await
+            .expect("published");
+    }
+
+    /// Waits until both webhook consumers have nothing pending or unacknowledged.
+    async fn drained(&self) {
+        let js = jetstream::new(
+            async_nats::connect(&self.ctx().nats_url)
+                .await
+                .expect("nats"),
+        );
+        let stream = js
+            .get_stream(self.api.namespace.events_stream())
+            .await
+            .expect("events stream");
+        eventually("the webhook consumers to drain", || async {
+            for durable in [WEBHOOK_FAN_OUT_CONSUMER, WEBHOOK_DELIVERY_CONSUMER] {
+                let consumer = stream
+                    .get_consumer::<jetstream::consumer::pull::Config>(durable)
+                    .await
+                    .ok()?;
+                let info = consumer.get_info().await.ok()?;
+                if info.num_pending > 0 || info.num_ack_pending > 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+}
+
+fn webhooks_path(subaccount: &str) -> String {
+    format!("/api/connectors/{subaccount}/webhooks")
+}
+
+fn subaccount() -> SubaccountId {
+    SubaccountId::parse(SUBACCOUNT).expect("id")
+}
+
+fn succeeded(google: &str) -> Envelope<ConnectionSucceeded> {
+    Envelope::new(
+        subaccount(),
+        uuid::Uuid::now_v7(),
+        ConnectionSucceeded {
+            calendar_id: "507f1f77bcf86cd799439011".into(),
+            user_email: "user@example.com".into(),
+            google_email: google.into(),
+            connected_at: "2025-10-05T12:00:00.000Z".into(),
+        },
+    )
+}
+
+/// Polls `check` until it yields, for at most [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_requests(receiver: &Receiver, count: usize) -> Vec<Received> {
+    eventually(&format!("{count} webhook requests"), || async {
+        let received = receiver.received();
+        (received.len() >= count).then_some(received)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connection_events_arrive_signed_and_verify_with_the_readme_recipe() {
+    let stack = Stack::start(&[]).await;
+    let receiver = Receiver::start(&[], 200).await;
+
+    let registered = stack.register(&receiver.url).await;
+    let secret = registered["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{registered}");
+    assert_eq!(
+        registered["events"],
+        json!([
+            "connection-succeeded",
+            "connection-failed",
+            "connection-disconnected"
+        ])
+    );
+    assert_eq!(registered["enabled"], true);
+    assert_eq!(registered["url"], receiver.url);
+    let webhook_id = registered["id"].as_str().expect("id").to_owned();
+    // The secret is shown once: never in the list.
+    let listed = stack.list().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], webhook_id);
+    assert!(listed[0].get("secret").is_none(), "{}", listed[0]);
+    assert!(!listed[0].to_string().contains(&secret));
+    // Nor stored in plain text.
+    let stored = stack
+        .api
+        .tenant_db(SUBACCOUNT)
+        .await
+        .collection::<bson::Document>("webhookendpoints")
+        .find_one(bson::doc! { "_id": &webhook_id })
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(!format!("{stored:?}").contains(&secret[6..]), "{stored:?}");
+
+    // connection-succeeded, connection-failed (reauth_required) and connection-disconnected.
+    let success = succeeded("googleuser@gmail.com");
+    stack.publish(&success).await;
+    let reauth = Envelope::new(
+        subaccount(),
+        uuid::Uuid::now_v7(),
+        ConnectionFailed {
+            user_email: None,
+            google_email: Some("googleuser@gmail.com".into()),
+            reason: FailureReason::ReauthRequired,
+            message: "refresh token revoked".into(),
+            missing_scopes: vec![],
+        },
+    );
+    stack.publish(&reauth).await;
+    let gone = Envelope::new(
+        subaccount(),
+        uuid::Uuid::now_v7(),
+        ConnectionDisconnected {
+            google_email: "googleuser@gmail.com".into(),
+            disconnected_at: "2025-10-06T12:00:00.000Z".into(),
+            operation_id: None,
+        },
+    );
+    stack.publish(&gone).await;
+
+    let received = wait_for_requests(&receiver, 3).await;
+    let by_id = |id: uuid::Uuid| {
+        received
+            .iter()
+            .find(|r| r.header("Gcal-Webhook-Id") == id.to_string())
+            .unwrap_or_else(|| panic!("no webhook for {id}: {received:?}"))
+    };
+    for (id, event_type, payload) in [
+        (
+            success.id,
+            "connection-succeeded",
+            serde_json::to_value(&success.payload).expect("json"),
+        ),
+        (
+            reauth.id,
+            "connection-failed",
+            serde_json::to_value(&reauth.payload).expect("json"),
+        ),
+        (
+            gone.id,
+            "connection-disconnected",
+            serde_json::to_value(&gone.payload).expect("json"),
+        ),
+    ] {
+        let webhook = by_id(id);
+        assert_eq!(webhook.header("content-type"), "application/json");
+        let timestamp: i64 = webhook
+            .header("Gcal-Webhook-Timestamp")
+            .parse()
+            .expect("unix seconds");
+        assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 60);
+        assert!(webhook.header("Gcal-Webhook-Signature").starts_with("v1="));
+        webhook
+            .verify(&secret)
+            .unwrap_or_else(|e| panic!("{event_type}: {e}"));
+        let body = webhook.json();
+        assert_eq!(body["id"], id.to_string());
+        assert_eq!(body["type"], event_type);
+        assert_eq!(body["subaccountId"], SUBACCOUNT);
+        assert_eq!(body["data"], payload);
+        assert!(
+            body["createdAt"]
+                .as_str()
+                .expect("createdAt")
+                .ends_with('Z')
+        );
+        assert_eq!(body.as_object().expect("object").len(), 5, "{body}");
+
+        // A tampered body, another secret or an old timestamp fail the recipe.
+        let mut tampered = webhook.clone();
+        tampered.body = Bytes::from(
+            String::from_utf8(webhook.body.to_vec())
+                .expect("utf-8")
+                .replace("googleuser@gmail.com", "attacker@gmail.com"),
+        );
+        assert_ne!(tampered.body, webhook.body);
+        assert_eq!(tampered.verify(&secret), Err("signature mismatch"));
+        assert_eq!(
+            webhook.verify("whsec_someone-elses-secret"),
+            Err("signature mismatch")
+        );
+        assert!(
+            recipe::verify_webhook(
+                &secret,
+                &webhook.header("Gcal-Webhook-Timestamp"),
+                &webhook.header("Gcal-Webhook-Signature"),
+                &webhook.body,
+                timestamp + 301,
+            )
+            .is_err()
+        );
+    }
+    assert_eq!(
+        success.payload.google_email,
+        by_id(success.id).json()["data"]["googleEmail"]
+    );
+
+    // The log shows each delivery.
+    let log = eventually("three delivered attempts in the log", || async {
+        let log = stack.deliveries(&webhook_id).await;
+        (log.len() == 3 && log.iter().all(|d| d["outcome"] == "delivered")).then_some(log)
+    })
+    .await;
+    assert!(
+        log.iter()
+            .all(|d| d["statusCode"] == 200 && d["attempt"] == 1),
+        "{log:?}"
+    );
+
+    // Deleted: 200, then 404, and nothing more is delivered.
+    let path = format!("{}/{webhook_id}", webhooks_path(SUBACCOUNT));
+    let deleted = stack
+        .api
+        .send(
+            reqwest::Method::DELETE,
+            &path,
+            Some(&token(SUBACCOUNT)),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    stack
+        .api
+        .send(
+            reqwest::Method::DELETE,
+            &path,
+            Some(&token(SUBACCOUNT)),
+            None,
+        )
+        .await
+        .assert_error(404, "webhook_not_found");
+    stack.publish(&succeeded("other@gmail.com")).await;
+    stack.drained().await;
+    assert_eq!(receiver.received().len(), 3);
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_each_event_later_exactly_once() {
+    let stack = Stack::start(&[("WEBHOOK_MAX_DELIVER", "20")]).await;
+    // 503 three times, then up.
+    let receiver = Receiver::start(&[503, 503, 503], 200).await;
+    let registered = stack.register(&receiver.url).await;
+    let webhook_id = registered["id"].as_str().expect("id").to_owned();
+    let secret = registered["secret"].as_str().expect("secret").to_owned();
+
+    let first = succeeded("a@gmail.com");
+    let second = succeeded("b@gmail.com");
+    stack.publish(&first).await;
+    stack.publish(&second).await;
+    eventually("both events accepted", || async {
+        (receiver.accepted().len() >= 2).then_some(())
+    })
+    .await;
+    stack.drained().await;
+
+    let received = receiver.received();
+    assert_eq!(received.len(), 5, "3 refused + 2 accepted: {received:?}");
+    let accepted = receiver.accepted();
+    let mut ids: Vec<String> = accepted
+        .iter()
+        .map(|r| r.header("Gcal-Webhook-Id"))
+        .collect();
+    ids.sort();
+    let mut expected = vec![first.id.to_string(), second.id.to_string()];
+    expected.sort();
+    assert_eq!(ids, expected, "exactly one accepted delivery per event id");
+    for webhook in &received {
+        webhook.verify(&secret).expect("every attempt is signed");
+    }
+
+    // The log, newest first: the refused attempts with their status, then the deliveries.
+    let log = stack.deliveries(&webhook_id).await;
+    assert_eq!(log.len(), 5, "{log:?}");
+    let times: Vec<&str> = log
+        .iter()
+        .map(|d| d["attemptedAt"].as_str().expect("attemptedAt"))
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    assert_eq!(
+        log.iter().filter(|d| d["outcome"] == "retrying").count(),
+        3,
+        "{log:?}"
+    );
+    for attempt in log.iter().filter(|d| d["outcome"] == "retrying") {
+        assert_eq!(attempt["statusCode"], 503, "{attempt}");
+    }
+    for event in [&first, &second] {
+        let delivered: Vec<&Value> = log
+            .iter()
+            .filter(|d| d["eventId"] == event.id.to_string() && d["outcome"] == "delivered")
+            .collect();
+        assert_eq!(delivered.len(), 1, "{log:?}");
+        assert_eq!(delivered[0]["statusCode"], 200);
+        let tries = log
+            .iter()
+            .filter(|d| d["eventId"] == event.id.to_string())
+            .count() as i64;
+        assert_eq!(delivered[0]["attempt"], tries, "{log:?}");
+    }
+    let limited = stack
+        .api
+        .get(
+            &format!(
+                "{}/{webhook_id}/deliveries?limit=2",
+                webhooks_path(SUBACCOUNT)
+            ),
+            Some(&token(SUBACCOUNT)),
+        )
+        .await;
+    assert_eq!(limited.body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(limited.body["data"][0], log[0]);
+    for bad in ["0", "101", "x"] {
+        stack
+            .api
+            .get(
+                &format!(
+                    "{}/{webhook_id}/deliveries?limit={bad}",
+                    webhooks_path(SUBACCOUNT)
+                ),
+                Some(&token(SUBACCOUNT)),
+            )
+            .await
+            .assert_error(400, "invalid_field");
+    }
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_and_nothing_more_is_sent() {
+    let stack = Stack::start(&[]).await;
+    let receiver = Receiver::start(&[], 410).await;
+    let registered = stack.register(&receiver.url).await;
+    let webhook_id = registered["id"].as_str().expect("id").to_owned();
+
+    stack.publish(&succeeded("a@gmail.com")).await;
+    let endpoint = eventually("the endpoint disabled", || async {
+        stack
+            .list()
+            .await
+            .into_iter()
+            .find(|e| e["id"] == webhook_id && e["enabled"] == false)
+    })
+    .await;
+    assert!(endpoint["disabledAt"].is_string(), "{endpoint}");
+    assert!(
+        endpoint["disabledReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("410")),
+        "{endpoint}"
+    );
+    stack.drained().await;
+    let log = stack.deliveries(&webhook_id).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["outcome"], "endpoint_disabled");
+    assert_eq!(log[0]["statusCode"], 410);
+
+    stack.publish(&succeeded("b@gmail.com")).await;
+    stack.drained().await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "a disabled endpoint gets nothing"
+    );
+}
+
+#[tokio::test]
+async fn targets_on_internal_addresses_are_refused_with_a_clear_400() {
+    // The production defaults: https only, no private targets.
+    let api = Api::start(&[("WEBHOOK_MAX_ENDPOINTS", "2")]).await;
+    let path = webhooks_path(SUBACCOUNT);
+    let tok = token(SUBACCOUNT);
+    for (url, reason) in [
+        ("http://127.0.0.1:8080/hook", "not_https"),
+        ("https://127.0.0.1:8080/hook", "private_address"),
+        ("https://10.0.0.5/", "private_address"),
+        (
+            "https://169.254.169.254/latest/meta-data",
+            "private_address",
+        ),
+        ("https://localhost/", "private_address"),
+        ("https://[::1]/", "private_address"),
+        ("https://[::ffff:192.168.0.1]/", "private_address"),
+        ("https://0x7f000001/", "private_address"),
+        ("http://example.com/hook", "not_https"),
+        ("https://user:pass@example.com/", "credentials_in_url"),
+        ("ftp://example.com/", "unsupported_scheme"),
+        ("not a url", "malformed"),
+        ("https://no-such-host.invalid/", "unresolvable"),
+    ] {
+        let reply = api.post(&path, Some(&tok), &json!({ "url": url })).await;
+        reply.assert_error(400, "invalid_webhook_url");
+        assert_eq!(
+            reply.body["error"]["details"]["reason"], reason,
+            "{url}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["details"]["field"], "url");
+        assert!(
+            reply.message().starts_with("Invalid webhook URL: "),
+            "{}",
+            reply.message()
+        );
+    }
+    // The message says why.
+    let reply = api
+        .post(&path, Some(&tok), &json!({ "url": "https://10.0.0.5/" }))
+        .await;
+    assert!(reply.message().contains("private"), "{}", reply.message());
+    let reply = api
+        .post(&path, Some(&tok), &json!({ "url": "http://example.com/" }))
+        .await;
+    assert!(reply.message().contains("https"), "{}", reply.message());
+
+    // Other bad input.
+    api.post(
+        &path,
+        Some(&tok),
+        &json!({ "url": "https://8.8.8.8/", "events": ["connection-exploded"] }),
+    )
+    .await
+    .assert_error(400, "invalid_field");
+    api.post(
+        &path,
+        Some(&tok),
+        &json!({ "url": "https://8.8.8.8/", "events": [] }),
+    )
+    .await
+    .assert_error(400, "invalid_field");
+    api.post(&path, Some(&tok), &json!({ "events": [] }))
+        .await
+        .assert_error(400, "missing_field");
+    api.post(&path, None, &json!({ "url": "https://8.8.8.8/" }))
+        .await
+        .assert_error(401, "missing_token");
+    api.post(
+        &webhooks_path(api_support::OTHER_SUBACCOUNT),
+        Some(&tok),
+        &json!({ "url": "https://8.8.8.8/" }),
+    )
+    .await
+    .assert_error(403, "subaccount_forbidden");
+
+    // Nothing was stored.
+    let listed = api.get(&path, Some(&tok)).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["data"], json!([]));
+    assert_eq!(
+        api.tenant_db(SUBACCOUNT)
+            .await
+            .collection::<bson::Document>("webhookendpoints")
+            .count_documents(bson::doc! {})
+            .await
+            .expect("count"),
+        0
+    );
+
+    // A public IP literal is accepted (no DNS needed), up to the cap.
+    for _ in 0..2 {
+        let ok = api
+            .post(
+                &path,
+                Some(&tok),
+                &json!({ "url": "https://8.8.8.8/hook", "events": ["connection-failed"] }),
+            )
+            .await;
+        assert_eq!(ok.status, 201, "{}", ok.body);
+        assert_eq!(ok.body["data"]["events"], json!(["connection-failed"]));
+    }
+    api.post(&path, Some(&tok), &json!({ "url": "https://8.8.8.8/hook" }))
+        .await
+        .assert_error(409, "webhook_limit_reached");
+    api.get(&format!("{path}/nope/deliveries"), Some(&tok))
+        .await
+        .assert_error(404, "webhook_not_found");
+}
+
+#[tokio::test]
+async fn exhausted_retries_park_the_webhook_and_gcal_ops_replays_it() {
+    let stack = Stack::start(&[("WEBHOOK_MAX_DELIVER", "2")]).await;
+    let receiver = Receiver::start(&[], 503).await;
+    let registered = stack.register(&receiver.url).await;
+    let webhook_id = registered["id"].as_str().expect("id").to_owned();
+    let secret = registered["secret"].as_str().expect("secret").to_owned();
+    let event = succeeded("a@gmail.com");
+    stack.publish(&event).await;
+
+    // Two refused attempts, then a dead letter from the delivery consumer.
+    let ctx = stack.ctx().clone();
+    let ns: Namespace = stack.api.namespace.clone();
+    let js = jetstream::new(async_nats::connect(&ctx.nats_url).await.expect("nats"));
+    let letter = eventually("a webhook dead letter", || async {
+        dead_letters(&js, &ns)
+            .await
+            .into_iter()
+            .find(|(consumer, _)| consumer == WEBHOOK_DELIVERY_CONSUMER)
+    })
+    .await;
+    assert!(
+        letter.1.contains("503"),
+        "last error names the status: {}",
+        letter.1
+    );
+    assert_eq!(receiver.received().len(), 2);
+    let log = stack.deliveries(&webhook_id).await;
+    assert_eq!(
+        log.iter()
+            .map(|d| d["outcome"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["failed", "retrying"],
+        "{log:?}"
+    );
+
+    // The receiver is fixed; the operator replays the dead letter.
+    receiver.answer_from_now_on(200);
+    let argv = [
+        "gcal-ops",
+        "--nats-url",
+        &ctx.nats_url,
+        "--namespace",
+        &ctx.id,
+        "dlq",
+        "replay",
+        "--all",
+        "--consumer",
+        WEBHOOK_DELIVERY_CONSUMER,
+    ];
+    let cli = ops::Cli::try_parse_from(argv).expect("command line");
+    let mut out = Vec::new();
+    ops::run_with_env(
+        cli,
+        Env::from_pairs(Vec::<(String, String)>::new()),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
+    assert!(
+        String::from_utf8_lossy(&out).contains("replayed"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let accepted = eventually("the replayed webhook accepted", || async {
+        let accepted = receiver.accepted();
+        (!accepted.is_empty()).then_some(accepted)
+    })
+    .await;
+    stack.drained().await;
+    assert_eq!(receiver.accepted().len(), 1);
+    assert_eq!(accepted[0].header("Gcal-Webhook-Id"), event.id.to_string());
+    accepted[0].verify(&secret).expect("signed");
+    assert!(
+        dead_letters(&js, &ns)
+            .await
+            .iter()
+            .all(|(consumer, _)| consumer != WEBHOOK_DELIVERY_CONSUMER),
+        "the replayed dead letter is gone"
+    );
+    let log = stack.deliveries(&webhook_id).await;
+    assert_eq!(log[0]["outcome"], "delivered", "{log:?}");
+    assert_eq!(log[0]["statusCode"], 200);
+}
+
+/// `(consumer, last error)` of every dead letter in the namespace.
+async fn dead_letters(js: &jetstream::Context, ns: &Namespace) -> Vec<(String, String)> {
+    let Ok(stream) = js.get_stream(ns.dead_letter_stream()).await else {
+        return Vec::new();
+    };
+    let reader = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .expect("reader");
+    let mut batch = reader
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(300))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::new();
+    while let Some(Ok(message)) = batch.next().await {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        out.push((
+            header(headers::DEAD_LETTER_CONSUMER),
+            header(headers::DEAD_LETTER_LAST_ERROR),
+        ));
+    }
+    out
+}
