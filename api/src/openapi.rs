@@ -261,7 +261,12 @@ pub struct ConnectorDoc {
     pub connector_type: String,
     /// Free-form configuration, as given when the connector was added.
     pub config: serde_json::Map<String, serde_json::Value>,
-    /// What the connector's workers record (for `google-calendar`, the connection state).
+    /// What the connector's workers record; `{}` until the first event. For `google-calendar`:
+    /// the spec's `calendarId`, `userEmail`, `googleEmail`, `connectedAt` (ISO 8601) and
+    /// `isConnected`, describing the most recently connected account that is still connected
+    /// (or, when none is, the most recently connected one, with `reason` and
+    /// `reauthRequiredAt`, or `disconnectedAt`), then `connections`: every Google account of
+    /// the subaccount in that same shape, keyed by `googleEmail`.
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub is_active: bool,
     #[schema(format = DateTime)]
