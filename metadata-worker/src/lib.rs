@@ -94,14 +94,10 @@ async fn webhook_consumers(
         );
     }
     let ns = &infra.namespace;
+    // The same events and retry settings as the metadata writer, under its own durable name.
     let fan_out_spec = ConsumerSpec {
         durable: WEBHOOK_FAN_OUT_CONSUMER,
-        filter_subject: ns.connection_events_filter(),
-        ack_wait: ACK_WAIT,
-        max_deliver: config.max_deliver,
-        max_ack_pending: (config.concurrency as i64 * 8).max(256),
-        concurrency: config.concurrency,
-        retry_delays: config.retry_delays.clone(),
+        ..consumer_spec(config, ns)
     };
     let delivery_spec = ConsumerSpec {
         durable: WEBHOOK_DELIVERY_CONSUMER,

@@ -194,17 +194,7 @@ pub async fn publish_event<E: schemas::StreamEvent>(
     ns: &Namespace,
     event: &schemas::Envelope<E>,
 ) -> Result<jetstream::publish::PublishAck, PublishError> {
-    publish_raw(
-        js,
-        ns.event::<E>(&event.subaccount_id),
-        RawEvent {
-            event_type: E::TYPE,
-            event_id: event.id,
-            correlation_id: event.correlation_id,
-            bytes: event.to_bytes(),
-        },
-    )
-    .await
+    publish_raw(js, ns.event::<E>(&event.subaccount_id), RawEvent::of(event)).await
 }
 
 /// An event already serialized (e.g. read back from an outbox).
@@ -214,6 +204,18 @@ pub struct RawEvent {
     pub event_id: uuid::Uuid,
     pub correlation_id: uuid::Uuid,
     pub bytes: Vec<u8>,
+}
+
+impl RawEvent {
+    /// An envelope, serialized.
+    pub fn of<E: schemas::StreamEvent>(event: &schemas::Envelope<E>) -> Self {
+        Self {
+            event_type: E::TYPE,
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+            bytes: event.to_bytes(),
+        }
+    }
 }
 
 /// [`publish_event`] with a `Nats-Msg-Id` of the caller's choosing, for an event derived
@@ -228,12 +230,7 @@ pub async fn publish_event_with_msg_id<E: schemas::StreamEvent>(
     publish_with_msg_id(
         js,
         ns.event::<E>(&event.subaccount_id),
-        RawEvent {
-            event_type: E::TYPE,
-            event_id: event.id,
-            correlation_id: event.correlation_id,
-            bytes: event.to_bytes(),
-        },
+        RawEvent::of(event),
         msg_id,
     )
     .await
