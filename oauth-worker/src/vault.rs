@@ -1,5 +1,6 @@
 //! The token vault: Google access and refresh tokens are stored (MongoDB) and cached (Redis)
-//! only as AES-256-GCM ciphertext.
+//! only as AES-256-GCM ciphertext. The cryptography is service-kit's [`Keyring`]; this module
+//! holds what is specific to tokens: the settings, the binding and the Redis text form.
 //!
 //! - Every encryption draws a fresh random 96-bit nonce from the operating system's CSPRNG.
 //! - The associated data binds a ciphertext to its record: a purpose tag, the subaccount id, the
@@ -13,20 +14,16 @@
 //! Key material and plaintext tokens never print: `Debug` shows key ids and `<redacted>`, and
 //! both are wiped from memory when dropped.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, Generate, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit};
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
-use base64::engine::{DecodePaddingMode, general_purpose};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bson::Binary;
 use bson::spec::BinarySubtype;
 use schemas::documents::google_auth::EncryptedToken;
+use service_kit::aead::{Keyring, KeyringSettings, OpenError};
 use service_kit::config::Env;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// The key used when `TOKEN_ENCRYPTION_KEYS` is not set, so the system runs with no
 /// configuration. It is public (it is in this file): anyone can decrypt tokens encrypted with
@@ -45,48 +42,25 @@ const DEFAULT_KEYS: &str = "dev:Z2NhbC1jb25uZWN0b3ItREVWLU9OTFktbm90LXNhZmU=";
 /// can never be taken for the other.
 const AAD_PURPOSE: &str = "gcal-connector/google-token/v1";
 
-const KEY_BYTES: usize = 32;
-const NONCE_BYTES: usize = 12;
-const TAG_BYTES: usize = 16;
-const KEY_ID_MAX: usize = 64;
-const KEY_ID_RULE: &str = "1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`";
-
-/// Standard base64 (`+`, `/`), padded or not: `openssl rand -base64 32` pads, some tools don't.
-const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-/// 256 bits of AES key. Never printed; wiped when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeyMaterial(Zeroizing<[u8; KEY_BYTES]>);
-
-impl KeyMaterial {
-    fn dev() -> Self {
-        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
-        let decoded = general_purpose::STANDARD.decode_slice(DEV_KEY_BASE64, &mut bytes[..]);
-        assert_eq!(decoded.ok(), Some(KEY_BYTES), "the dev key is 32 bytes");
-        Self(bytes)
-    }
-
-    fn is_dev(&self) -> bool {
-        *self == Self::dev()
-    }
-}
-
-impl fmt::Debug for KeyMaterial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyMaterial(<redacted>)")
-    }
-}
+const SETTINGS: KeyringSettings = KeyringSettings {
+    keys_setting: KEYS_SETTING,
+    key_id_setting: KEY_ID_SETTING,
+    default_keys: DEFAULT_KEYS,
+    default_key_id: DEV_KEY_ID,
+    keys_description: "Comma-separated `keyId:base64key` entries (each key 32 random bytes in \
+                       standard base64, e.g. `openssl rand -base64 32`; ids of A-Z a-z 0-9 _ -) \
+                       that encrypt and decrypt stored Google tokens. Keep retired keys listed \
+                       until no token uses them. The default is a public development key: set \
+                       your own.",
+    key_id_description: "Id of the key in TOKEN_ENCRYPTION_KEYS that encrypts new tokens (the \
+                         others only decrypt).",
+    purpose: AAD_PURPOSE,
+};
 
 /// The keys the vault may decrypt with, and which of them encrypts new writes.
 #[derive(Clone)]
 pub struct VaultConfig {
-    /// Every key that may still decrypt, in the order configured; ids are unique.
-    keys: Vec<(String, KeyMaterial)>,
-    /// The id of the key that encrypts new writes; always one of `keys`.
-    current: String,
+    keyring: Keyring,
 }
 
 impl VaultConfig {
@@ -94,71 +68,25 @@ impl VaultConfig {
     /// in `env` by setting name, never quoting key material; until `env.finish()` reports
     /// them, the development key stands in.
     pub fn from_env(env: &mut Env) -> Self {
-        let raw_keys: Zeroizing<String> = Zeroizing::new(env.value(
-            KEYS_SETTING,
-            DEFAULT_KEYS,
-            "Comma-separated `keyId:base64key` entries (each key 32 random bytes in standard \
-             base64, e.g. `openssl rand -base64 32`; ids of A-Z a-z 0-9 _ -) that encrypt and \
-             decrypt stored Google tokens. Keep retired keys listed until no token uses them. \
-             The default is a public development key: set your own.",
-        ));
-        let current: String = env.value(
-            KEY_ID_SETTING,
-            DEV_KEY_ID,
-            "Id of the key in TOKEN_ENCRYPTION_KEYS that encrypts new tokens (the others only \
-             decrypt).",
-        );
-
-        let ParsedKeys {
-            keys,
-            seen_ids,
-            mut problems,
-        } = parse_keys(&raw_keys);
-        let mut problem = |setting: &'static str, reason: String| {
-            problems.push((setting, reason));
-        };
-        if !is_valid_key_id(&current) {
-            // Not quoted: a mistyped value here may be a key.
-            problem(KEY_ID_SETTING, format!("must be {KEY_ID_RULE}"));
-        } else if !seen_ids.contains(&current) {
-            problem(
-                KEY_ID_SETTING,
-                format!("must be the id of one of the keys listed in {KEYS_SETTING}"),
-            );
-        }
-
-        if problems.is_empty() {
-            Self { keys, current }
-        } else {
-            for (setting, reason) in problems {
-                env.problem(setting, reason);
-            }
-            Self::dev()
-        }
-    }
-
-    /// The no-configuration setup: the public development key alone.
-    fn dev() -> Self {
         Self {
-            keys: vec![(DEV_KEY_ID.to_owned(), KeyMaterial::dev())],
-            current: DEV_KEY_ID.to_owned(),
+            keyring: Keyring::from_env(env, &SETTINGS),
         }
     }
 
     /// Whether any configured key is the public development key (under any id): tokens
     /// encrypted with it are readable by anyone, so the worker warns at start-up.
     pub fn uses_dev_key(&self) -> bool {
-        self.keys.iter().any(|(_, key)| key.is_dev())
+        self.keyring.uses_dev_key()
     }
 
     /// The id of the key that encrypts new writes.
     pub fn current_key_id(&self) -> &str {
-        &self.current
+        self.keyring.current_key_id()
     }
 
     /// The ids of every key that may decrypt, in the order configured.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(id, _)| id.as_str())
+        self.keyring.key_ids()
     }
 }
 
@@ -166,86 +94,9 @@ impl fmt::Debug for VaultConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultConfig")
             .field("key_ids", &self.key_ids().collect::<Vec<_>>())
-            .field("current", &self.current)
+            .field("current", &self.current_key_id())
             .finish()
     }
-}
-
-/// What a `TOKEN_ENCRYPTION_KEYS` value holds.
-struct ParsedKeys {
-    keys: Vec<(String, KeyMaterial)>,
-    /// Every well-formed id listed, even of entries whose key is bad, so a wrong key does not
-    /// also fail the current-id check.
-    seen_ids: Vec<String>,
-    problems: Vec<(&'static str, String)>,
-}
-
-/// Parses `keyId:base64key,...`. Entries are named by position in problems: an entry's text
-/// may be a key.
-fn parse_keys(raw: &str) -> ParsedKeys {
-    let mut keys: Vec<(String, KeyMaterial)> = Vec::new();
-    let mut seen_ids: Vec<String> = Vec::new();
-    let mut problems = Vec::new();
-    let mut problem = |reason: String| problems.push((KEYS_SETTING, reason));
-    let entries = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty());
-    let mut count = 0;
-    for (index, entry) in entries.enumerate() {
-        count += 1;
-        let n = index + 1;
-        let Some((id, encoded)) = entry.split_once(':') else {
-            problem(format!("entry {n} is not of the form `keyId:base64key`"));
-            continue;
-        };
-        let (id, encoded) = (id.trim(), encoded.trim());
-        let id_ok = is_valid_key_id(id);
-        if !id_ok {
-            problem(format!("entry {n}: the key id must be {KEY_ID_RULE}"));
-        } else if seen_ids.iter().any(|seen| seen == id) {
-            problem(format!("key id `{id}` is listed more than once"));
-        } else {
-            seen_ids.push(id.to_owned());
-        }
-        // Decoded into a wiped buffer; the decoder's own error is not quoted (it names the
-        // offending character).
-        let decoded = KEY_BASE64.decode(encoded).map(Zeroizing::new);
-        let key = match decoded {
-            Err(_) => {
-                problem(format!("entry {n}: the key is not valid standard base64"));
-                continue;
-            }
-            Ok(bytes) => match <[u8; KEY_BYTES]>::try_from(bytes.as_slice()) {
-                Ok(array) => KeyMaterial(Zeroizing::new(array)),
-                Err(_) => {
-                    problem(format!(
-                        "entry {n}: the key must be exactly {KEY_BYTES} bytes; it has {}",
-                        bytes.len()
-                    ));
-                    continue;
-                }
-            },
-        };
-        if id_ok {
-            keys.push((id.to_owned(), key));
-        }
-    }
-    if count == 0 {
-        problem("must list at least one `keyId:base64key` entry".to_owned());
-    }
-    ParsedKeys {
-        keys,
-        seen_ids,
-        problems,
-    }
-}
-
-fn is_valid_key_id(id: &str) -> bool {
-    (1..=KEY_ID_MAX).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Which of an account's two tokens a ciphertext holds.
@@ -282,22 +133,10 @@ impl<'a> TokenBinding<'a> {
         }
     }
 
-    /// The AES-GCM associated data: each field preceded by its length (u64, big-endian), so no
-    /// two different bindings encode alike whatever characters the fields contain.
-    fn associated_data(&self) -> Vec<u8> {
-        let fields = [
-            AAD_PURPOSE,
-            self.subaccount_id,
-            self.google_email,
-            self.kind.as_str(),
-        ];
-        let mut aad = Vec::with_capacity(fields.iter().map(|f| 8 + f.len()).sum());
-        for field in fields {
-            let len = field.len() as u64;
-            aad.extend_from_slice(&len.to_be_bytes());
-            aad.extend_from_slice(field.as_bytes());
-        }
-        aad
+    /// The fields the keyring binds a ciphertext to, after its purpose tag ([`AAD_PURPOSE`]),
+    /// each preceded by its length.
+    fn fields(&self) -> [&str; 3] {
+        [self.subaccount_id, self.google_email, self.kind.as_str()]
     }
 }
 
@@ -328,30 +167,25 @@ pub enum VaultError {
     Invalid,
 }
 
+impl From<OpenError> for VaultError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::UnknownKey { key_id } => Self::UnknownKey { key_id },
+            OpenError::Invalid => Self::Invalid,
+        }
+    }
+}
+
 /// Encrypts and decrypts tokens. Cheap to clone (the key schedules are shared).
 #[derive(Clone)]
 pub struct TokenVault {
-    inner: Arc<Keyring>,
-}
-
-struct Keyring {
-    /// Expanded AES keys by key id; wiped on drop (aes-gcm's `zeroize` feature).
-    ciphers: HashMap<String, Aes256Gcm>,
-    current: String,
+    keyring: Keyring,
 }
 
 impl TokenVault {
     pub fn new(config: &VaultConfig) -> Self {
-        let ciphers = config
-            .keys
-            .iter()
-            .map(|(id, key)| (id.clone(), Aes256Gcm::new((&*key.0).into())))
-            .collect();
         Self {
-            inner: Arc::new(Keyring {
-                ciphers,
-                current: config.current.clone(),
-            }),
+            keyring: config.keyring.clone(),
         }
     }
 
@@ -361,12 +195,7 @@ impl TokenVault {
     /// If the operating system's random number generator fails, which a running Linux system
     /// does not do: better to stop than to encrypt with a predictable nonce.
     pub fn encrypt(&self, plaintext: &str, binding: &TokenBinding) -> EncryptedToken {
-        let (nonce, ciphertext) = self.seal(plaintext, binding);
-        EncryptedToken {
-            key_id: self.inner.current.clone(),
-            nonce: generic_binary(nonce.to_vec()),
-            ciphertext: generic_binary(ciphertext),
-        }
+        self.keyring.seal(plaintext.as_bytes(), &binding.fields())
     }
 
     /// Decrypts a token written under any configured key, if it belongs to `binding`.
@@ -375,18 +204,14 @@ impl TokenVault {
         token: &EncryptedToken,
         binding: &TokenBinding,
     ) -> Result<SecretToken, VaultError> {
-        self.open(
-            &token.key_id,
-            &token.nonce.bytes,
-            &token.ciphertext.bytes,
-            binding,
-        )
+        let token = self.keyring.open_string(token, &binding.fields())?;
+        Ok(SecretToken(token))
     }
 
     /// Whether `token` is encrypted with the current key; when not, the caller re-encrypts it
     /// on its next write so the old key can be retired.
     pub fn is_current(&self, token: &EncryptedToken) -> bool {
-        token.key_id == self.inner.current
+        self.keyring.is_current(token)
     }
 
     /// [`encrypt`](Self::encrypt) in a compact text form for Redis:
@@ -395,12 +220,12 @@ impl TokenVault {
     /// # Panics
     /// As [`encrypt`](Self::encrypt).
     pub fn encrypt_to_string(&self, plaintext: &str, binding: &TokenBinding) -> String {
-        let (nonce, ciphertext) = self.seal(plaintext, binding);
+        let sealed = self.encrypt(plaintext, binding);
         format!(
             "{}.{}.{}",
-            self.inner.current,
-            URL_SAFE_NO_PAD.encode(nonce),
-            URL_SAFE_NO_PAD.encode(ciphertext)
+            sealed.key_id,
+            URL_SAFE_NO_PAD.encode(&sealed.nonce.bytes),
+            URL_SAFE_NO_PAD.encode(&sealed.ciphertext.bytes)
         )
     }
 
@@ -416,97 +241,40 @@ impl TokenVault {
         else {
             return Err(VaultError::Invalid);
         };
-        let nonce = URL_SAFE_NO_PAD
-            .decode(nonce)
-            .map_err(|_| VaultError::Invalid)?;
-        let ciphertext = URL_SAFE_NO_PAD
-            .decode(ciphertext)
-            .map_err(|_| VaultError::Invalid)?;
-        self.open(key_id, &nonce, &ciphertext, binding)
-    }
-
-    fn seal(&self, plaintext: &str, binding: &TokenBinding) -> ([u8; NONCE_BYTES], Vec<u8>) {
-        let cipher = self
-            .inner
-            .ciphers
-            .get(&self.inner.current)
-            .expect("the current key is always configured (VaultConfig guarantees it)");
-        let nonce = <[u8; NONCE_BYTES]>::generate();
-        let aad = binding.associated_data();
-        let ciphertext = cipher
-            .encrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM accepts any token (the limit is 64 GiB)");
-        (nonce, ciphertext)
-    }
-
-    fn open(
-        &self,
-        key_id: &str,
-        nonce: &[u8],
-        ciphertext: &[u8],
-        binding: &TokenBinding,
-    ) -> Result<SecretToken, VaultError> {
-        let Some(cipher) = self.inner.ciphers.get(key_id) else {
-            // Only a well-formed id is worth naming; anything else is just garbage.
-            return Err(if is_valid_key_id(key_id) {
-                VaultError::UnknownKey {
-                    key_id: key_id.to_owned(),
-                }
-            } else {
-                VaultError::Invalid
-            });
+        let binary = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map(|bytes| Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes,
+                })
+                .map_err(|_| VaultError::Invalid)
         };
-        let nonce = <&[u8; NONCE_BYTES]>::try_from(nonce).map_err(|_| VaultError::Invalid)?;
-        if ciphertext.len() < TAG_BYTES {
-            return Err(VaultError::Invalid);
-        }
-        let aad = binding.associated_data();
-        let plaintext = cipher
-            .decrypt(
-                nonce.into(),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| VaultError::Invalid)?;
-        match String::from_utf8(plaintext) {
-            Ok(token) => Ok(SecretToken(Zeroizing::new(token))),
-            Err(e) => {
-                // Authentic yet not UTF-8: not something this vault wrote.
-                e.into_bytes().zeroize();
-                Err(VaultError::Invalid)
-            }
-        }
+        let token = EncryptedToken {
+            key_id: key_id.to_owned(),
+            nonce: binary(nonce)?,
+            ciphertext: binary(ciphertext)?,
+        };
+        self.decrypt(&token, binding)
     }
 }
 
 impl fmt::Debug for TokenVault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut key_ids: Vec<&str> = self.inner.ciphers.keys().map(String::as_str).collect();
+        let mut key_ids: Vec<&str> = self.keyring.key_ids().collect();
         key_ids.sort_unstable();
         f.debug_struct("TokenVault")
             .field("key_ids", &key_ids)
-            .field("current", &self.inner.current)
+            .field("current", &self.keyring.current_key_id())
             .finish()
-    }
-}
-
-fn generic_binary(bytes: Vec<u8>) -> Binary {
-    Binary {
-        subtype: BinarySubtype::Generic,
-        bytes,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose;
+    use service_kit::aead::{NONCE_BYTES, TAG_BYTES};
+
     use super::*;
 
     const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 × 'A'
@@ -547,7 +315,9 @@ mod tests {
         assert!(config.uses_dev_key());
         assert_eq!(config.current_key_id(), "dev");
         assert_eq!(
-            KeyMaterial::dev().0.as_slice(),
+            general_purpose::STANDARD
+                .decode(DEV_KEY_BASE64)
+                .expect("base64"),
             b"gcal-connector-DEV-ONLY-not-safe"
         );
         assert!(DEFAULT_KEYS.ends_with(DEV_KEY_BASE64));
@@ -647,12 +417,65 @@ mod tests {
         );
     }
 
+    /// Records written before the vault moved onto service-kit's keyring (by the code of
+    /// commit e5ec148, with its own AES-GCM) still decrypt: same key id field, nonce and
+    /// ciphertext layout, and associated data.
     #[test]
-    fn associated_data_is_length_prefixed() {
-        let a = TokenBinding::new("ab", "c", TokenKind::Access).associated_data();
-        let b = TokenBinding::new("a", "bc", TokenKind::Access).associated_data();
-        assert_ne!(a, b);
-        assert!(a.starts_with(&(AAD_PURPOSE.len() as u64).to_be_bytes()));
+    fn decrypts_what_the_previous_implementation_wrote() {
+        fn stored(key_id: &str, nonce: &[u8], ciphertext: &[u8]) -> EncryptedToken {
+            let binary = |bytes: &[u8]| Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: bytes.to_vec(),
+            };
+            EncryptedToken {
+                key_id: key_id.to_owned(),
+                nonce: binary(nonce),
+                ciphertext: binary(ciphertext),
+            }
+        }
+        const REFRESH: &str = "1//0refresh-token-value";
+        let refresh = TokenBinding::new(SUBACCOUNT, EMAIL, TokenKind::Refresh);
+        let vault = vault(&format!("a:{KEY_A},dev:{DEV_KEY_BASE64}"), "a");
+
+        let access_token = stored(
+            "a",
+            &[12, 149, 202, 250, 242, 186, 15, 122, 253, 40, 101, 150],
+            &[
+                217, 103, 140, 162, 77, 147, 154, 94, 184, 117, 196, 110, 247, 216, 125, 98, 143,
+                98, 219, 4, 112, 157, 230, 27, 244, 27, 201, 62, 8, 29, 233, 220, 9, 160, 218, 206,
+                30, 112, 43, 232, 114, 27, 44, 66, 136, 251, 216, 80, 9, 62, 134, 6, 38, 215, 67,
+                59,
+            ],
+        );
+        let opened = vault.decrypt(&access_token, &access()).expect("decrypts");
+        assert_eq!(opened.expose(), TOKEN);
+        assert!(vault.is_current(&access_token));
+
+        let cached = "a.ODf0b3v9yaNz_aVj.89IZoxxPxrJNbW4HJGqXXlpC4JB4og_DiWmMgawoRwJKs6NM_FP9";
+        let opened = vault.decrypt_from_str(cached, &refresh).expect("decrypts");
+        assert_eq!(opened.expose(), REFRESH);
+
+        // Under the public development key, as a deployment without settings wrote.
+        let dev_token = stored(
+            "dev",
+            &[90, 177, 64, 95, 249, 131, 94, 64, 138, 117, 137, 80],
+            &[
+                43, 200, 29, 146, 129, 46, 224, 67, 235, 217, 105, 86, 42, 159, 107, 143, 181, 207,
+                94, 62, 156, 34, 38, 8, 119, 163, 80, 47, 87, 38, 37, 49, 107, 145, 104, 180, 215,
+                254, 58,
+            ],
+        );
+        let defaults = TokenVault::new(&config(&[]).expect("defaults"));
+        for vault in [&vault, &defaults] {
+            let opened = vault.decrypt(&dev_token, &refresh).expect("decrypts");
+            assert_eq!(opened.expose(), REFRESH);
+            // Still bound to its record and kind.
+            assert_eq!(
+                vault.decrypt(&dev_token, &access()).map(|_| ()),
+                Err(VaultError::Invalid)
+            );
+        }
+        assert!(!vault.is_current(&dev_token));
     }
 
     #[test]
@@ -962,7 +785,6 @@ mod tests {
             format!("{vault:?}"),
             format!("{vault:#?}"),
             format!("{secret:?}"),
-            format!("{:?}", KeyMaterial::dev()),
         ];
         for text in &printed {
             for needle in [
@@ -1010,7 +832,6 @@ mod tests {
     fn clones_share_keys() {
         let vault = vault(&format!("a:{KEY_A}"), "a");
         let clone = vault.clone();
-        assert!(Arc::ptr_eq(&vault.inner, &clone.inner));
         let sealed = vault.encrypt(TOKEN, &access());
         assert_eq!(
             clone

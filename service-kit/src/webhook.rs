@@ -291,10 +291,7 @@ impl WebhookSecrets {
         subaccount: &str,
         endpoint_id: &str,
     ) -> Result<Zeroizing<String>, OpenError> {
-        let bytes = self.keyring.open(sealed, &[subaccount, endpoint_id])?;
-        String::from_utf8(bytes.to_vec())
-            .map(Zeroizing::new)
-            .map_err(|_| OpenError::Invalid)
+        self.keyring.open_string(sealed, &[subaccount, endpoint_id])
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`service`]: a service's `run(config, listener, shutdown)` started on port 0 and waited on.
 //! - [`startup`]: runs a service *binary* to check how it starts, fails and stops.
 //! - [`jwt`]: mints user JWTs for tests that call the api.
+//! - [`stream`]: reads what a JetStream stream holds.
 //!
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
 
@@ -21,6 +22,7 @@ pub mod servers;
 pub mod service;
 pub mod shared;
 pub mod startup;
+pub mod stream;
 pub mod tools;
 
 pub use context::TestContext;

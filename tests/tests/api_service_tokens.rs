@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api_support::*;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use futures::StreamExt;
 use redis::AsyncCommands;
 use schemas::events::ConnectionSucceeded;
 use schemas::subjects::headers;
@@ -199,22 +198,14 @@ async fn send(
     content_type: &str,
     body: String,
 ) -> Reply {
-    let mut request = reqwest::Client::new()
-        .post(format!("{}{}", api.service.base_url, path(subaccount)))
+    let mut request = api
+        .request(reqwest::Method::POST, &path(subaccount))
         .header("content-type", content_type)
         .body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    }
+    api_support::reply(request).await
 }
 
 fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
@@ -241,25 +232,9 @@ async fn provision_streams(api: &Api) {
 async fn published(api: &Api) -> Vec<jetstream::Message> {
     let nats = async_nats::connect(&api.ctx.nats_url).await.expect("nats");
     let js = jetstream::new(nats);
-    let Ok(stream) = js.get_stream(api.namespace.events_stream()).await else {
-        return Vec::new();
-    };
-    let reader = stream
-        .create_consumer(pull::Config::default())
+    e2e::stream::messages(&js, &api.namespace.events_stream(), None)
         .await
-        .expect("reader");
-    let mut batch = reader
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut messages = Vec::new();
-    while let Some(message) = batch.next().await {
-        messages.push(message.expect("message"));
-    }
-    messages
+        .unwrap_or_default()
 }
 
 async fn redis(api: &Api) -> redis::aio::MultiplexedConnection {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use chrono::Utc;
 use e2e::TestContext;
+use e2e::stream::header;
 use futures::StreamExt;
 use schemas::events::AuthLinkIssued;
 use schemas::subjects::headers;
@@ -104,15 +105,6 @@ async fn connected() -> Infrastructure {
         .expect("connect");
     infra.ensure_streams(&config).await.expect("streams");
     infra
-}
-
-fn header(message: &jetstream::Message, name: &str) -> String {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str().to_owned())
-        .unwrap_or_default()
 }
 
 #[tokio::test]

@@ -169,28 +169,18 @@ async fn messages<E: StreamEvent + serde::de::DeserializeOwned>(
     let js = jetstream::new(nats.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let stream = js.get_stream(ns.events_stream()).await.expect("stream");
-        let reader = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                filter_subject: ns.event_filter::<E>(),
-                ..Default::default()
-            })
-            .await
-            .expect("reader");
-        let mut batch = reader
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_millis(300))
-            .messages()
-            .await
-            .expect("fetch");
-        let mut found = Vec::new();
-        while let Some(Ok(message)) = batch.next().await {
-            found.push((
-                Envelope::<E>::decode(&message.payload).expect("event decodes"),
-                message.headers.clone().unwrap_or_default(),
-            ));
-        }
+        let found: Vec<_> =
+            e2e::stream::messages(&js, &ns.events_stream(), Some(ns.event_filter::<E>()))
+                .await
+                .expect("stream")
+                .iter()
+                .map(|message| {
+                    (
+                        Envelope::<E>::decode(&message.payload).expect("event decodes"),
+                        message.headers.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
         if !found.is_empty() || tokio::time::Instant::now() >= deadline {
             return found;
         }

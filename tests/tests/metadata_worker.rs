@@ -11,7 +11,6 @@ use api_support::{Api, token};
 use async_nats::jetstream;
 use e2e::servers::MongoServer;
 use e2e::{RunningService, TestContext};
-use futures::StreamExt;
 use metadata_worker::MetadataWorkerConfig;
 use ops::Parser;
 use schemas::events::{
@@ -84,26 +83,9 @@ async fn dead_letters(ctx: &TestContext) -> Vec<async_nats::jetstream::Message> 
     let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
     let js = jetstream::new(nats);
     let ns = Namespace::new(&ctx.id).expect("ns");
-    let stream = js
-        .get_stream(ns.dead_letter_stream())
+    e2e::stream::messages(&js, &ns.dead_letter_stream(), None)
         .await
-        .expect("dead-letter stream");
-    let reader = stream
-        .create_consumer(jetstream::consumer::pull::Config::default())
-        .await
-        .expect("reader");
-    let mut batch = reader
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut out = Vec::new();
-    while let Some(Ok(message)) = batch.next().await {
-        out.push(message);
-    }
-    out
+        .expect("dead-letter stream")
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use e2e::{RunningService, TestContext};
-use futures::StreamExt;
 use oauth_worker::OAuthWorkerConfig;
 use redis::AsyncCommands;
 use schemas::events::{AuthLinkIssued, ConnectRequested, ConnectRequestedReply};
@@ -115,27 +114,18 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
 
     // The email job was stored in JetStream before the reply.
     let js = jetstream::new(nats.clone());
-    let stream = js.get_stream(ns.events_stream()).await.expect("stream");
-    let reader = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: ns.event_filter::<AuthLinkIssued>(),
-            ..Default::default()
-        })
-        .await
-        .expect("reader");
-    let mut batch = reader
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .expect("fetch");
-    let message = batch.next().await.expect("one event").expect("message");
-    let event: Envelope<AuthLinkIssued> = Envelope::decode(&message.payload).expect("decodes");
+    let issued = e2e::stream::messages(
+        &js,
+        &ns.events_stream(),
+        Some(ns.event_filter::<AuthLinkIssued>()),
+    )
+    .await
+    .expect("stream");
+    assert_eq!(issued.len(), 1, "exactly one email job");
+    let event: Envelope<AuthLinkIssued> = Envelope::decode(&issued[0].payload).expect("decodes");
     assert_eq!(event.payload.auth_url, auth_url);
     assert_eq!(event.correlation_id, request.correlation_id);
     assert_eq!(event.subaccount_id.as_str(), SUBACCOUNT);
-    assert!(batch.next().await.is_none(), "exactly one email job");
 
     worker.stop().await.expect("clean stop");
 }

@@ -641,11 +641,7 @@ fn matches(template: &str, path: &str) -> bool {
 }
 
 async fn send(api: &Api, case: &Case) -> Reply {
-    let http = reqwest::Client::new();
-    let mut request = http.request(
-        case.method.clone(),
-        format!("{}{}", api.service.base_url, case.path),
-    );
+    let mut request = api.request(case.method.clone(), &case.path);
     request = match &case.auth {
         Auth::None => request,
         Auth::User(token) => request.bearer_auth(token),
@@ -660,19 +656,7 @@ async fn send(api: &Api, case: &Case) -> Reply {
             .header(reqwest::header::CONTENT_TYPE, *content_type)
             .body(bytes.clone()),
     };
-    let response = request
-        .timeout(std::time::Duration::from_secs(20))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{} {}: {e}", case.method, case.path));
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    }
+    api_support::reply(request).await
 }
 
 /// Every (METHOD, path, status) the spec documents, with the codes of each failure.

@@ -14,8 +14,7 @@ use api_support::{Api, SUBACCOUNT, token};
 use async_nats::jetstream;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use e2e::{RunningService, TestContext};
-use futures::StreamExt;
+use e2e::{RunningService, TestContext, stream};
 use metadata_worker::MetadataWorkerConfig;
 use ops::Parser as _;
 use schemas::events::{
@@ -830,34 +829,15 @@ async fn exhausted_retries_park_the_webhook_and_gcal_ops_replays_it() {
 
 /// `(consumer, last error)` of every dead letter in the namespace.
 async fn dead_letters(js: &jetstream::Context, ns: &Namespace) -> Vec<(String, String)> {
-    let Ok(stream) = js.get_stream(ns.dead_letter_stream()).await else {
-        return Vec::new();
-    };
-    let reader = stream
-        .create_consumer(jetstream::consumer::pull::Config::default())
+    stream::messages(js, &ns.dead_letter_stream(), None)
         .await
-        .expect("reader");
-    let mut batch = reader
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_millis(300))
-        .messages()
-        .await
-        .expect("fetch");
-    let mut out = Vec::new();
-    while let Some(Ok(message)) = batch.next().await {
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        out.push((
-            header(headers::DEAD_LETTER_CONSUMER),
-            header(headers::DEAD_LETTER_LAST_ERROR),
-        ));
-    }
-    out
+        .unwrap_or_default()
+        .iter()
+        .map(|message| {
+            (
+                stream::header(message, headers::DEAD_LETTER_CONSUMER),
+                stream::header(message, headers::DEAD_LETTER_LAST_ERROR),
+            )
+        })
+        .collect()
 }

@@ -73,6 +73,26 @@ impl Reply {
     }
 }
 
+/// Sends `request`: the status, the headers and the body as JSON (a JSON string when it is
+/// not JSON).
+pub async fn reply(request: reqwest::RequestBuilder) -> Reply {
+    let (client, request) = request.build_split();
+    let request = request.expect("a well-formed request");
+    let what = format!("{} {}", request.method(), request.url());
+    let response = client
+        .execute(request)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
 impl Api {
     /// A fresh context and the api in it, ready.
     pub async fn start(overrides: &[(&str, &str)]) -> Self {
@@ -96,6 +116,12 @@ impl Api {
         }
     }
 
+    /// A request for `path` of the api; [`reply`] sends it.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.service.base_url))
+    }
+
     /// Sends a request; `body` is (content type, bytes).
     pub async fn send(
         &self,
@@ -104,9 +130,7 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> Reply {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.service.base_url));
+        let mut request = self.request(method, path);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -115,18 +139,7 @@ impl Api {
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes);
         }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        }
+        reply(request).await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use e2e::fake_google::{Decision, FakeGoogle, FakeGoogleConfig};
 use e2e::{RunningService, TestContext};
-use futures::StreamExt;
 use oauth_worker::OAuthWorkerConfig;
 use schemas::events::{
     AccessTokenReply, AccessTokenRequested, ConnectRequested, ConnectRequestedReply,
@@ -176,28 +175,16 @@ impl OAuthStack {
         let js = jetstream::new(self.nats.clone());
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let stream = js
-                .get_stream(self.ns.events_stream())
-                .await
-                .expect("stream");
-            let reader = stream
-                .create_consumer(jetstream::consumer::pull::Config {
-                    filter_subject: self.ns.event_filter::<E>(),
-                    ..Default::default()
-                })
-                .await
-                .expect("reader");
-            let mut batch = reader
-                .fetch()
-                .max_messages(100)
-                .expires(Duration::from_millis(300))
-                .messages()
-                .await
-                .expect("fetch");
-            let mut events = Vec::new();
-            while let Some(Ok(message)) = batch.next().await {
-                events.push(Envelope::<E>::decode(&message.payload).expect("event decodes"));
-            }
+            let events: Vec<_> = e2e::stream::messages(
+                &js,
+                &self.ns.events_stream(),
+                Some(self.ns.event_filter::<E>()),
+            )
+            .await
+            .expect("stream")
+            .iter()
+            .map(|message| Envelope::<E>::decode(&message.payload).expect("event decodes"))
+            .collect();
             if !events.is_empty() || tokio::time::Instant::now() >= deadline {
                 return events;
             }
