@@ -135,7 +135,7 @@ pub async fn apply_failed(
     };
     let marked = doc! { "$mergeObjects": [
         "$$entry",
-        { "isConnected": false, "reason": "reauth_required", "reauthRequiredAt": &at },
+        { "isConnected": false, "reason": "reauth_required", "reauthRequiredAt": { "$literal": &at } },
     ] };
     Write::new(
         &event.subaccount_id,
@@ -158,7 +158,7 @@ pub async fn apply_disconnected(
     ] };
     let marked = doc! { "$mergeObjects": [
         "$$entry",
-        { "isConnected": false, "disconnectedAt": at },
+        { "isConnected": false, "disconnectedAt": { "$literal": at } },
     ] };
     let tombstone = doc! { "$literal": {
         "googleEmail": email,
@@ -272,10 +272,13 @@ fn current_connections() -> Bson {
 /// The new list: the account's entry replaced by `replace` (an expression over `$$entry`), or,
 /// when the account is not listed, `insert` appended (if given).
 fn upsert_entry(email: &str, replace: Bson, insert: Option<Bson>) -> Document {
+    // In an aggregation expression a string starting with `$` is a field path; an email's local
+    // part may start with one.
+    let email = doc! { "$literal": email };
     let replaced = doc! { "$map": {
         "input": "$$list",
         "as": "entry",
-        "in": { "$cond": [{ "$eq": ["$$entry.googleEmail", email] }, replace, "$$entry"] },
+        "in": { "$cond": [{ "$eq": ["$$entry.googleEmail", &email] }, replace, "$$entry"] },
     } };
     let not_listed = match insert {
         Some(entry) => Bson::Document(doc! { "$concatArrays": ["$$list", [entry]] }),

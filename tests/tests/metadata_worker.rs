@@ -571,3 +571,46 @@ async fn several_accounts_are_listed_and_the_top_level_describes_the_latest_conn
     assert_eq!(connected, 0);
     assert!(dead_letters(&ctx).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_email_that_looks_like_a_field_path_is_kept_as_written() {
+    // `$` may start an email's local part; in an update pipeline it would name a field.
+    let ctx = TestContext::new();
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let _worker = start_worker(&ctx, &[]).await;
+    let odd = "$metadata@gmail.example";
+    publish(
+        &ctx,
+        &succeeded(SUBACCOUNT, odd, "2025-10-05T12:00:00.000Z"),
+    )
+    .await;
+    publish(
+        &ctx,
+        &succeeded(
+            SUBACCOUNT,
+            "plain@gmail.example",
+            "2025-10-05T11:00:00.000Z",
+        ),
+    )
+    .await;
+    let stored = eventually(&api, SUBACCOUNT, |m| {
+        m["connections"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    assert_eq!(stored["googleEmail"], odd, "{stored}");
+    publish(&ctx, &disconnected(odd, "2025-10-05T12:30:00.000Z")).await;
+    let stored = eventually(&api, SUBACCOUNT, |m| {
+        m["googleEmail"] == "plain@gmail.example"
+    })
+    .await;
+    let entry = stored["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["googleEmail"] == odd)
+        .expect("listed")
+        .clone();
+    assert_eq!(entry["isConnected"], false, "{entry}");
+    assert_eq!(entry["disconnectedAt"], "2025-10-05T12:30:00.000Z");
+}
