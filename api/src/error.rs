@@ -135,6 +135,13 @@ pub(crate) struct ErrorInfo<'a> {
 }
 
 impl ApiError {
+    /// A MongoDB failure while `doing` something, logged with its cause; the caller sees
+    /// 503 `database_unavailable` (the cause is not shown).
+    pub fn database(error: mongodb::error::Error, doing: &'static str) -> Self {
+        tracing::error!(%error, doing, "MongoDB operation failed");
+        Self::DatabaseUnavailable
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Auth(e) => e.status(),

@@ -89,11 +89,7 @@ async fn metadata(api: &Api) -> Value {
 async fn disconnect_revokes_deletes_and_marks_the_account_and_twice_is_harmless() {
     let (stack, api, _metadata) = setup(&[]).await;
     let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metadata(&api).await["isConnected"] != true {
-        assert!(tokio::time::Instant::now() < deadline, "never connected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    metadata_until(&api, |m| m["isConnected"] == true).await;
 
     let reply = delete(
         &api,
@@ -133,18 +129,7 @@ async fn disconnect_revokes_deletes_and_marks_the_account_and_twice_is_harmless(
     assert_eq!(events[0].payload.google_email, EMAIL);
 
     // The metadata says so, the document stays.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let stored = loop {
-        let m = metadata(&api).await;
-        if m["isConnected"] == false {
-            break m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metadata never disconnected: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stored = metadata_until(&api, |m| m["isConnected"] == false).await;
     assert_eq!(stored["googleEmail"], EMAIL);
     assert!(stored["disconnectedAt"].is_string(), "{stored}");
 

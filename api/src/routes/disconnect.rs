@@ -138,7 +138,7 @@ async fn disconnect(
     operations
         .insert_one(&operation)
         .await
-        .map_err(|e| database_error(e, "recording the operation"))?;
+        .map_err(|e| ApiError::database(e, "recording the operation"))?;
     // The request's id is the correlation id of the whole disconnect.
     let event = Envelope::new(
         subaccount.clone(),
@@ -205,7 +205,7 @@ pub async fn get_operation(
         .await?
         .find_one(doc! { "_id": &operation_id })
         .await
-        .map_err(|e| database_error(e, "reading the operation"))?;
+        .map_err(|e| ApiError::database(e, "reading the operation"))?;
     match found {
         Some(operation) => Ok(Json(Success::new(None, render(&operation)))),
         None => Err(ApiError::OperationNotFound {
@@ -250,11 +250,6 @@ async fn operations(
         .mongo
         .connection_for(subaccount)
         .await
-        .map_err(|e| database_error(e, "opening the tenant database"))?
+        .map_err(|e| ApiError::database(e, "opening the tenant database"))?
         .collection(COLLECTION))
-}
-
-fn database_error(error: mongodb::error::Error, doing: &'static str) -> ApiError {
-    tracing::error!(%error, doing, "MongoDB operation failed");
-    ApiError::DatabaseUnavailable
 }

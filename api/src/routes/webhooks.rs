@@ -124,7 +124,7 @@ async fn register_webhook(
     let existing = collection
         .count_documents(doc! { "subaccountId": subaccount.as_str() })
         .await
-        .map_err(|e| database_error(e, "counting webhook endpoints"))?;
+        .map_err(|e| ApiError::database(e, "counting webhook endpoints"))?;
     let limit = state.webhooks.max_endpoints;
     if existing >= limit as u64 {
         return Err(ApiError::WebhookLimitReached { limit });
@@ -152,7 +152,7 @@ async fn register_webhook(
     collection
         .insert_one(&endpoint)
         .await
-        .map_err(|e| database_error(e, "storing the webhook endpoint"))?;
+        .map_err(|e| ApiError::database(e, "storing the webhook endpoint"))?;
     tracing::info!(webhook_id = %id, "webhook endpoint registered");
     let mut data = render(&endpoint);
     data["secret"] = json!(*secret);
@@ -220,10 +220,10 @@ async fn list_webhooks(
         .find(doc! { "subaccountId": subaccount.as_str() })
         .sort(doc! { "_id": 1 })
         .await
-        .map_err(|e| database_error(e, "listing webhook endpoints"))?
+        .map_err(|e| ApiError::database(e, "listing webhook endpoints"))?
         .try_collect()
         .await
-        .map_err(|e| database_error(e, "listing webhook endpoints"))?;
+        .map_err(|e| ApiError::database(e, "listing webhook endpoints"))?;
     Ok(Json(Success::new(None, found.iter().map(render).collect())))
 }
 
@@ -261,7 +261,7 @@ async fn delete_webhook(
     let deleted = existing_endpoints(&state, &subaccount)
         .find_one_and_delete(doc! { "_id": &path.webhook, "subaccountId": subaccount.as_str() })
         .await
-        .map_err(|e| database_error(e, "deleting the webhook endpoint"))?;
+        .map_err(|e| ApiError::database(e, "deleting the webhook endpoint"))?;
     match deleted {
         Some(endpoint) => {
             tracing::info!(webhook_id = %endpoint.id, "webhook endpoint deleted");
@@ -328,7 +328,7 @@ async fn list_deliveries(
     let endpoint = existing_endpoints(&state, &subaccount)
         .find_one(doc! { "_id": &path.webhook, "subaccountId": subaccount.as_str() })
         .await
-        .map_err(|e| database_error(e, "reading the webhook endpoint"))?;
+        .map_err(|e| ApiError::database(e, "reading the webhook endpoint"))?;
     if endpoint.is_none() {
         return Err(ApiError::WebhookNotFound {
             subaccount,
@@ -348,10 +348,10 @@ async fn list_deliveries(
                 .build(),
         )
         .await
-        .map_err(|e| database_error(e, "reading the delivery log"))?
+        .map_err(|e| ApiError::database(e, "reading the delivery log"))?
         .try_collect()
         .await
-        .map_err(|e| database_error(e, "reading the delivery log"))?;
+        .map_err(|e| ApiError::database(e, "reading the delivery log"))?;
     Ok(Json(Success::new(
         None,
         found.iter().map(render_delivery).collect(),
@@ -409,7 +409,7 @@ async fn endpoints(
         .mongo
         .connection_for(subaccount)
         .await
-        .map_err(|e| database_error(e, "opening the tenant database"))?
+        .map_err(|e| ApiError::database(e, "opening the tenant database"))?
         .collection(ENDPOINTS_COLLECTION))
 }
 
@@ -423,9 +423,4 @@ fn existing_endpoints(
         .mongo
         .existing(subaccount)
         .collection(ENDPOINTS_COLLECTION)
-}
-
-fn database_error(error: mongodb::error::Error, doing: &'static str) -> ApiError {
-    tracing::error!(%error, doing, "MongoDB operation failed");
-    ApiError::DatabaseUnavailable
 }
