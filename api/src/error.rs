@@ -101,6 +101,15 @@ pub enum ApiError {
         "This subaccount already has {limit} webhook endpoints, the most allowed; delete one first"
     )]
     WebhookLimitReached { limit: usize },
+    /// 429: a rate limit refused the request; nothing was done (`Retry-After` says when to
+    /// try again).
+    #[error("Too many requests: the `{limit}` limit allows {rule}; try again in {} s", service_kit::rate_limit::retry_after_secs(*.retry_after))]
+    RateLimited {
+        limit: &'static str,
+        /// The limit in words, e.g. `at most 60 per 1m`.
+        rule: String,
+        retry_after: Duration,
+    },
     #[error("No such endpoint")]
     RouteNotFound,
     #[error("This endpoint does not accept this method")]
@@ -168,6 +177,7 @@ impl ApiError {
             | Self::EventStreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::OAuthWorkerBadReply => StatusCode::BAD_GATEWAY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -203,6 +213,7 @@ impl ApiError {
             Self::WebhookLimitReached { .. } => "webhook_limit_reached",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -252,6 +263,12 @@ impl ApiError {
                 json!({ "field": "url", "reason": refused.reason() })
             }
             Self::WebhookLimitReached { limit } => json!({ "limit": limit }),
+            Self::RateLimited {
+                limit, retry_after, ..
+            } => json!({
+                "limit": limit,
+                "retryAfterSeconds": service_kit::rate_limit::retry_after_secs(*retry_after),
+            }),
             Self::OAuthWorkerTimeout { waited } => {
                 json!({ "timeoutMs": u64::try_from(waited.as_millis()).unwrap_or(u64::MAX) })
             }
@@ -285,7 +302,12 @@ impl IntoResponse for ApiError {
             Self::ServiceAuth(e) => e.is_transient(),
             _ => status == StatusCode::SERVICE_UNAVAILABLE,
         };
-        if transient {
+        if let Self::RateLimited { retry_after, .. } = &this {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(service_kit::rate_limit::retry_after_secs(*retry_after)),
+            );
+        } else if transient {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -338,6 +360,28 @@ mod tests {
             3,
             "exactly success, message, error: {value}"
         );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_answers_name_the_limit_and_when_to_retry() {
+        let response = ApiError::RateLimited {
+            limit: "connect_per_subaccount",
+            rule: "at most 60 per 1m".into(),
+            retry_after: Duration::from_millis(2500),
+        }
+        .into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let value: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(value["error"]["code"], "rate_limited");
+        assert_eq!(value["error"]["details"]["limit"], "connect_per_subaccount");
+        assert_eq!(value["error"]["details"]["retryAfterSeconds"], 3);
+        let message = value["message"].as_str().expect("message");
+        assert!(message.contains("at most 60 per 1m"), "{message}");
+        assert!(message.contains("3 s"), "{message}");
     }
 
     #[tokio::test]

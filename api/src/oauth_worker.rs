@@ -99,6 +99,15 @@ fn interpret(payload: &[u8], correlation_id: Uuid) -> Result<AuthLink, ApiError>
                 email_sent,
             })
         }
+        ConnectRequestedReply::RateLimited {
+            limit,
+            retry_after_ms,
+            message,
+        } => Err(ApiError::RateLimited {
+            limit: limit.name(),
+            rule: message,
+            retry_after: Duration::from_millis(retry_after_ms),
+        }),
         ConnectRequestedReply::Rejected { code, message } => match code {
             ConnectRejectionCode::StateStoreUnavailable => {
                 tracing::warn!(%correlation_id, %message, "the oauth-worker cannot store OAuth state");
@@ -149,6 +158,13 @@ mod tests {
             json!({"status": "rejected", "code": "state_store_unavailable", "message": "redis down"}),
         );
         assert_eq!(state.unwrap_err().code(), "state_store_unavailable");
+        let limited = reply(
+            json!({"status": "rateLimited", "limit": "emails_per_recipient",
+            "retryAfterMs": 720000, "message": "at most 5 per 1h"}),
+        )
+        .unwrap_err();
+        assert_eq!(limited.code(), "rate_limited");
+        assert_eq!(limited.status(), 429);
         let invalid =
             reply(json!({"status": "rejected", "code": "invalid_request", "message": "bad"}));
         assert_eq!(invalid.unwrap_err().code(), "internal_error");

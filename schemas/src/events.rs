@@ -13,7 +13,9 @@ pub use access_token_requested::{
     AccessTokenRejectionCode, AccessTokenReply, AccessTokenRequested,
 };
 pub use auth_link_issued::AuthLinkIssued;
-pub use connect_requested::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
+pub use connect_requested::{
+    ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
+};
 pub use connection_disconnected::ConnectionDisconnected;
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;

@@ -13,6 +13,7 @@ pub mod infrastructure;
 pub mod metrics;
 pub mod mongo;
 pub mod nats;
+pub mod rate_limit;
 pub mod redis;
 pub mod service;
 pub mod shutdown;

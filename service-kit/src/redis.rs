@@ -1,8 +1,8 @@
 //! Redis: the connection manager (one multiplexed connection that reconnects by itself) and
 //! every key name the services use, in one place.
 //!
-//! Redis only holds what may be lost: OAuth state, cached access tokens, refresh locks and
-//! read caches.
+//! Redis only holds what may be lost: OAuth state, cached access tokens, refresh locks, read
+//! caches and rate-limit budgets. Every key is written with an expiry.
 
 use std::time::Duration;
 
@@ -92,6 +92,18 @@ impl RedisKeys {
             "{}:cache:connector:{subaccount}:{connector_id}",
             self.prefix
         )
+    }
+
+    /// The live (issued, not yet used) OAuth states of one subaccount: a sorted set of state
+    /// keys scored by their expiry, for the per-subaccount cap. Expires with its newest state.
+    pub fn live_oauth_states(&self, subaccount: &SubaccountId) -> String {
+        format!("{}:oauth:live-states:{subaccount}", self.prefix)
+    }
+
+    /// One rate limit's budget for one subject (GCRA's theoretical arrival time, see
+    /// [`crate::rate_limit`]). Expires when the budget is full again.
+    pub fn rate_limit(&self, limit: &str, subject: &str) -> String {
+        format!("{}:ratelimit:{limit}:{subject}", self.prefix)
     }
 
     /// Result of validating a service token (by its hash, never the token), cached 5 minutes.

@@ -45,6 +45,51 @@ pub enum ConnectRequestedReply {
         /// Safe to show to the caller: never contains secrets.
         message: String,
     },
+    /// A limit refused the request; nothing was stored, published or emailed.
+    #[serde(rename_all = "camelCase")]
+    RateLimited {
+        /// The refusing limit that frees up last.
+        limit: ConnectLimit,
+        /// How long until a retry can succeed.
+        retry_after_ms: u64,
+        /// Safe to show to the caller: the limit and its rate, in words.
+        message: String,
+    },
+}
+
+/// The limits a connect request is held to, decided by the oauth-worker atomically with the
+/// OAuth state it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectLimit {
+    /// Connect requests per subaccount and period.
+    ConnectPerSubaccount,
+    /// Authorization emails per subaccount and period.
+    EmailsPerSubaccount,
+    /// Authorization emails per recipient address and period, across all subaccounts.
+    EmailsPerRecipient,
+    /// Issued, not yet used OAuth states per subaccount.
+    LiveStatesPerSubaccount,
+}
+
+impl ConnectLimit {
+    /// The limit's stable name: the serialized form, a metric label, part of a Redis key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ConnectPerSubaccount => "connect_per_subaccount",
+            Self::EmailsPerSubaccount => "emails_per_subaccount",
+            Self::EmailsPerRecipient => "emails_per_recipient",
+            Self::LiveStatesPerSubaccount => "live_states_per_subaccount",
+        }
+    }
+
+    /// Every limit, in the order they are checked.
+    pub const ALL: [Self; 4] = [
+        Self::ConnectPerSubaccount,
+        Self::EmailsPerSubaccount,
+        Self::EmailsPerRecipient,
+        Self::LiveStatesPerSubaccount,
+    ];
 }
 
 /// Why the oauth-worker could not issue a link.
