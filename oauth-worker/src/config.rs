@@ -30,6 +30,10 @@ pub struct OAuthWorkerConfig {
     pub disconnect_retry_delays: Vec<Duration>,
     /// Google accounts one subaccount may have connected at once.
     pub max_accounts: usize,
+    /// What a connect request is held to, decided when its state is stored.
+    pub connect_limits: service_kit::rate_limit::ConnectLimits,
+    /// Bound on each Redis step of the state store (and so of its limit decisions).
+    pub limiter_timeout: Duration,
 }
 
 /// The OAuth 2.0 provider: where users consent and where codes become tokens.
@@ -233,7 +237,11 @@ impl ServiceConfig for OAuthWorkerConfig {
             "5s,30s,2m,10m",
             "Delays before a disconnect whose revocation failed transiently is tried again; the last repeats (40 deliveries cover about 6 hours).",
         );
+        let connect_limits = service_kit::rate_limit::ConnectLimits::from_env(env);
+        let limiter_timeout = service_kit::rate_limit::limiter_timeout(env);
         Self {
+            connect_limits,
+            limiter_timeout,
             common,
             http_addr,
             provider,

@@ -57,7 +57,13 @@ pub async fn run(
     infra.ensure_streams(&config.common).await?;
     let grace = config.common.shutdown_grace;
     let client = authorization::provider_client(&config.provider);
-    let states = StateStore::new(infra.redis.clone(), infra.keys.clone(), config.state_ttl);
+    let states = StateStore::new(
+        infra.redis.clone(),
+        infra.keys.clone(),
+        config.state_ttl,
+        config.connect_limits.clone(),
+        config.limiter_timeout,
+    );
     let handler = Arc::new(ConnectRequestedHandler {
         provider: client.clone(),
         scopes: config.provider.scopes.0.clone(),

@@ -1,14 +1,23 @@
 //! Pending connect attempts in Redis, keyed by their single-use OAuth `state`. Redis is the
 //! right home: an attempt is worth nothing after its TTL, and losing one only means the user
 //! asks for a new link.
+//!
+//! Storing an attempt is also where the connect request's limits are decided
+//! ([`ConnectLimits`]): one Lua script checks the per-subaccount connect rate, the email rates
+//! (per subaccount and per recipient, when the link is emailed) and the cap on the
+//! subaccount's live states, and only when all allow does it store the state, charge the
+//! rates and add the state to the subaccount's live set. So a refused request stores nothing
+//! and charges nothing, and no replica can race another past a limit.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use schemas::events::ConnectLimit;
 use schemas::{SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
+use service_kit::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
 use service_kit::redis::RedisKeys;
 use uuid::Uuid;
 
@@ -41,17 +50,77 @@ impl std::fmt::Debug for PendingAttempt {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateStore {
     redis: ConnectionManager,
     keys: RedisKeys,
     ttl: Duration,
+    limits: ConnectLimits,
+    /// Bound on each Redis step, so an outage answers quickly instead of holding the caller.
+    timeout: Duration,
+    put_script: redis::Script,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("keys", &self.keys)
+            .field("ttl", &self.ttl)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `KEYS`: the state, the subaccount's live-state set, then one key per rate limit.
+/// `ARGV`: the attempt, the TTL in ms, the live-state cap, then `gcra`'s arguments.
+/// Answers `{0, 0}` when stored, `{-1, 0}` on a state collision, or `{index, wait_us}` of the
+/// refusing limit that frees up last (the live-state cap is the index after the rate limits).
+const PUT_LUA: &str = r"
+local now = gcra_now()
+local now_ms = math.floor(now / 1000)
+local limit_keys, limit_args = {}, {}
+for i = 3, #KEYS do limit_keys[#limit_keys + 1] = KEYS[i] end
+for i = 4, #ARGV do limit_args[#limit_args + 1] = ARGV[i] end
+local denied, wait, tats = gcra(limit_keys, limit_args, now)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  local state_wait = math.max(1000, (tonumber(oldest[2]) - now_ms) * 1000)
+  if denied == 0 or state_wait > wait then
+    denied, wait = #limit_keys + 1, state_wait
+  end
+end
+if denied > 0 then
+  return {denied, math.ceil(wait)}
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
+  return {-1, 0}
+end
+gcra_commit(limit_keys, tats, now)
+redis.call('ZADD', KEYS[2], now_ms + ttl, KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ttl)
+return {0, 0}
+";
+
+/// What [`StateStore::put`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    /// Stored, and charged to every limit.
+    Stored,
+    /// Refused by `limit`; nothing stored or charged.
+    Limited {
+        limit: ConnectLimit,
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("a pending attempt in Redis is not readable: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("state collision (a state was issued twice); refusing to overwrite")]
@@ -59,37 +128,124 @@ pub enum StateStoreError {
 }
 
 impl StateStore {
-    pub fn new(redis: ConnectionManager, keys: RedisKeys, ttl: Duration) -> Self {
-        Self { redis, keys, ttl }
+    pub fn new(
+        redis: ConnectionManager,
+        keys: RedisKeys,
+        ttl: Duration,
+        limits: ConnectLimits,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            ttl,
+            limits,
+            timeout,
+            put_script: redis::Script::new(&format!("{GCRA_LUA}{PUT_LUA}")),
+        }
+    }
+
+    pub fn limits(&self) -> &ConnectLimits {
+        &self.limits
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    /// Stores a new attempt under `state` with the TTL. `SET NX`: a state is never reused.
-    pub async fn put(&self, state: &str, attempt: &PendingAttempt) -> Result<(), StateStoreError> {
-        let mut conn = self.redis.clone();
-        let value = serde_json::to_string(attempt)?;
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(
-                u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
+    /// Stores a new attempt under `state` with the TTL (`SET NX`: a state is never reused),
+    /// if the connect request's limits allow it; the email limits count only when the link is
+    /// to be emailed.
+    pub async fn put(
+        &self,
+        state: &str,
+        attempt: &PendingAttempt,
+        emailed: bool,
+    ) -> Result<Put, StateStoreError> {
+        let subaccount = attempt.subaccount_id.as_str();
+        let recipient = rate_limit::recipient_subject(attempt.user_email.as_str());
+        let mut limits = vec![(
+            ConnectLimit::ConnectPerSubaccount,
+            Check {
+                limit: &self.limits.connect_per_subaccount,
+                subject: subaccount,
+            },
+        )];
+        if emailed {
+            limits.push((
+                ConnectLimit::EmailsPerSubaccount,
+                Check {
+                    limit: &self.limits.emails_per_subaccount,
+                    subject: subaccount,
+                },
             ));
-        let stored: Option<String> = conn
-            .set_options(self.keys.oauth_state(state), value, options)
-            .await?;
-        match stored {
-            Some(_) => Ok(()),
-            None => Err(StateStoreError::Collision),
+            limits.push((
+                ConnectLimit::EmailsPerRecipient,
+                Check {
+                    limit: &self.limits.emails_per_recipient,
+                    subject: &recipient,
+                },
+            ));
         }
+        let checks: Vec<Check<'_>> = limits.iter().map(|(_, check)| *check).collect();
+        let mut invocation = self.put_script.prepare_invoke();
+        invocation
+            .key(self.keys.oauth_state(state))
+            .key(self.keys.live_oauth_states(&attempt.subaccount_id));
+        for check in &checks {
+            invocation.key(self.keys.rate_limit(check.limit.name, check.subject));
+        }
+        invocation
+            .arg(serde_json::to_string(attempt)?)
+            .arg(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.limits.live_states_per_subaccount);
+        for arg in rate_limit::gcra_args(&checks) {
+            invocation.arg(arg);
+        }
+        let mut conn = self.redis.clone();
+        let (answer, wait_micros): (i64, i64) =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| StateStoreError::Timeout(self.timeout))??;
+        if answer == -1 {
+            return Err(StateStoreError::Collision);
+        }
+        let Some(index) = usize::try_from(answer).ok().and_then(|a| a.checked_sub(1)) else {
+            return Ok(Put::Stored);
+        };
+        let limit = limits
+            .get(index)
+            .map(|(which, _)| *which)
+            .unwrap_or(ConnectLimit::LiveStatesPerSubaccount);
+        rate_limit::count_limited(limit.name());
+        Ok(Put::Limited {
+            limit,
+            retry_after: Duration::from_micros(u64::try_from(wait_micros).unwrap_or(0)),
+        })
     }
 
     /// Consumes the attempt stored under `state`, atomically (`GETDEL`): of two callbacks with
     /// the same state, exactly one gets it. `None` when unknown, expired or already used.
+    /// The state also leaves its subaccount's live set (best effort: an entry left behind
+    /// expires with the state's TTL anyway).
     pub async fn take(&self, state: &str) -> Result<Option<PendingAttempt>, StateStoreError> {
         let mut conn = self.redis.clone();
-        let raw: Option<String> = conn.get_del(self.keys.oauth_state(state)).await?;
-        Ok(raw.map(|raw| serde_json::from_str(&raw)).transpose()?)
+        let key = self.keys.oauth_state(state);
+        let raw: Option<String> = tokio::time::timeout(self.timeout, conn.get_del(&key))
+            .await
+            .map_err(|_| StateStoreError::Timeout(self.timeout))??;
+        let attempt: Option<PendingAttempt> =
+            raw.map(|raw| serde_json::from_str(&raw)).transpose()?;
+        if let Some(attempt) = &attempt {
+            let live = self.keys.live_oauth_states(&attempt.subaccount_id);
+            let removed =
+                tokio::time::timeout(self.timeout, conn.zrem::<_, _, ()>(live, &key)).await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::warn!(
+                    "a used OAuth state stays in its subaccount's live set until it expires"
+                );
+            }
+        }
+        Ok(attempt)
     }
 }

@@ -9,7 +9,7 @@ use schemas::{Envelope, SubaccountId};
 use service_kit::Infrastructure;
 
 use crate::authorization::{ProviderClient, issue_link};
-use crate::state_store::{PendingAttempt, StateStore};
+use crate::state_store::{PendingAttempt, Put, StateStore};
 
 #[derive(Debug)]
 pub struct ConnectRequestedHandler {
@@ -59,17 +59,37 @@ impl ConnectRequestedHandler {
             issued_at,
             traceparent: service_kit::telemetry::current_traceparent(),
         };
-        let stored = self.states.put(&link.state, &attempt).await;
+        let stored = self
+            .states
+            .put(&link.state, &attempt, request.payload.send_email)
+            .await;
         // Building the link (state, PKCE pair, URL) and remembering the attempt in Redis.
         metrics::histogram!("auth_url_duration_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(e) = stored {
-            tracing::error!(error = %e, "cannot store the OAuth state; no link issued");
-            metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable")
-                .increment(1);
-            return ConnectRequestedReply::Rejected {
-                code: ConnectRejectionCode::StateStoreUnavailable,
-                message: "the state store (Redis) is unavailable; try again shortly".into(),
-            };
+        match stored {
+            Ok(Put::Stored) => {}
+            Ok(Put::Limited { limit, retry_after }) => {
+                tracing::info!(
+                    limit = limit.name(),
+                    ?retry_after,
+                    "connect request over a limit; no link issued"
+                );
+                metrics::counter!("connect_requests_total", "outcome" => "rate_limited")
+                    .increment(1);
+                return ConnectRequestedReply::RateLimited {
+                    limit,
+                    retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                    message: self.states.limits().describe(limit),
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the OAuth state; no link issued");
+                metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable")
+                    .increment(1);
+                return ConnectRequestedReply::Rejected {
+                    code: ConnectRejectionCode::StateStoreUnavailable,
+                    message: "the state store (Redis) is unavailable; try again shortly".into(),
+                };
+            }
         }
         let auth_url = link.url.to_string();
         let email_sent = request.payload.send_email
