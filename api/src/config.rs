@@ -33,6 +33,8 @@ pub struct ApiConfig {
     pub webhooks: WebhookSettings,
     /// `API_DEV_MODE`: the try-it page of a local run (see [`crate::try_it`]).
     pub try_it: crate::try_it::TryItConfig,
+    /// Per-caller rate limits (see [`crate::limits`]).
+    pub limits: crate::limits::ApiLimits,
 }
 
 /// What the webhook routes need (the target policy and secret keys are shared with the
@@ -114,7 +116,9 @@ impl ServiceConfig for ApiConfig {
         }
         let webhooks = WebhookSettings::from_env(env);
         let try_it = crate::try_it::TryItConfig::from_env(env, &auth);
+        let limits = crate::limits::ApiLimits::from_env(env);
         Self {
+            limits,
             common,
             http_addr,
             auth,

@@ -10,6 +10,7 @@
 //!   `POST /api/connectors/{subaccountId}/metadata/update`.
 //! - [`openapi`]: the OpenAPI 3.1 document (`GET /openapi.json`) and Swagger UI (`/docs`).
 //! - [`try_it`]: the try-it page at `/` and its `/dev/...` helpers, with `API_DEV_MODE` only.
+//! - [`limits`]: per-caller rate limits shared by every replica (Redis).
 //!
 //! Users authenticate with a bearer JWT (`service_kit::auth`), other services with a service
 //! token ([`service_auth`]).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod connectors;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod oauth_worker;
 pub mod openapi;
 pub mod routes;
@@ -93,6 +95,7 @@ pub async fn run(
         publish_timeout: config.publish_timeout,
         webhooks: config.webhooks.clone(),
         try_it: config.try_it.clone(),
+        limiter: crate::limits::Limiter::new(config.limits.clone(), &infra),
     });
     let served = service_kit::http::serve(
         SERVICE,

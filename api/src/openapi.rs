@@ -474,6 +474,11 @@ impl Failures {
         )
     }
 
+    /// A rate limit (api/src/limits.rs, or the oauth-worker's connect limits).
+    fn rate_limited(self) -> Self {
+        self.with(StatusCode::TOO_MANY_REQUESTS, &["rate_limited"])
+    }
+
     /// MongoDB did not answer.
     fn database(self) -> Self {
         self.with(StatusCode::SERVICE_UNAVAILABLE, &["database_unavailable"])
@@ -512,6 +517,14 @@ impl Failures {
             headers.push((
                 "WWW-Authenticate",
                 "The scheme to authenticate with (RFC 9110).".to_owned(),
+            ));
+        }
+        if status == 429 {
+            headers.push((
+                "Retry-After",
+                "Whole seconds until a retry can succeed (the same as `error.details.retryAfterSeconds`); \
+                 `error.details.limit` names the limit."
+                    .to_owned(),
             ));
         }
         if status == 503 {
@@ -564,6 +577,9 @@ endpoint_failures! {
         .json_body()
         .user_forbidden()
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
+        // connect_per_subaccount, emails_per_subaccount, emails_per_recipient,
+        // live_states_per_subaccount.
+        .rate_limited()
         .database()
         .with(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -624,6 +640,8 @@ endpoint_failures! {
         .with(StatusCode::BAD_REQUEST, &["invalid_webhook_url"])
         .user_forbidden()
         .with(StatusCode::CONFLICT, &["webhook_limit_reached"])
+        // webhook_management_per_caller.
+        .rate_limited()
         .database();
 
     /// `GET /api/connectors/{subaccountId}/webhooks`.
@@ -631,6 +649,8 @@ endpoint_failures! {
         .user_token()
         .subaccount_path()
         .user_forbidden()
+        // webhook_management_per_caller.
+        .rate_limited()
         .database();
 
     /// `DELETE /api/connectors/{subaccountId}/webhooks/{webhookId}`.
@@ -639,6 +659,8 @@ endpoint_failures! {
         .subaccount_path()
         .user_forbidden()
         .with(StatusCode::NOT_FOUND, &["webhook_not_found"])
+        // webhook_management_per_caller.
+        .rate_limited()
         .database();
 
     /// `GET /api/connectors/{subaccountId}/webhooks/{webhookId}/deliveries`: `invalid_field`
@@ -648,6 +670,8 @@ endpoint_failures! {
         .subaccount_path()
         .user_forbidden()
         .with(StatusCode::NOT_FOUND, &["webhook_not_found"])
+        // webhook_management_per_caller.
+        .rate_limited()
         .database();
 
     /// `POST /api/connectors/{subaccountId}/metadata/update` (deprecated).
@@ -657,6 +681,8 @@ endpoint_failures! {
         .json_body()
         .with(StatusCode::FORBIDDEN, &["insufficient_permission"])
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
+        // metadata_update_per_caller.
+        .rate_limited()
         .database()
         .with(StatusCode::SERVICE_UNAVAILABLE, &["event_stream_unavailable"])
         .header(("Deprecation", &deprecation()))

@@ -35,6 +35,8 @@ pub struct Shared {
     pub webhooks: crate::config::WebhookSettings,
     /// `API_DEV_MODE` and what the try-it page's helpers need.
     pub try_it: crate::try_it::TryItConfig,
+    /// The api's per-caller rate limits.
+    pub limiter: crate::limits::Limiter,
 }
 
 impl AppState {

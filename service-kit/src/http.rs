@@ -131,8 +131,12 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "listening");
     }
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The peer address reaches handlers as `ConnectInfo<SocketAddr>` (per-client limits).
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace_expired = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;

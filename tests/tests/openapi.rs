@@ -12,7 +12,7 @@ use e2e::jwt::MintToken;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use schemas::documents::operation::{COLLECTION as OPERATIONS, Operation, OperationStatus};
-use schemas::events::{ConnectRejectionCode, ConnectRequestedReply};
+use schemas::events::{ConnectLimit, ConnectRejectionCode, ConnectRequestedReply};
 use serde_json::{Value, json};
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.json");
@@ -130,6 +130,9 @@ enum Target {
     /// An api whose identity provider is unreachable (user tokens: 503 `auth_unavailable`) and
     /// that has no service-token validation configured (503 `service_auth_not_configured`).
     Degraded,
+    /// An api whose per-caller limits allow one request an hour: each case is sent twice and
+    /// the second answer counts (429 `rate_limited`).
+    Limited,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +293,19 @@ fn table(degraded_token: &str) -> Vec<Case> {
             .json(user_email.clone())
             .worker(Behaviour::Raw(b"not json".to_vec()))
             .code("oauth_worker_bad_reply"),
+        case(M::POST, CONNECT, connect(sub), 429)
+            .json(user_email.clone())
+            .worker(Behaviour::Reply(ConnectRequestedReply::RateLimited {
+                limit: ConnectLimit::EmailsPerRecipient,
+                retry_after_ms: 90_000,
+                message: "at most 5 per 1h".into(),
+            }))
+            .code("rate_limited"),
+        case(M::POST, CONNECT, connect(EMPTY), 429)
+            .on(Target::Limited)
+            .auth(empty.clone())
+            .json(user_email.clone())
+            .code("rate_limited"),
         case(M::POST, CONNECT, connect(sub), 503)
             .json(user_email.clone())
             .worker(Behaviour::Reply(ConnectRequestedReply::Rejected {
@@ -455,6 +471,11 @@ fn table(degraded_token: &str) -> Vec<Case> {
             .auth(Auth::Service(WRITER))
             .raw("text/plain", b"{}".to_vec())
             .code("unsupported_media_type"),
+        case(M::POST, METADATA, update(EMPTY), 429)
+            .on(Target::Limited)
+            .auth(Auth::Service(WRITER))
+            .json(metadata(true))
+            .code("rate_limited"),
         case(M::POST, METADATA, update(sub), 503)
             .on(Target::Degraded)
             .auth(Auth::Service(WRITER))
@@ -486,6 +507,19 @@ fn table(degraded_token: &str) -> Vec<Case> {
             .auth(degraded.clone())
             .json(target.clone())
             .code("auth_unavailable"),
+        case(M::POST, WEBHOOKS, webhooks(sub), 429)
+            .on(Target::Limited)
+            .json(json!({ "url": "ftp://example.com/hook" }))
+            .code("rate_limited"),
+        case(M::GET, WEBHOOKS, webhooks(sub), 429)
+            .on(Target::Limited)
+            .code("rate_limited"),
+        case(M::GET, DELIVERIES, deliveries(sub, "no-such-webhook"), 429)
+            .on(Target::Limited)
+            .code("rate_limited"),
+        case(M::DELETE, WEBHOOK, webhook(sub, "no-such-webhook"), 429)
+            .on(Target::Limited)
+            .code("rate_limited"),
         case(M::GET, WEBHOOKS, webhooks(sub), 200),
         case(M::GET, WEBHOOKS, webhooks("123"), 400).code("invalid_subaccount_id"),
         case(M::GET, WEBHOOKS, webhooks(sub), 401)
@@ -727,11 +761,23 @@ async fn every_documented_status_is_produced_and_nothing_else() {
         sha256_hex(WRITER),
         sha256_hex(READER)
     );
+    // The sweep below sends hundreds of requests as one caller: the main api's limits are
+    // far above them, the limited api's far below.
     let main = Api::start(&[
         ("SERVICE_TOKENS", tokens.as_str()),
         ("WEBHOOK_ALLOW_HTTP", "true"),
         ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
         ("WEBHOOK_MAX_ENDPOINTS", "1"),
+        ("RATE_LIMIT_WEBHOOK_MANAGEMENT_PER_CALLER", "100000/1m"),
+        ("RATE_LIMIT_METADATA_UPDATE_PER_CALLER", "100000/1m"),
+        ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "100000/1m"),
+    ])
+    .await;
+    let limited = Api::start(&[
+        ("SERVICE_TOKENS", tokens.as_str()),
+        ("RATE_LIMIT_WEBHOOK_MANAGEMENT_PER_CALLER", "1/1h"),
+        ("RATE_LIMIT_METADATA_UPDATE_PER_CALLER", "1/1h"),
+        ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "1/1h"),
     ])
     .await;
     main.seed_google_calendar(SUBACCOUNT).await;
@@ -769,8 +815,13 @@ async fn every_documented_status_is_produced_and_nothing_else() {
         let api = match case.target {
             Target::Main => &main,
             Target::Degraded => &degraded,
+            Target::Limited => &limited,
         };
         case.path = case.path.replace(CREATED, &created);
+        if matches!(case.target, Target::Limited) {
+            // Spends the one request the hour allows.
+            send(api, &case).await;
+        }
         let reply = send(api, &case).await;
         if case.template == WEBHOOKS && reply.status == 201 {
             created = reply.body["data"]["id"]
@@ -790,6 +841,24 @@ async fn every_documented_status_is_produced_and_nothing_else() {
                 case.status, reply.status, reply.body
             ));
             continue;
+        }
+        if reply.status == 429 {
+            // As documented: `Retry-After` in whole seconds, the same in the body, and the limit.
+            let header = reply
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let details = &reply.body["error"]["details"];
+            if header.is_none_or(|secs| secs == 0)
+                || header != details["retryAfterSeconds"].as_u64()
+                || !details["limit"].is_string()
+            {
+                problems.push(format!(
+                    "{what}: a 429 without matching Retry-After ({header:?}) and details: {}",
+                    reply.body
+                ));
+            }
         }
         if reply.status >= 400 {
             let code = reply.code().to_owned();

@@ -70,7 +70,12 @@ struct ConnectData {
     description = "Asks the oauth-worker for a Google consent link for the subaccount's \
 `google-calendar` connector and returns it; emails it to `userEmail` unless `sendEmail` is false. \
 The connector must exist (add it with `POST /api/connectors/{subaccountId}`). Answers from the \
-permission check on (200, 403, 404, 5xx) carry `X-Correlation-Id`.",
+permission check on (200, 403, 404, 429, 5xx) carry `X-Correlation-Id`. \
+Limits (429 `rate_limited`, `error.details.limit` names which, nothing is stored or emailed): \
+connect requests per subaccount (`connect_per_subaccount`), authorization emails per subaccount \
+(`emails_per_subaccount`) and per recipient address across all subaccounts \
+(`emails_per_recipient`), both counted only with `sendEmail`, and unused links per subaccount \
+(`live_states_per_subaccount`).",
     params(crate::openapi::SubaccountParam),
     request_body = ConnectBody,
     security(("userToken" = [])),
@@ -116,6 +121,12 @@ async fn connect(
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
     let connector = ConnectorId::google_calendar();
     if !state.connectors.exists(&subaccount, &connector).await? {
+        // Never reaches the oauth-worker, which decides the connect limits: charged here to
+        // the same budget, so a flood of these is bounded too.
+        let limiter = &state.limiter;
+        limiter
+            .charge(&limiter.limits.connect_per_subaccount, subaccount.as_str())
+            .await?;
         return Err(ApiError::ConnectorNotFound {
             subaccount,
             connector,

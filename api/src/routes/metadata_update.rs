@@ -194,6 +194,13 @@ async fn accept(
         });
     }
     caller.require(METADATA_WRITE)?;
+    let limiter = &state.limiter;
+    limiter
+        .charge(
+            &limiter.limits.metadata_update_per_caller,
+            &service_kit::rate_limit::subject_digest(caller.service()),
+        )
+        .await?;
     let connector = ConnectorId::google_calendar();
     if !state.connectors.exists(&subaccount, &connector).await? {
         return Err(ApiError::ConnectorNotFound {

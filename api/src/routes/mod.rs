@@ -22,7 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metadata_update::router())
         .merge(webhooks::router())
         .merge(crate::openapi::router())
-        .merge(crate::try_it::router(state.try_it.enabled))
+        .merge(crate::try_it::router(&state))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Enforced while the body streams in, so an oversized body is never buffered whole.

@@ -96,6 +96,7 @@ async fn register_webhook(
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<Response, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    state.limiter.webhook_management(&user).await?;
     let events = match body.events {
         None => WEBHOOK_EVENT_TYPES
             .iter()
@@ -216,6 +217,7 @@ async fn list_webhooks(
     SubaccountPath(subaccount): SubaccountPath,
 ) -> Result<Json<Success<Vec<Value>>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    state.limiter.webhook_management(&user).await?;
     let found: Vec<WebhookEndpoint> = existing_endpoints(&state, &subaccount)
         .find(doc! { "subaccountId": subaccount.as_str() })
         .sort(doc! { "_id": 1 })
@@ -258,6 +260,7 @@ async fn delete_webhook(
     Path(path): Path<WebhookPath>,
 ) -> Result<Json<Success<Value>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    state.limiter.webhook_management(&user).await?;
     let deleted = existing_endpoints(&state, &subaccount)
         .find_one_and_delete(doc! { "_id": &path.webhook, "subaccountId": subaccount.as_str() })
         .await
@@ -312,6 +315,7 @@ async fn list_deliveries(
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Success<Vec<Value>>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    state.limiter.webhook_management(&user).await?;
     let bad_limit = || ApiError::InvalidField {
         field: Some("limit".into()),
         reason: format!("must be a whole number from 1 to {MAX_LIMIT}"),

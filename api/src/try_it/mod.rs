@@ -115,8 +115,8 @@ impl TryItConfig {
 
 /// The page and its helpers when dev mode is on; nothing otherwise (the api's fallback then
 /// answers 404 `route_not_found`).
-pub fn router(enabled: bool) -> Router<AppState> {
-    if !enabled {
+pub fn router(state: &AppState) -> Router<AppState> {
+    if !state.try_it.enabled {
         return Router::new();
     }
     Router::new()
@@ -126,6 +126,11 @@ pub fn router(enabled: bool) -> Router<AppState> {
         .route("/dev/token", post(mint_token))
         .route("/dev/inbox", get(inbox))
         .route("/dev/events", get(events))
+        // Every request is charged to the client's `dev_per_client` budget.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::dev_per_client,
+        ))
 }
 
 /// A static asset with the page's security headers.
