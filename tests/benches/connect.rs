@@ -95,6 +95,24 @@ async fn bench() {
         ("REDIS_KEY_PREFIX".to_owned(), namespace.clone()),
         ("JWT_SECRET".to_owned(), SECRET.to_owned()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
+        // The limits stay on (every connect runs the limit script) but never refuse: the
+        // bench measures their cost, one subaccount and one recipient at ~10k requests/s.
+        (
+            "RATE_LIMIT_CONNECT_PER_SUBACCOUNT".to_owned(),
+            "1000000000/1s".to_owned(),
+        ),
+        (
+            "RATE_LIMIT_EMAILS_PER_SUBACCOUNT".to_owned(),
+            "1000000000/1s".to_owned(),
+        ),
+        (
+            "RATE_LIMIT_EMAILS_PER_RECIPIENT".to_owned(),
+            "1000000000/1s".to_owned(),
+        ),
+        (
+            "MAX_LIVE_OAUTH_STATES_PER_SUBACCOUNT".to_owned(),
+            "10000000".to_owned(),
+        ),
     ];
     seed_connector(&infra.mongo.uri(), &format!("{namespace}_{SUBACCOUNT}")).await;
 

@@ -116,45 +116,63 @@ impl RedisServer {
     pub fn start() -> Self {
         let dir = scratch_dir("redis");
         let log = dir.join("redis.log");
+        let mut server = ServerProcess {
+            child: None,
+            port: 0,
+            dir,
+            log,
+        };
         // Redis cannot pick its own port; if another process takes ours first, try again.
         for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = Command::new(binary("redis-server"));
-            cmd.args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir);
-            let mut child = spawn(cmd, &log).expect("redis-server starts");
-            match wait_for_line(
-                &mut child,
-                &log,
-                "Ready to accept connections",
-                START_TIMEOUT,
-            ) {
-                Ok(_) => {
-                    return Self(ServerProcess {
-                        child: Some(child),
-                        port,
-                        dir,
-                        log,
-                    });
-                }
-                Err(e) if e.to_string().contains("Address already in use") => {
-                    terminate(&mut child);
-                    let _ = std::fs::write(&log, "");
+            server.port = free_port();
+            match Self::launch(&mut server) {
+                Ok(()) => return Self(server),
+                Err(e) if e.contains("Address already in use") => {
+                    let _ = std::fs::write(&server.log, "");
                 }
                 Err(e) => panic!("redis-server did not start: {e}"),
             }
         }
         panic!("redis-server found no free port in 5 tries");
+    }
+
+    fn launch(server: &mut ServerProcess) -> Result<(), String> {
+        let mut cmd = Command::new(binary("redis-server"));
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &server.port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&server.dir);
+        let mut child = spawn(cmd, &server.log).expect("redis-server starts");
+        match wait_for_line(
+            &mut child,
+            &server.log,
+            "Ready to accept connections",
+            START_TIMEOUT,
+        ) {
+            Ok(_) => {
+                server.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                terminate(&mut child);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Starts it again, empty, on the same port (after [`Self::stop`]).
+    pub fn restart(&mut self) {
+        self.0.stop();
+        let _ = std::fs::write(&self.0.log, "");
+        Self::launch(&mut self.0).unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 
     pub fn url(&self) -> String {

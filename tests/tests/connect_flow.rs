@@ -15,7 +15,12 @@ use oauth_worker::OAuthWorkerConfig;
 use serde_json::json;
 
 async fn oauth_worker(ctx: &TestContext, client_id: &str) -> RunningService {
-    let config: OAuthWorkerConfig = ctx.config(&[("GOOGLE_CLIENT_ID", client_id)]);
+    // The replica test sends 110 connects for one subaccount in a few seconds: above the
+    // default per-subaccount limit (tests/tests/rate_limits.rs covers the limit itself).
+    let config: OAuthWorkerConfig = ctx.config(&[
+        ("GOOGLE_CLIENT_ID", client_id),
+        ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "1000/1m"),
+    ]);
     let mut worker = RunningService::start(oauth_worker::SERVICE, |l, s| {
         oauth_worker::run(config, l, s)
     })
