@@ -17,6 +17,12 @@
 //! - a message JetStream stops delivering because nobody answered it `max_deliver` times (a
 //!   crashing or hanging handler) is parked too, from the server's max-deliveries advisory;
 //! - on shutdown stops pulling and lets in-flight handlers finish.
+//!
+//! Messages are handled in stream order by default. A consumer whose messages come from many
+//! tenants can instead be [run fairly](run_fair): pulled ahead into one queue per tenant and
+//! started round-robin with a per-tenant cap ([`fair`]).
+
+mod fair;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +39,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::startup::StartupError;
+
+pub use fair::{BUFFERED_REPLICAS, Fairness};
 
 /// How one durable consumer behaves.
 #[derive(Debug, Clone)]
@@ -182,11 +190,60 @@ pub async fn ensure_consumer(
 }
 
 /// Runs the consumer until `shutdown`, then waits up to `grace` for in-flight handlers.
+/// Messages are started in the order they are pulled.
 pub async fn run<E, H>(
     js: jetstream::Context,
     ns: Namespace,
     consumer: PullConsumer,
     spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    E: Consumable,
+    H: EventHandler<E>,
+{
+    run_scheduled(js, ns, consumer, spec, None, handler, shutdown, grace).await;
+}
+
+/// [`run`], sharing the consumer fairly between tenants (see [`Fairness`]): up to `buffer`
+/// messages are pulled ahead into one queue per tenant and started round-robin, at most
+/// `per_tenant_concurrency` of one tenant at a time. On shutdown the buffered messages that
+/// have not started are handed back at once (NAK without delay) for another replica.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_fair<E, H>(
+    js: jetstream::Context,
+    ns: Namespace,
+    consumer: PullConsumer,
+    spec: ConsumerSpec,
+    fairness: Fairness,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    E: Consumable,
+    H: EventHandler<E>,
+{
+    run_scheduled(
+        js,
+        ns,
+        consumer,
+        spec,
+        Some(fairness),
+        handler,
+        shutdown,
+        grace,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_scheduled<E, H>(
+    js: jetstream::Context,
+    ns: Namespace,
+    consumer: PullConsumer,
+    spec: ConsumerSpec,
+    fairness: Option<Fairness>,
     handler: Arc<H>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -210,9 +267,44 @@ pub async fn run<E, H>(
         handler,
         first_errors: Mutex::default(),
     });
-    let permits = Arc::new(Semaphore::new(worker.spec.concurrency.max(1)));
     let tracker = TaskTracker::new();
     tracing::info!(consumer = worker.spec.durable, filter = %worker.spec.filter_subject, "consuming");
+    if let Some(Err(problem)) = fairness.map(|f| f.check(&worker.spec)) {
+        // The services check this at start-up; a caller that did not still gets a working
+        // runner (the numbers are clamped into range) and this warning.
+        tracing::warn!(consumer = worker.spec.durable, %problem, "fairness settings do not fit the consumer");
+    }
+    match fairness {
+        None => pull_in_order::<E, H>(&consumer, &worker, &tracker, &shutdown).await,
+        Some(fairness) => {
+            fair::pull_fairly::<E, H>(&consumer, &worker, fairness, &tracker, &shutdown).await
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            consumer = worker.spec.durable,
+            ?grace,
+            "handlers outlived SHUTDOWN_GRACE; their messages will be redelivered"
+        );
+    }
+    let _ = watcher.await;
+    let _ = lag.await;
+    tracing::info!(consumer = worker.spec.durable, "stopped consuming");
+}
+
+/// Pulls and starts messages in stream order on `tracker`, `concurrency` at a time, until
+/// `shutdown`.
+async fn pull_in_order<E, H>(
+    consumer: &PullConsumer,
+    worker: &Arc<Worker<H>>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) where
+    E: Consumable,
+    H: EventHandler<E>,
+{
+    let permits = Arc::new(Semaphore::new(worker.spec.concurrency.max(1)));
     'pull: while !shutdown.is_cancelled() {
         // No more than can run at once: a prefetched message waits without progress acks.
         let batch = worker.spec.concurrency.max(1);
@@ -246,7 +338,7 @@ pub async fn run<E, H>(
                 Some(Ok(message)) => {
                     let worker = worker.clone();
                     tracker.spawn(async move {
-                        worker.process(message).await;
+                        worker.process::<E>(message).await;
                         drop(permit);
                     });
                 }
@@ -259,17 +351,6 @@ pub async fn run<E, H>(
             }
         }
     }
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            consumer = worker.spec.durable,
-            ?grace,
-            "handlers outlived SHUTDOWN_GRACE; their messages will be redelivered"
-        );
-    }
-    let _ = watcher.await;
-    let _ = lag.await;
-    tracing::info!(consumer = worker.spec.durable, "stopped consuming");
 }
 
 struct Worker<H> {
@@ -383,13 +464,19 @@ impl<H> Worker<H> {
         }
     }
 
+    /// How often a message being handled, or waiting in a fair buffer, is reported in
+    /// progress: well inside `ack_wait`, so the server does not redeliver it meanwhile.
+    fn progress_interval(&self) -> Duration {
+        (self.spec.ack_wait / 3).max(Duration::from_millis(100))
+    }
+
     /// Runs `work`, telling the server every `ack_wait / 3` that the message is in progress.
     async fn with_progress<T>(
         &self,
         message: &jetstream::Message,
         work: impl Future<Output = T>,
     ) -> T {
-        let interval = (self.spec.ack_wait / 3).max(Duration::from_millis(100));
+        let interval = self.progress_interval();
         tokio::pin!(work);
         loop {
             tokio::select! {
@@ -504,7 +591,35 @@ struct RunContext {
 }
 
 impl Consumer {
+    /// A consumer that handles messages in stream order ([`run`]).
     pub fn new<E, H>(consumer: PullConsumer, spec: ConsumerSpec, handler: Arc<H>) -> Self
+    where
+        E: Consumable,
+        H: EventHandler<E>,
+    {
+        Self::scheduled::<E, H>(consumer, spec, None, handler)
+    }
+
+    /// A consumer that shares its capacity fairly between tenants ([`run_fair`]).
+    pub fn fair<E, H>(
+        consumer: PullConsumer,
+        spec: ConsumerSpec,
+        fairness: Fairness,
+        handler: Arc<H>,
+    ) -> Self
+    where
+        E: Consumable,
+        H: EventHandler<E>,
+    {
+        Self::scheduled::<E, H>(consumer, spec, Some(fairness), handler)
+    }
+
+    fn scheduled<E, H>(
+        consumer: PullConsumer,
+        spec: ConsumerSpec,
+        fairness: Option<Fairness>,
+        handler: Arc<H>,
+    ) -> Self
     where
         E: Consumable,
         H: EventHandler<E>,
@@ -512,11 +627,12 @@ impl Consumer {
         Self {
             durable: spec.durable,
             start: Box::new(move |cx: RunContext| {
-                Box::pin(run::<E, H>(
+                Box::pin(run_scheduled::<E, H>(
                     cx.js,
                     cx.ns,
                     consumer,
                     spec,
+                    fairness,
                     handler,
                     cx.shutdown,
                     cx.grace,
