@@ -24,6 +24,12 @@ pub struct MailerWorkerConfig {
     pub max_deliver: i64,
     /// Emails one replica sends at the same time.
     pub concurrency: usize,
+    /// Emails of one subaccount one replica sends at the same time, so a flood from one
+    /// tenant leaves the other slots to everyone else.
+    pub per_tenant_concurrency: usize,
+    /// Auth-link events one replica pulls ahead and holds (waiting and in flight): how far it
+    /// looks past one tenant's flood for other tenants' links.
+    pub buffer: usize,
     /// JetStream redelivery delays after the 1st, 2nd, ... failed delivery (the last repeats).
     pub retry_delays: Vec<Duration>,
 }
@@ -72,6 +78,28 @@ impl ServiceConfig for MailerWorkerConfig {
         if !(1..=256).contains(&concurrency) {
             env.problem("MAILER_CONCURRENCY", "must be between 1 and 256");
         }
+        let per_tenant_concurrency: usize = env.value(
+            "MAILER_PER_TENANT_CONCURRENCY",
+            "2",
+            "Emails of one subaccount one mailer-worker replica sends at the same time (1 to MAILER_CONCURRENCY), so one tenant's flood cannot take every slot.",
+        );
+        if per_tenant_concurrency == 0 || per_tenant_concurrency > concurrency {
+            env.problem(
+                "MAILER_PER_TENANT_CONCURRENCY",
+                "must be between 1 and MAILER_CONCURRENCY",
+            );
+        }
+        let buffer: usize = env.value(
+            "MAILER_BUFFER",
+            "1000",
+            "Auth-link events one mailer-worker replica pulls ahead and holds, so another tenant's link is found behind a flood (MAILER_CONCURRENCY to 100000).",
+        );
+        if buffer < concurrency || buffer > 100_000 {
+            env.problem(
+                "MAILER_BUFFER",
+                "must be between MAILER_CONCURRENCY and 100000",
+            );
+        }
         let retry_delays: RetryDelays = env.value(
             "MAILER_RETRY_DELAYS",
             "5s,30s,2m,10m",
@@ -85,6 +113,8 @@ impl ServiceConfig for MailerWorkerConfig {
             mail_from,
             max_deliver,
             concurrency,
+            per_tenant_concurrency,
+            buffer,
             retry_delays: retry_delays.0,
         }
     }
@@ -179,6 +209,8 @@ mod tests {
         assert_eq!(config.mail_from.email.to_string(), "no-reply@localhost");
         assert_eq!(config.max_deliver, 10);
         assert_eq!(config.concurrency, 8);
+        assert_eq!(config.per_tenant_concurrency, 2);
+        assert_eq!(config.buffer, 1000);
         assert_eq!(config.retry_delays.len(), 4);
         assert_eq!(config.retry_delays[3], Duration::from_secs(600));
     }
@@ -222,6 +254,38 @@ mod tests {
         let text = err.to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("hunter3"), "{text}");
+    }
+
+    #[test]
+    fn fairness_settings_must_fit_the_concurrency() {
+        for (pairs, setting) in [
+            (
+                vec![("MAILER_PER_TENANT_CONCURRENCY", "0")],
+                "MAILER_PER_TENANT_CONCURRENCY",
+            ),
+            (
+                vec![
+                    ("MAILER_CONCURRENCY", "4"),
+                    ("MAILER_PER_TENANT_CONCURRENCY", "5"),
+                ],
+                "MAILER_PER_TENANT_CONCURRENCY",
+            ),
+            (vec![("MAILER_BUFFER", "7")], "MAILER_BUFFER"),
+            (vec![("MAILER_BUFFER", "100001")], "MAILER_BUFFER"),
+        ] {
+            let err = read(&pairs).expect_err("refused");
+            assert!(
+                err.problems.iter().any(|p| p.setting == setting),
+                "{pairs:?}: {err}"
+            );
+        }
+        let config = read(&[
+            ("MAILER_CONCURRENCY", "4"),
+            ("MAILER_PER_TENANT_CONCURRENCY", "4"),
+            ("MAILER_BUFFER", "4"),
+        ])
+        .expect("a per-tenant cap equal to the concurrency and the smallest buffer are valid");
+        assert_eq!((config.per_tenant_concurrency, config.buffer), (4, 4));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use schemas::events::AuthLinkIssued;
 use schemas::subjects::{MAILER_CONSUMER, Namespace};
-use service_kit::consumer::{self, ConsumerSpec};
+use service_kit::consumer::{self, Consumer, ConsumerSpec, Fairness};
 use service_kit::{CancellationToken, Infrastructure, StartupError};
 use tokio::net::TcpListener;
 
@@ -27,9 +27,10 @@ use smtp::SmtpSender;
 /// The name in logs, metrics, the NATS connection and durable consumer names.
 pub const SERVICE: &str = "mailer-worker";
 
-/// Unacknowledged auth-link events the server hands out at once, across replicas. Events
-/// waiting for a redelivery delay count too, so this is generous: an SMTP outage parks many.
-const MAX_ACK_PENDING: i64 = 1000;
+/// Unacknowledged auth-link events waiting for a redelivery delay the consumer leaves room
+/// for, across replicas: generous, an SMTP outage parks many. The consumer's `max_ack_pending`
+/// is this plus the replicas' buffers ([`Fairness::max_ack_pending`]).
+const RETRY_HEADROOM: i64 = 1000;
 
 /// How long the server waits for an ack before redelivering. A delivery being handled tells the
 /// server so every `ACK_WAIT / 3` (service-kit's consumer), so this bounds only how soon an
@@ -53,7 +54,7 @@ pub async fn run(
     })?;
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
-    let spec = consumer_spec(&config, &infra.namespace);
+    let (spec, fairness) = consumer_spec(&config, &infra.namespace);
     let consumer = consumer::ensure_consumer(&infra.jetstream, &infra.namespace, &spec).await?;
     tracing::info!(smtp = sender.server(), from = %config.mail_from, "emailing authorization links");
     // A claim outlives the longest delivery, so only a dead one's claim is taken over.
@@ -65,13 +66,16 @@ pub async fn run(
         lease,
     });
 
-    let served = consumer::consume_and_serve::<AuthLinkIssued, _>(
+    // Links of every tenant share the senders: one tenant's burst must not make another's
+    // links expire in the queue.
+    let consumers = vec![Consumer::fair::<AuthLinkIssued, _>(
+        consumer, spec, fairness, handler,
+    )];
+    let served = consumer::consume_all_and_serve(
         SERVICE,
         &infra,
         listener,
-        consumer,
-        spec,
-        handler,
+        consumers,
         shutdown,
         config.common.shutdown_grace,
     )
@@ -80,15 +84,42 @@ pub async fn run(
     served
 }
 
-/// The durable consumer's settings.
-fn consumer_spec(config: &MailerWorkerConfig, ns: &Namespace) -> ConsumerSpec {
-    ConsumerSpec {
+/// The durable consumer's settings, and how it shares the senders between tenants.
+fn consumer_spec(config: &MailerWorkerConfig, ns: &Namespace) -> (ConsumerSpec, Fairness) {
+    let fairness = Fairness {
+        per_tenant_concurrency: config.per_tenant_concurrency,
+        buffer: config.buffer,
+    };
+    let spec = ConsumerSpec {
         durable: MAILER_CONSUMER,
         filter_subject: ns.event_filter::<AuthLinkIssued>(),
         ack_wait: ACK_WAIT,
         max_deliver: config.max_deliver,
-        max_ack_pending: MAX_ACK_PENDING,
+        max_ack_pending: fairness.max_ack_pending(RETRY_HEADROOM),
         concurrency: config.concurrency,
         retry_delays: config.retry_delays.clone(),
+    };
+    (spec, fairness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::Env;
+    use service_kit::ServiceConfig;
+
+    #[test]
+    fn the_default_consumer_is_fair_and_its_pending_limit_holds_the_buffers() {
+        let config = MailerWorkerConfig::from_env(Env::from_pairs(Vec::<(String, String)>::new()))
+            .expect("defaults are valid");
+        let (spec, fairness) = consumer_spec(&config, &Namespace::new("gcal").expect("ns"));
+        assert_eq!(fairness.check(&spec), Ok(()));
+        assert_eq!(fairness.per_tenant_concurrency, 2);
+        assert!(
+            spec.max_ack_pending
+                >= RETRY_HEADROOM
+                    + service_kit::consumer::BUFFERED_REPLICAS
+                        * i64::try_from(fairness.buffer).expect("small")
+        );
     }
 }
