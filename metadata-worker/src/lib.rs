@@ -13,7 +13,7 @@ use schemas::events::WebhookDeliveryRequested;
 use schemas::subjects::{
     METADATA_CONSUMER, Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER,
 };
-use service_kit::consumer::{self, Consumer, ConsumerSpec};
+use service_kit::consumer::{self, Consumer, ConsumerSpec, Fairness};
 use service_kit::{CancellationToken, Infrastructure, StartupError};
 use tokio::net::TcpListener;
 
@@ -21,6 +21,7 @@ pub use config::MetadataWorkerConfig;
 
 use crate::events::ConnectionEvents;
 use crate::handler::ConnectionEventHandler;
+use crate::webhooks::WebhookConfig;
 use crate::webhooks::delivery::DeliveryHandler;
 use crate::webhooks::fan_out::FanOutHandler;
 
@@ -99,16 +100,7 @@ async fn webhook_consumers(
         durable: WEBHOOK_FAN_OUT_CONSUMER,
         ..consumer_spec(config, ns)
     };
-    let delivery_spec = ConsumerSpec {
-        durable: WEBHOOK_DELIVERY_CONSUMER,
-        filter_subject: ns.event_filter::<WebhookDeliveryRequested>(),
-        // Progress is signalled while a POST runs; this only bounds a hung process.
-        ack_wait: webhooks.timeout + ACK_WAIT,
-        max_deliver: webhooks.max_deliver,
-        max_ack_pending: (webhooks.concurrency as i64 * 8).max(256),
-        concurrency: webhooks.concurrency,
-        retry_delays: webhooks.retry_delays.clone(),
-    };
+    let (delivery_spec, delivery_fairness) = delivery_spec(webhooks, ns);
     let fan_out = consumer::ensure_consumer(&infra.jetstream, ns, &fan_out_spec).await?;
     let delivery = consumer::ensure_consumer(&infra.jetstream, ns, &delivery_spec).await?;
     let deliverer = DeliveryHandler::new(infra.clone(), webhooks.clone()).map_err(|e| {
@@ -125,6 +117,84 @@ async fn webhook_consumers(
                 infra: infra.clone(),
             }),
         ),
-        Consumer::new::<WebhookDeliveryRequested, _>(delivery, delivery_spec, Arc::new(deliverer)),
+        // Every tenant's receivers share the POST slots: one tenant's burst or slow receivers
+        // must not hold back everyone else's webhooks.
+        Consumer::fair::<WebhookDeliveryRequested, _>(
+            delivery,
+            delivery_spec,
+            delivery_fairness,
+            Arc::new(deliverer),
+        ),
     ])
+}
+
+/// The webhook delivery consumer's settings, and how it shares the POST slots between tenants.
+fn delivery_spec(webhooks: &WebhookConfig, ns: &Namespace) -> (ConsumerSpec, Fairness) {
+    let fairness = Fairness {
+        per_tenant_concurrency: webhooks.per_tenant_concurrency,
+        buffer: webhooks.buffer,
+    };
+    let spec = ConsumerSpec {
+        durable: WEBHOOK_DELIVERY_CONSUMER,
+        filter_subject: ns.event_filter::<WebhookDeliveryRequested>(),
+        // Progress is signalled while a POST runs; this only bounds a hung process.
+        ack_wait: webhooks.timeout + ACK_WAIT,
+        max_deliver: webhooks.max_deliver,
+        // Room for the webhooks waiting for a retry, plus every replica's buffer.
+        max_ack_pending: fairness.max_ack_pending((webhooks.concurrency as i64 * 8).max(256)),
+        concurrency: webhooks.concurrency,
+        retry_delays: webhooks.retry_delays.clone(),
+    };
+    (spec, fairness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use service_kit::{Env, ServiceConfig};
+
+    fn config(
+        pairs: &[(&str, &str)],
+    ) -> Result<MetadataWorkerConfig, service_kit::config::ConfigError> {
+        MetadataWorkerConfig::from_env(Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn webhook_deliveries_are_fair_by_default_and_the_pending_limit_holds_the_buffers() {
+        let config = config(&[]).expect("defaults are valid");
+        let (spec, fairness) =
+            delivery_spec(&config.webhooks, &Namespace::new("gcal").expect("ns"));
+        assert_eq!(fairness.per_tenant_concurrency, 4);
+        assert_eq!(fairness.buffer, 1000);
+        assert_eq!(fairness.check(&spec), Ok(()));
+        assert_eq!(spec.max_ack_pending, 256 + 4 * 1000);
+    }
+
+    #[test]
+    fn webhook_fairness_settings_must_fit_the_concurrency() {
+        for (pairs, setting) in [
+            (
+                vec![("WEBHOOK_PER_TENANT_CONCURRENCY", "0")],
+                "WEBHOOK_PER_TENANT_CONCURRENCY",
+            ),
+            (
+                vec![("WEBHOOK_PER_TENANT_CONCURRENCY", "17")],
+                "WEBHOOK_PER_TENANT_CONCURRENCY",
+            ),
+            (vec![("WEBHOOK_BUFFER", "15")], "WEBHOOK_BUFFER"),
+            (vec![("WEBHOOK_BUFFER", "lots")], "WEBHOOK_BUFFER"),
+        ] {
+            let err = config(&pairs).expect_err("refused");
+            assert!(
+                err.problems.iter().any(|p| p.setting == setting),
+                "{pairs:?}: {err}"
+            );
+        }
+        config(&[
+            ("WEBHOOK_CONCURRENCY", "2"),
+            ("WEBHOOK_PER_TENANT_CONCURRENCY", "2"),
+            ("WEBHOOK_BUFFER", "2"),
+        ])
+        .expect("a cap equal to the concurrency and the smallest buffer are valid");
+    }
 }

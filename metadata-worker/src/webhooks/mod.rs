@@ -36,6 +36,12 @@ pub struct WebhookConfig {
     pub retry_delays: Vec<Duration>,
     /// Webhooks one replica POSTs at the same time.
     pub concurrency: usize,
+    /// Webhooks of one subaccount one replica POSTs at the same time: the per-tenant cap on
+    /// deliveries in flight, so one tenant's slow receivers or burst leave the other slots free.
+    pub per_tenant_concurrency: usize,
+    /// Delivery requests one replica pulls ahead and holds (waiting and in flight): how far it
+    /// looks past one tenant's burst for other tenants' webhooks.
+    pub buffer: usize,
 }
 
 impl WebhookConfig {
@@ -73,6 +79,28 @@ impl WebhookConfig {
         if !(1..=1024).contains(&concurrency) {
             env.problem("WEBHOOK_CONCURRENCY", "must be between 1 and 1024");
         }
+        let per_tenant_concurrency: usize = env.value(
+            "WEBHOOK_PER_TENANT_CONCURRENCY",
+            "4",
+            "Webhooks of one subaccount one metadata-worker replica POSTs at the same time (1 to WEBHOOK_CONCURRENCY), so one tenant's slow receivers or burst cannot take every slot.",
+        );
+        if per_tenant_concurrency == 0 || per_tenant_concurrency > concurrency {
+            env.problem(
+                "WEBHOOK_PER_TENANT_CONCURRENCY",
+                "must be between 1 and WEBHOOK_CONCURRENCY",
+            );
+        }
+        let buffer: usize = env.value(
+            "WEBHOOK_BUFFER",
+            "1000",
+            "Webhook delivery requests one metadata-worker replica pulls ahead and holds, so another tenant's webhook is found behind a burst (WEBHOOK_CONCURRENCY to 100000).",
+        );
+        if buffer < concurrency || buffer > 100_000 {
+            env.problem(
+                "WEBHOOK_BUFFER",
+                "must be between WEBHOOK_CONCURRENCY and 100000",
+            );
+        }
         Self {
             policy,
             secrets,
@@ -80,6 +108,8 @@ impl WebhookConfig {
             max_deliver,
             retry_delays: retry_delays.0,
             concurrency,
+            per_tenant_concurrency,
+            buffer,
         }
     }
 }
