@@ -169,9 +169,14 @@ fn subaccount() -> SubaccountId {
 
 /// An event like the oauth-worker's: a consent URL with `&` separators and a single-use state.
 fn link_event(to: &str) -> Envelope<AuthLinkIssued> {
+    link_event_of(subaccount(), to)
+}
+
+/// [`link_event`] of another subaccount (tenant).
+fn link_event_of(subaccount: SubaccountId, to: &str) -> Envelope<AuthLinkIssued> {
     let state = uuid::Uuid::new_v4().simple().to_string();
     Envelope::new(
-        subaccount(),
+        subaccount,
         uuid::Uuid::now_v7(),
         AuthLinkIssued {
             user_email: UserEmail::parse(to).expect("email"),
@@ -520,5 +525,78 @@ async fn an_smtp_outage_outlasting_every_delivery_parks_the_event_with_the_reaso
     );
     assert_eq!(header(&parked[0], headers::DEAD_LETTER_DELIVERIES), "2");
     mailer.wait_settled(seq).await;
+    mailer.stop().await;
+}
+
+#[tokio::test]
+async fn one_tenants_flood_of_links_does_not_hold_back_another_tenants_link() {
+    const FLOOD: usize = 100;
+    let ctx = TestContext::new();
+    let sink = SmtpSink::start();
+    // Every send takes at least 300 ms: the flood alone keeps the senders busy for seconds.
+    sink.delay_acceptance(Duration::from_millis(300));
+    let mailer = Mailer::start(
+        &ctx,
+        &sink.url(),
+        &[
+            ("MAILER_CONCURRENCY", "4"),
+            ("MAILER_PER_TENANT_CONCURRENCY", "2"),
+        ],
+    )
+    .await;
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|i| link_event(&format!("flood-{i}@example.com")))
+        .collect();
+    for event in &flood {
+        mailer.publish(event).await;
+    }
+    let other = link_event_of(
+        SubaccountId::parse("68cf05f060d294db17c0b000").expect("id"),
+        "other-tenant@example.com",
+    );
+    let last = mailer.publish(&other).await;
+    let published = Instant::now();
+
+    // In stream order the link would wait for the flood in front of it: 100 sends, 4 at a
+    // time, 300 ms each, at least 7.5 s. Fairly it takes a sender A may not use.
+    const BOUND: Duration = Duration::from_secs(3);
+    let is_other = |m: &ReceivedMessage| m.to == ["other-tenant@example.com"];
+    let received = loop {
+        let received = sink.messages();
+        if received.iter().any(is_other) {
+            break received;
+        }
+        assert!(
+            published.elapsed() < BOUND,
+            "the other tenant's link did not arrive within {BOUND:?} ({} of the flood's {FLOOD} did)",
+            received.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let flood_before = received.iter().take_while(|m| !is_other(m)).count();
+    assert!(
+        flood_before < FLOOD / 2,
+        "the flood was still being sent when the other link arrived ({flood_before} of {FLOOD} sent)"
+    );
+    assert_is_the_link_email(
+        received.iter().find(|m| is_other(m)).expect("found above"),
+        &other,
+    );
+
+    // The flood is sent too, each link once.
+    let received = sink
+        .wait_for_messages(FLOOD + 1, Duration::from_secs(60))
+        .await;
+    let mut recipients: Vec<String> = received.iter().flat_map(|m| m.to.clone()).collect();
+    recipients.sort();
+    let mut expected: Vec<String> = flood
+        .iter()
+        .chain([&other])
+        .map(|e| e.payload.user_email.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(recipients, expected, "every link emailed once");
+    mailer.wait_settled(last).await;
+    assert_eq!(sink.messages().len(), FLOOD + 1, "and no second copy later");
     mailer.stop().await;
 }
