@@ -227,6 +227,33 @@ async fn limits_are_shared_by_every_api_and_oauth_worker_replica() {
     }
 }
 
+#[tokio::test]
+async fn dev_helpers_are_limited_per_client_address() {
+    let api = Api::start(&[
+        ("API_DEV_MODE", "true"),
+        ("RATE_LIMIT_DEV_PER_CLIENT", "3/1h"),
+    ])
+    .await;
+    let body = json!({ "subaccountId": SUB_A });
+    assert_eq!(api.get("/", None).await.status, 200);
+    assert_eq!(api.post("/dev/token", None, &body).await.status, 200);
+    assert_eq!(api.get("/dev/page.js", None).await.status, 200);
+    // The client's fourth request of the hour, whatever the route; a forwarded address
+    // claiming to be someone else changes nothing.
+    let refused = reply_with_header(&api, "/dev/token", "x-forwarded-for", "198.51.100.7").await;
+    assert_limited(&refused, "dev_per_client");
+    assert_limited(&api.get("/", None).await, "dev_per_client");
+}
+
+async fn reply_with_header(api: &Api, path: &str, name: &str, value: &str) -> Reply {
+    api_support::reply(
+        api.request(Method::POST, path)
+            .header(name, value)
+            .json(&json!({ "subaccountId": SUB_A })),
+    )
+    .await
+}
+
 /// Tenant A asks for links as fast as it can for 10 s while tenant B asks for one in the
 /// middle: A gets no more emails than its limit allows, and B's email arrives within
 /// [`B_EMAIL_BOUND`] with a link that still works.
