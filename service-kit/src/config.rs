@@ -220,6 +220,45 @@ impl From<HumanDuration> for Duration {
     }
 }
 
+/// A size in bytes written for people: `4096`, `64KiB`, `512MiB`, `10GiB` (binary units), or
+/// `64KB`, `10GB` (decimal units). Case does not matter; a space before the unit is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not a size such as 4096, 64KiB, 512MiB or 10GiB (got {raw:?})");
+        let raw = raw.trim();
+        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+        let (digits, unit) = raw.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| bad())?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => return Err(bad()),
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{raw} is too large"))
+    }
+}
+
+impl ByteSize {
+    /// As JetStream's signed limits want it (saturating: no real limit comes near).
+    pub fn as_i64(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -388,13 +427,25 @@ pub struct CommonConfig {
     pub otlp_endpoint: Option<url::Url>,
 }
 
-/// Retention of the JetStream streams, applied (and updated) by every service at start-up.
+/// Retention and bounds of the JetStream streams, applied (and updated) by every service at
+/// start-up. See the operator guide's "Bounded storage" for why each bound is what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSettings {
     pub events_max_age: Duration,
     pub duplicate_window: Duration,
     pub dead_letter_max_age: Duration,
     pub replicas: usize,
+    /// The domain stream's disk budget; once full, every publish is refused (discard New)
+    /// rather than older, possibly unconsumed, events being dropped.
+    pub events_max_bytes: i64,
+    /// Events kept per subject, i.e. per event type and subaccount; a subaccount at its bound
+    /// has its own publishes of that type refused, nobody else's.
+    pub events_max_msgs_per_subject: i64,
+    /// The largest event (payload and headers) the domain stream accepts.
+    pub events_max_msg_size: i32,
+    /// The dead-letter stream's disk budget; once full, parking fails and the consumer keeps
+    /// the message pending instead of a parked event being dropped.
+    pub dead_letter_max_bytes: i64,
 }
 
 impl CommonConfig {
@@ -456,35 +507,87 @@ impl CommonConfig {
                     "How long a graceful shutdown waits for in-flight work.",
                 )
                 .into(),
-            streams: StreamSettings {
-                events_max_age: env
-                    .value::<HumanDuration>(
-                        "EVENTS_MAX_AGE",
-                        "30d",
-                        "How long the domain event stream keeps events (the replay window).",
-                    )
-                    .into(),
-                duplicate_window: env
-                    .value::<HumanDuration>(
-                        "EVENTS_DUPLICATE_WINDOW",
-                        "2m",
-                        "Window in which JetStream drops a re-published event id.",
-                    )
-                    .into(),
-                dead_letter_max_age: env
-                    .value::<HumanDuration>(
-                        "DEAD_LETTER_MAX_AGE",
-                        "90d",
-                        "How long parked (dead-lettered) events are kept.",
-                    )
-                    .into(),
-                replicas,
-            },
+            // Read here, after the start-up settings, to keep the generated reference's order.
+            streams: StreamSettings::from_env(env, replicas),
             log_format: env.value("LOG_FORMAT", "text", "`text` or `json` (one object per line)."),
             otlp_endpoint: env.optional(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 "OTLP/HTTP collector base URL (e.g. `http://127.0.0.1:4318`); when set, spans are sampled and exported to `<url>/v1/traces`. Unset: trace context still travels and logs show `trace_id`, nothing is exported.",
             ),
+        }
+    }
+}
+
+impl StreamSettings {
+    fn from_env(env: &mut Env, replicas: usize) -> Self {
+        let events_max_age = env
+            .value::<HumanDuration>(
+                "EVENTS_MAX_AGE",
+                "30d",
+                "How long the domain event stream keeps events (the replay window).",
+            )
+            .into();
+        let duplicate_window = env
+            .value::<HumanDuration>(
+                "EVENTS_DUPLICATE_WINDOW",
+                "2m",
+                "Window in which JetStream drops a re-published event id.",
+            )
+            .into();
+        let dead_letter_max_age = env
+            .value::<HumanDuration>(
+                "DEAD_LETTER_MAX_AGE",
+                "90d",
+                "How long parked (dead-lettered) events are kept.",
+            )
+            .into();
+        let events_max_bytes: ByteSize = env.value(
+            "EVENTS_MAX_BYTES",
+            "10GiB",
+            "Disk budget of the domain event stream (reserved on the NATS server). When full, every publish is refused until events age out; nothing stored is dropped.",
+        );
+        let events_max_msgs_per_subject: u64 = env.value(
+            "EVENTS_MAX_MSGS_PER_SUBJECT",
+            "100000",
+            "Events the domain stream keeps per event type and subaccount within EVENTS_MAX_AGE; a subaccount at this bound has its own publishes of that type refused, other subaccounts are unaffected.",
+        );
+        let events_max_msg_size: ByteSize = env.value(
+            "EVENTS_MAX_MSG_SIZE",
+            "64KiB",
+            "Largest event (payload and headers) the domain stream accepts.",
+        );
+        let dead_letter_max_bytes: ByteSize = env.value(
+            "DEAD_LETTER_MAX_BYTES",
+            "1GiB",
+            "Disk budget of the dead-letter stream (reserved on the NATS server). When full, parking fails and the event stays pending on its consumer; nothing parked is dropped.",
+        );
+        const MIB: u64 = 1 << 20;
+        if events_max_bytes.0 < MIB {
+            env.problem("EVENTS_MAX_BYTES", "must be at least 1MiB");
+        }
+        if dead_letter_max_bytes.0 < MIB {
+            env.problem("DEAD_LETTER_MAX_BYTES", "must be at least 1MiB");
+        }
+        if events_max_msgs_per_subject < 1 {
+            env.problem("EVENTS_MAX_MSGS_PER_SUBJECT", "must be at least 1");
+        }
+        // An event is about 1 KiB; below 4 KiB a legitimate one could be refused.
+        if !(4 << 10..=MIB).contains(&events_max_msg_size.0) {
+            env.problem(
+                "EVENTS_MAX_MSG_SIZE",
+                "must be between 4KiB and 1MiB (the NATS default max_payload)",
+            );
+        }
+        Self {
+            events_max_age,
+            duplicate_window,
+            dead_letter_max_age,
+            replicas,
+            events_max_bytes: events_max_bytes.as_i64(),
+            events_max_msgs_per_subject: i64::try_from(events_max_msgs_per_subject)
+                .unwrap_or(i64::MAX),
+            events_max_msg_size: i32::try_from(events_max_msg_size.0).unwrap_or(i32::MAX),
+            dead_letter_max_bytes: dead_letter_max_bytes.as_i64(),
         }
     }
 }
@@ -538,6 +641,65 @@ mod tests {
         env.finish().expect("empty means default");
         assert_eq!(config.nats_url.0.host(), "127.0.0.1");
         assert_eq!(config.nats_url.0.port(), 4222);
+    }
+
+    #[test]
+    fn sizes_read_in_binary_and_decimal_units() {
+        for (raw, bytes) in [
+            ("4096", 4096),
+            ("64KiB", 64 << 10),
+            ("512 MiB", 512 << 20),
+            ("10gib", 10 << 30),
+            ("2TiB", 2 << 40),
+            ("64KB", 64_000),
+            ("10GB", 10_000_000_000),
+            ("7b", 7),
+        ] {
+            assert_eq!(raw.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{raw}");
+        }
+        for bad in [
+            "",
+            "ten",
+            "10 parsecs",
+            "-1",
+            "1.5GiB",
+            "99999999999999999999TiB",
+        ] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn streams_are_bounded_by_default_and_bad_bounds_are_named() {
+        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        let streams = CommonConfig::from_env(&mut env).streams;
+        env.finish().expect("defaults are valid");
+        assert_eq!(streams.events_max_bytes, 10 << 30);
+        assert_eq!(streams.events_max_msgs_per_subject, 100_000);
+        assert_eq!(streams.events_max_msg_size, 64 << 10);
+        assert_eq!(streams.dead_letter_max_bytes, 1 << 30);
+        // The per-subject bound must exceed what rate-limited legitimate use stores within
+        // the replay window: ~100 emailed links per subaccount and hour for 30 days.
+        let hours = i64::try_from(streams.events_max_age.as_secs() / 3600).expect("hours");
+        assert!(streams.events_max_msgs_per_subject > 100 * hours);
+
+        let mut env = Env::from_pairs([
+            ("EVENTS_MAX_BYTES", "100KiB"),
+            ("EVENTS_MAX_MSGS_PER_SUBJECT", "0"),
+            ("EVENTS_MAX_MSG_SIZE", "2MiB"),
+            ("DEAD_LETTER_MAX_BYTES", "lots"),
+        ]);
+        CommonConfig::from_env(&mut env);
+        let err = env.finish().expect_err("bad bounds");
+        let names: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
+        for expected in [
+            "EVENTS_MAX_BYTES",
+            "EVENTS_MAX_MSGS_PER_SUBJECT",
+            "EVENTS_MAX_MSG_SIZE",
+            "DEAD_LETTER_MAX_BYTES",
+        ] {
+            assert!(names.contains(&expected), "{expected} missing from {err}");
+        }
     }
 
     #[test]

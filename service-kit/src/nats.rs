@@ -42,7 +42,16 @@ pub async fn connect(
     retry_for(limit, NATS, connect_once).await
 }
 
-/// The two streams every deployment has.
+/// The two streams every deployment has, with their bounds (see the operator guide's
+/// "Bounded storage").
+///
+/// The domain stream refuses rather than drops: `discard: New` with
+/// `discard_new_per_subject`, so a subject (one event type of one subaccount) at
+/// `max_msgs_per_subject` gets its own publishes refused while every other subaccount keeps
+/// publishing, and a full stream (`max_bytes`) refuses everyone instead of deleting older,
+/// possibly unconsumed, events. The dead-letter stream has no per-subject bound (its subjects
+/// are per consumer, not per tenant) but is just as bounded and just as unwilling to drop: a
+/// full one makes parking fail, and the consumer keeps the message pending.
 pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Config; 2] {
     [
         stream::Config {
@@ -53,7 +62,11 @@ pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Con
             subjects: ns.events_stream_subjects(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::Old,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            max_bytes: settings.events_max_bytes,
+            max_messages_per_subject: settings.events_max_msgs_per_subject,
+            max_message_size: settings.events_max_msg_size,
             max_age: settings.events_max_age,
             duplicate_window: settings.duplicate_window,
             num_replicas: settings.replicas,
@@ -67,7 +80,11 @@ pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Con
             subjects: ns.dead_letter_stream_subjects(),
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::Old,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: false,
+            max_bytes: settings.dead_letter_max_bytes,
+            max_messages_per_subject: UNLIMITED,
+            max_message_size: UNLIMITED_SIZE,
             max_age: settings.dead_letter_max_age,
             duplicate_window: settings.duplicate_window,
             num_replicas: settings.replicas,
@@ -75,6 +92,10 @@ pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Con
         },
     ]
 }
+
+/// JetStream's "no limit" (the server reports an unset limit as -1).
+const UNLIMITED: i64 = -1;
+const UNLIMITED_SIZE: i32 = -1;
 
 /// What provisioning did to one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +115,22 @@ pub async fn ensure_streams(
     let mut changes = Vec::new();
     for config in stream_configs(ns, settings) {
         let name = config.name.clone();
-        let change = ensure_stream(js, config).await.map_err(|cause| StartupError::Misconfigured {
-            setting: "NATS_URL",
-            cause: format!("cannot provision JetStream stream {name} (is JetStream enabled on the server?): {cause}"),
+        let budget = if name == ns.events_stream() {
+            "EVENTS_MAX_BYTES"
+        } else {
+            "DEAD_LETTER_MAX_BYTES"
+        };
+        let change = ensure_stream(js, config).await.map_err(|e| match e {
+            ProvisionError::NoStorage(cause) => StartupError::Misconfigured {
+                setting: budget,
+                cause: format!(
+                    "the NATS server cannot reserve it for stream {name} ({cause}): lower it, or raise the server's JetStream max_file_store"
+                ),
+            },
+            ProvisionError::Other(cause) => StartupError::Misconfigured {
+                setting: "NATS_URL",
+                cause: format!("cannot provision JetStream stream {name} (is JetStream enabled on the server?): {cause}"),
+            },
         })?;
         tracing::info!(stream = %name, ?change, "stream ready");
         changes.push((name, change));
@@ -104,10 +138,36 @@ pub async fn ensure_streams(
     Ok(changes)
 }
 
+/// Why a stream could not be provisioned.
+enum ProvisionError {
+    /// The server cannot reserve the stream's `max_bytes` (JetStream storage exhausted).
+    NoStorage(String),
+    Other(String),
+}
+
+impl From<String> for ProvisionError {
+    fn from(cause: String) -> Self {
+        Self::Other(cause)
+    }
+}
+
+impl ProvisionError {
+    fn of(err: &jetstream::context::CreateStreamError) -> Self {
+        match err.kind() {
+            jetstream::context::CreateStreamErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+            {
+                Self::NoStorage(err.to_string())
+            }
+            _ => Self::Other(err.to_string()),
+        }
+    }
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
-) -> Result<StreamChange, String> {
+) -> Result<StreamChange, ProvisionError> {
     // Two rounds: a replica that loses a creation race finds the stream on its second look.
     for _ in 0..2 {
         match js.get_stream(&wanted.name).await {
@@ -115,31 +175,31 @@ async fn ensure_stream(
                 let info = existing.info().await.map_err(|e| e.to_string())?;
                 if differs(&info.config, &wanted) {
                     if info.config.storage != wanted.storage {
-                        return Err(format!(
+                        return Err(ProvisionError::Other(format!(
                             "stream {} exists with {:?} storage; it must be recreated as {:?}",
                             wanted.name, info.config.storage, wanted.storage
-                        ));
+                        )));
                     }
                     js.update_stream(merge(info.config.clone(), &wanted))
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| ProvisionError::of(&e))?;
                     return Ok(StreamChange::Updated);
                 }
                 return Ok(StreamChange::Unchanged);
             }
             Err(e) if is_stream_not_found(&e) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ProvisionError::Other(e.to_string())),
         }
         match js.create_stream(wanted.clone()).await {
             Ok(_) => return Ok(StreamChange::Created),
             Err(e) if is_name_taken(&e) => continue,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ProvisionError::of(&e)),
         }
     }
-    Err(format!(
+    Err(ProvisionError::Other(format!(
         "stream {} kept changing while being provisioned",
         wanted.name
-    ))
+    )))
 }
 
 fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
@@ -153,22 +213,49 @@ fn is_name_taken(err: &jetstream::context::CreateStreamError) -> bool {
 }
 
 /// Whether any setting this crate manages differs. Settings we do not manage (an operator's
-/// `max_bytes`, say) are left as they are.
+/// `max_msgs` or `max_consumers`, say) are left as they are.
 fn differs(current: &stream::Config, wanted: &stream::Config) -> bool {
     current.subjects != wanted.subjects
         || current.retention != wanted.retention
         || current.storage != wanted.storage
         || current.discard != wanted.discard
+        || current.discard_new_per_subject != wanted.discard_new_per_subject
+        || limit(current.max_bytes) != limit(wanted.max_bytes)
+        || limit(current.max_messages_per_subject) != limit(wanted.max_messages_per_subject)
+        || limit(current.max_message_size.into()) != limit(wanted.max_message_size.into())
         || current.max_age != wanted.max_age
         || current.duplicate_window != wanted.duplicate_window
         || current.num_replicas != wanted.num_replicas
         || current.description != wanted.description
 }
 
+/// A JetStream limit with "unlimited" in one spelling: the server answers -1 for what a
+/// client may send as 0.
+fn limit(value: i64) -> i64 {
+    if value <= 0 { UNLIMITED } else { value }
+}
+
 fn merge(mut current: stream::Config, wanted: &stream::Config) -> stream::Config {
+    if limit(wanted.max_messages_per_subject) != UNLIMITED
+        && (limit(current.max_messages_per_subject) == UNLIMITED
+            || wanted.max_messages_per_subject < current.max_messages_per_subject)
+    {
+        // nats-server trims subjects above a lowered per-subject limit (oldest first), even
+        // with discard New: say so where an operator looks after a change.
+        tracing::warn!(
+            stream = %wanted.name,
+            from = current.max_messages_per_subject,
+            to = wanted.max_messages_per_subject,
+            "lowering max_msgs_per_subject: subjects holding more events lose their oldest ones"
+        );
+    }
     current.subjects = wanted.subjects.clone();
     current.retention = wanted.retention;
     current.discard = wanted.discard;
+    current.discard_new_per_subject = wanted.discard_new_per_subject;
+    current.max_bytes = wanted.max_bytes;
+    current.max_messages_per_subject = wanted.max_messages_per_subject;
+    current.max_message_size = wanted.max_message_size;
     current.max_age = wanted.max_age;
     current.duplicate_window = wanted.duplicate_window;
     current.num_replicas = wanted.num_replicas;
@@ -184,6 +271,53 @@ pub struct PublishError {
     pub event_id: uuid::Uuid,
     pub subject: String,
     pub cause: String,
+    /// The stream bound that refused the event, when that is why: retrying soon will not
+    /// help (room comes back as events age out, or when an operator raises the bound).
+    pub refused_by: Option<StreamLimit>,
+}
+
+/// A bound of the domain stream that can refuse a publish (see [`stream_configs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLimit {
+    /// `max_msgs_per_subject`: this event type of this subaccount is at its bound.
+    Subject,
+    /// `max_bytes`: the stream's disk budget is used up (everyone is refused).
+    StreamBytes,
+    /// `max_msgs`: the stream holds as many events as it may (not set by this crate).
+    StreamMessages,
+    /// `max_msg_size`: this one event is too large.
+    MessageSize,
+}
+
+impl StreamLimit {
+    /// The `limit` label of `events_publish_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::StreamBytes => "stream_bytes",
+            Self::StreamMessages => "stream_messages",
+            Self::MessageSize => "message_size",
+        }
+    }
+
+    /// The bound behind a refused publish, read from JetStream's error in the ack.
+    fn of(err: &jetstream::context::PublishError) -> Option<Self> {
+        let api = std::error::Error::source(err)?.downcast_ref::<jetstream::Error>()?;
+        let text = api.to_string();
+        match api.error_code() {
+            jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => Some(Self::MessageSize),
+            jetstream::ErrorCode::STREAM_STORE_FAILED if text.contains("per subject") => {
+                Some(Self::Subject)
+            }
+            jetstream::ErrorCode::STREAM_STORE_FAILED if text.contains("maximum bytes") => {
+                Some(Self::StreamBytes)
+            }
+            jetstream::ErrorCode::STREAM_STORE_FAILED if text.contains("maximum messages") => {
+                Some(Self::StreamMessages)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Publishes `event` on its subject and waits for JetStream's acknowledgement, so a returned
@@ -258,6 +392,7 @@ async fn publish_with_msg_id(
         event_id: event.event_id,
         subject: subject.clone(),
         cause,
+        refused_by: None,
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(schemas::subjects::headers::EVENT_TYPE, event.event_type);
@@ -275,5 +410,79 @@ async fn publish_with_msg_id(
         .send_publish(subject.clone(), message)
         .await
         .map_err(|e| error(e.to_string()))?;
-    ack.await.map_err(|e| error(e.to_string()))
+    ack.await.map_err(|e| {
+        let refused_by = StreamLimit::of(&e);
+        if let Some(limit) = refused_by {
+            metrics::counter!("events_publish_refused_total", "event_type" => event.event_type, "limit" => limit.as_str())
+                .increment(1);
+        }
+        PublishError {
+            refused_by,
+            ..error(e.to_string())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CommonConfig, Env};
+
+    fn settings() -> StreamSettings {
+        let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+        CommonConfig::from_env(&mut env).streams
+    }
+
+    #[test]
+    fn the_domain_stream_refuses_per_subject_and_the_dead_letters_never_drop() {
+        let ns = Namespace::new("t").expect("ns");
+        let [events, dead] = stream_configs(&ns, &settings());
+        assert_eq!(events.discard, stream::DiscardPolicy::New);
+        assert!(events.discard_new_per_subject);
+        assert_eq!(events.max_bytes, 10 << 30);
+        assert_eq!(events.max_messages_per_subject, 100_000);
+        assert_eq!(events.max_message_size, 64 << 10);
+        assert_eq!(dead.discard, stream::DiscardPolicy::New);
+        assert!(!dead.discard_new_per_subject);
+        assert_eq!(dead.max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn unlimited_reads_the_same_however_the_server_spells_it() {
+        let ns = Namespace::new("t").expect("ns");
+        let [_, wanted] = stream_configs(&ns, &settings());
+        // What the server answers for the dead-letter stream: -1 for unset limits.
+        let mut current = wanted.clone();
+        current.max_messages_per_subject = -1;
+        current.max_message_size = -1;
+        assert!(!differs(&current, &wanted));
+        current.max_messages_per_subject = 0;
+        current.max_message_size = 0;
+        assert!(!differs(&current, &wanted));
+        current.max_bytes = -1;
+        assert!(
+            differs(&current, &wanted),
+            "an unbounded stream gets its bound"
+        );
+    }
+
+    #[test]
+    fn an_old_unbounded_stream_is_brought_to_the_bounds() {
+        let ns = Namespace::new("t").expect("ns");
+        let [wanted, _] = stream_configs(&ns, &settings());
+        let old = stream::Config {
+            name: wanted.name.clone(),
+            subjects: wanted.subjects.clone(),
+            discard: stream::DiscardPolicy::Old,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            max_message_size: -1,
+            max_consumers: 7,
+            ..wanted.clone()
+        };
+        assert!(differs(&old, &wanted));
+        let merged = merge(old, &wanted);
+        assert!(!differs(&merged, &wanted));
+        assert_eq!(merged.max_consumers, 7, "settings we do not manage stay");
+    }
 }

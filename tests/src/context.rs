@@ -4,6 +4,9 @@ use service_kit::{Env, ServiceConfig};
 
 use crate::shared::{SharedInfra, shared};
 
+/// The disk budget of each test stream (see [`TestContext::settings`]).
+pub const STREAM_BYTES: &str = "8MiB";
+
 /// Isolation for one test: its own NATS namespace (subjects and stream names), tenant database
 /// names and Redis key prefix, all derived from one random id.
 #[derive(Debug, Clone)]
@@ -42,6 +45,11 @@ impl TestContext {
             ("REDIS_URL".into(), self.redis_url.clone()),
             ("REDIS_KEY_PREFIX".into(), self.id.clone()),
             ("STARTUP_TIMEOUT".into(), "10s".into()),
+            // nats-server reserves each stream's max_bytes against its storage limit, and one
+            // server holds every test's streams: small budgets keep hundreds of namespaces
+            // within it. Tests store kilobytes.
+            ("EVENTS_MAX_BYTES".into(), STREAM_BYTES.into()),
+            ("DEAD_LETTER_MAX_BYTES".into(), STREAM_BYTES.into()),
         ];
         for (k, v) in overrides {
             pairs.retain(|(name, _)| name != k);

@@ -137,6 +137,8 @@ pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str)
         &[
             ("NATS_URL", infra.nats.url()),
             ("NATS_NAMESPACE", format!("sig{port}")),
+            ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
+            ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
             ("MONGODB_URI", infra.mongo.uri()),
             ("REDIS_URL", infra.redis.url()),
             (addr_setting, format!("127.0.0.1:{port}")),

@@ -1,0 +1,200 @@
+//! Nothing a tenant's requests can grow is unbounded: the JetStream streams refuse rather than
+//! drop, per subaccount; every Redis key expires; the logs that grow with requests expire.
+
+use async_nats::jetstream::{self, stream};
+use chrono::Utc;
+use e2e::TestContext;
+use schemas::events::AuthLinkIssued;
+use schemas::{Envelope, SubaccountId, UserEmail};
+use service_kit::nats::{StreamChange, StreamLimit, ensure_streams, publish_event};
+use service_kit::{CancellationToken, Infrastructure};
+
+const TENANT_A: &str = "68cf05f060d294db17c0685a";
+const TENANT_B: &str = "68cf05f060d294db17c0685b";
+
+fn link_for(subaccount: &str, auth_url: String) -> Envelope<AuthLinkIssued> {
+    Envelope::new(
+        SubaccountId::parse(subaccount).expect("id"),
+        uuid::Uuid::now_v7(),
+        AuthLinkIssued {
+            user_email: UserEmail::parse("user@example.com").expect("email"),
+            auth_url,
+            expires_at: Utc::now(),
+        },
+    )
+}
+
+fn link(subaccount: &str) -> Envelope<AuthLinkIssued> {
+    link_for(subaccount, "https://accounts.example/auth?state=x".into())
+}
+
+#[tokio::test]
+async fn a_subaccount_at_its_bound_is_refused_while_others_publish_and_nothing_stored_is_lost() {
+    let metrics = service_kit::metrics::handle();
+    let ctx = TestContext::new();
+    let config = ctx.common(&[
+        ("EVENTS_MAX_MSGS_PER_SUBJECT", "3"),
+        ("EVENTS_MAX_MSG_SIZE", "4KiB"),
+    ]);
+    let infra = Infrastructure::connect(&config, "bounds-test", &CancellationToken::new())
+        .await
+        .expect("connect");
+    infra.ensure_streams(&config).await.expect("streams");
+    let (js, ns) = (&infra.jetstream, &infra.namespace);
+
+    let mut stored = Vec::new();
+    for _ in 0..3 {
+        let event = link(TENANT_A);
+        publish_event(js, ns, &event)
+            .await
+            .expect("within the bound");
+        stored.push(event.id);
+    }
+    let refused = publish_event(js, ns, &link(TENANT_A))
+        .await
+        .expect_err("the fourth auth link of A within max_age is refused");
+    assert_eq!(refused.refused_by, Some(StreamLimit::Subject), "{refused}");
+    assert!(refused.to_string().contains("per subject"), "{refused}");
+
+    // Another subaccount, and another event type of A, are untouched by A's bound.
+    publish_event(js, ns, &link(TENANT_B))
+        .await
+        .expect("B publishes while A is at its bound");
+
+    // A re-publish of an event A already stored is still a harmless duplicate.
+    let mut again = link(TENANT_A);
+    again.id = stored[0];
+    let ack = publish_event(js, ns, &again)
+        .await
+        .expect("a duplicate is acknowledged");
+    assert!(ack.duplicate);
+
+    // An event larger than EVENTS_MAX_MSG_SIZE is refused as such, for anyone.
+    let huge = link_for(
+        TENANT_B,
+        format!("https://accounts.example/{}", "x".repeat(5000)),
+    );
+    let too_large = publish_event(js, ns, &huge)
+        .await
+        .expect_err("larger than 4KiB");
+    assert_eq!(too_large.refused_by, Some(StreamLimit::MessageSize));
+
+    // A's earlier events are all still there, readable by a consumer.
+    let a_subject = ns.event::<AuthLinkIssued>(&SubaccountId::parse(TENANT_A).expect("id"));
+    let kept: Vec<uuid::Uuid> = e2e::stream::messages(js, &ns.events_stream(), Some(a_subject))
+        .await
+        .expect("stream")
+        .iter()
+        .map(|m| {
+            Envelope::<AuthLinkIssued>::decode(&m.payload)
+                .expect("decodes")
+                .id
+        })
+        .collect();
+    assert_eq!(kept, stored);
+
+    // What an operator sees: the refusals by event type and bound.
+    let scraped = metrics.render();
+    for series in [
+        r#"events_publish_refused_total{event_type="auth-link-issued",limit="subject"}"#,
+        r#"events_publish_refused_total{event_type="auth-link-issued",limit="message_size"}"#,
+    ] {
+        assert!(scraped.contains(series), "{series} missing from\n{scraped}");
+    }
+    infra.close().await;
+}
+
+#[tokio::test]
+async fn provisioned_streams_carry_the_bounds_and_old_unbounded_streams_are_updated() {
+    let ctx = TestContext::new();
+    let config = ctx.common(&[
+        ("EVENTS_MAX_BYTES", "6MiB"),
+        ("EVENTS_MAX_MSGS_PER_SUBJECT", "500"),
+        ("EVENTS_MAX_MSG_SIZE", "16KiB"),
+        ("DEAD_LETTER_MAX_BYTES", "2MiB"),
+    ]);
+    let infra = Infrastructure::connect(&config, "bounds-update", &CancellationToken::new())
+        .await
+        .expect("connect");
+    let (js, ns) = (&infra.jetstream, &infra.namespace);
+
+    // The streams as the previous release created them: max_age only, discard Old.
+    for (name, subjects, max_age) in [
+        (
+            ns.events_stream(),
+            ns.events_stream_subjects(),
+            config.streams.events_max_age,
+        ),
+        (
+            ns.dead_letter_stream(),
+            ns.dead_letter_stream_subjects(),
+            config.streams.dead_letter_max_age,
+        ),
+    ] {
+        js.create_stream(stream::Config {
+            name,
+            subjects,
+            max_age,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("old-style stream");
+    }
+    publish_event(js, ns, &link(TENANT_A))
+        .await
+        .expect("an event stored before the upgrade");
+
+    let changes = ensure_streams(js, ns, &config.streams)
+        .await
+        .expect("update");
+    assert!(
+        changes.iter().all(|(_, c)| *c == StreamChange::Updated),
+        "{changes:?}"
+    );
+    let again = ensure_streams(js, ns, &config.streams)
+        .await
+        .expect("again");
+    assert!(
+        again.iter().all(|(_, c)| *c == StreamChange::Unchanged),
+        "the server's spelling of the bounds reads as unchanged: {again:?}"
+    );
+
+    let events = info(js, &ns.events_stream()).await;
+    assert_eq!(events.config.max_bytes, 6 << 20);
+    assert_eq!(events.config.max_messages_per_subject, 500);
+    assert_eq!(events.config.max_message_size, 16 << 10);
+    assert_eq!(events.config.discard, stream::DiscardPolicy::New);
+    assert!(events.config.discard_new_per_subject);
+    assert_eq!(events.state.messages, 1, "the update kept what was stored");
+    let dead = info(js, &ns.dead_letter_stream()).await;
+    assert_eq!(dead.config.max_bytes, 2 << 20);
+    assert_eq!(dead.config.discard, stream::DiscardPolicy::New);
+    assert!(!dead.config.discard_new_per_subject);
+
+    // Raising a bound later is an update too.
+    let raised = ctx.common(&[("EVENTS_MAX_MSGS_PER_SUBJECT", "900")]);
+    let changes = ensure_streams(js, ns, &raised.streams)
+        .await
+        .expect("raise");
+    assert_eq!(changes[0].1, StreamChange::Updated);
+    assert_eq!(
+        info(js, &ns.events_stream())
+            .await
+            .config
+            .max_messages_per_subject,
+        900
+    );
+    infra.close().await;
+}
+
+async fn info(js: &jetstream::Context, name: &str) -> stream::Info {
+    js.get_stream(name)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .clone()
+}
