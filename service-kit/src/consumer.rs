@@ -266,6 +266,7 @@ async fn run_scheduled<E, H>(
         spec,
         handler,
         first_errors: Mutex::default(),
+        shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
     tracing::info!(consumer = worker.spec.durable, filter = %worker.spec.filter_subject, "consuming");
@@ -360,6 +361,8 @@ struct Worker<H> {
     handler: Arc<H>,
     /// First error of messages still being retried, by stream sequence (for the dead letter).
     first_errors: Mutex<HashMap<u64, String>>,
+    /// Ends a hold on a message the dead-letter stream would not take ([`Worker::park`]).
+    shutdown: CancellationToken,
 }
 
 /// Bound on remembered first errors; past it, a dead letter reports only the last error.
@@ -489,8 +492,9 @@ impl<H> Worker<H> {
     }
 
     /// Publishes the message to the dead-letter stream, then acks it (counted as `outcome`).
-    /// If the dead-letter publish fails, the message is NAKed instead, so it is retried rather
-    /// than lost.
+    /// If the dead-letter publish fails (e.g. the stream is full), the message is never
+    /// acked: it is NAKed for a redelivery while it has deliveries left, and on its last one
+    /// it is held in progress and parking is retried until it succeeds or the process stops.
     async fn park(
         &self,
         message: &jetstream::Message,
@@ -503,28 +507,26 @@ impl<H> Worker<H> {
         let first_error = self
             .forget(delivery.stream_sequence)
             .unwrap_or_else(|| reason.clone());
-        let stored = dead_letter(
-            &self.js,
-            &self.dead_letter_subject,
-            durable,
-            Original {
-                subject: message.subject.as_str(),
-                payload: message.payload.clone(),
-                headers: message.headers.clone().unwrap_or_default(),
-                published,
-            },
-            delivery,
-            &first_error,
-            &reason,
-        )
-        .await;
-        match stored {
-            Ok(()) => {
-                tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
-                let _ = message.ack().await;
-                count(durable, outcome);
-            }
-            Err(e) => {
+        let letter = || {
+            dead_letter(
+                &self.js,
+                &self.dead_letter_subject,
+                durable,
+                Original {
+                    subject: message.subject.as_str(),
+                    payload: message.payload.clone(),
+                    headers: message.headers.clone().unwrap_or_default(),
+                    published,
+                },
+                delivery,
+                &first_error,
+                &reason,
+            )
+        };
+        let mut stored = letter().await;
+        if let Err(e) = &stored {
+            count(durable, "park_failed");
+            if !delivery.is_last_attempt() {
                 tracing::error!(%reason, error = %e, "dead-letter publish failed; the event stays pending");
                 self.remember(delivery.stream_sequence, &first_error);
                 let _ = message
@@ -532,9 +534,37 @@ impl<H> Worker<H> {
                         self.spec.jittered_retry_delay(delivery.delivered),
                     )))
                     .await;
-                count(durable, "park_failed");
+                return;
+            }
+            // A NAK now would use up the last delivery: JetStream would stop delivering the
+            // message. Keep it in progress here and try again until there is room.
+            tracing::error!(%reason, error = %e, "dead-letter publish failed on the last delivery; holding the event and retrying");
+            let mut attempt = delivery.delivered;
+            while let Err(e) = &stored {
+                let delay = self.spec.jittered_retry_delay(attempt);
+                let waited = tokio::select! {
+                    () = self.with_progress(message, tokio::time::sleep(delay)) => true,
+                    () = self.shutdown.cancelled() => false,
+                };
+                if !waited {
+                    // Handed back: JetStream's max-deliveries advisory reaches a replica's
+                    // watcher, which parks it from the domain stream (the original stays).
+                    tracing::error!(error = %e, "stopping while the dead-letter stream refuses the event; it stays in the domain stream");
+                    self.remember(delivery.stream_sequence, &first_error);
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+                stored = letter().await;
+                if let Err(e) = &stored {
+                    count(durable, "park_failed");
+                    tracing::warn!(error = %e, "dead-letter stream still refuses the event; holding it");
+                }
+                attempt = attempt.saturating_add(1);
             }
         }
+        tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
+        let _ = message.ack().await;
+        count(durable, outcome);
     }
 
     fn remember(&self, sequence: u64, error: &str) {
@@ -816,37 +846,58 @@ async fn watch_max_deliveries(
             delivered: advisory.deliveries,
             max_deliver: spec.max_deliver,
         };
-        match dead_letter(
-            &js,
-            &dead_letter_subject,
-            spec.durable,
-            Original {
-                subject: original.subject.as_str(),
-                payload: original.payload.clone(),
-                headers: original.headers.clone(),
-                published: &published,
-            },
-            delivery,
-            &reason,
-            &reason,
-        )
-        .await
-        {
-            Ok(()) => {
-                tracing::error!(%reason, stream_sequence = advisory.stream_seq, "event dead-lettered");
-                count(spec.durable, "dead_lettered");
+        // Parked by a task of its own, so one the dead-letter stream refuses (it is full) is
+        // retried without holding up the advisories behind it.
+        let (js, subject, spec, shutdown) = (
+            js.clone(),
+            dead_letter_subject.clone(),
+            spec.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let sequence = advisory.stream_seq;
+            let mut attempt = advisory.deliveries;
+            loop {
+                let stored = dead_letter(
+                    &js,
+                    &subject,
+                    spec.durable,
+                    Original {
+                        subject: original.subject.as_str(),
+                        payload: original.payload.clone(),
+                        headers: original.headers.clone(),
+                        published: &published,
+                    },
+                    delivery,
+                    &reason,
+                    &reason,
+                )
+                .await;
+                let Err(e) = stored else {
+                    tracing::error!(%reason, stream_sequence = sequence, "event dead-lettered");
+                    count(spec.durable, "dead_lettered");
+                    return;
+                };
+                count(spec.durable, "park_failed");
+                tracing::error!(error = %e, stream_sequence = sequence, "could not dead-letter a message JetStream gave up on; retrying (it stays in the domain stream)");
+                tokio::select! {
+                    () = tokio::time::sleep(spec.jittered_retry_delay(attempt)) => {}
+                    () = shutdown.cancelled() => {
+                        tracing::error!(stream_sequence = sequence, "stopping before the dead-letter stream took the message; it stays in the domain stream (replay it with gcal-ops events replay)");
+                        return;
+                    }
+                }
+                attempt = attempt.saturating_add(1);
             }
-            Err(e) => {
-                tracing::error!(error = %e, stream_sequence = advisory.stream_seq, "could not dead-letter a message JetStream gave up on; it stays in the domain stream")
-            }
-        }
+        });
     }
 }
 
 /// `events_processed_total{consumer,outcome}`: `acked`, `retried` (NAKed for a later
 /// redelivery), `dead_lettered` (parked after a permanent failure or the last retry, or given up
 /// on by JetStream), `undecodable` (parked at once), `park_failed` (the dead-letter stream did
-/// not take it; NAKed instead).
+/// not take it, e.g. it is full: the message is NAKed, or on its last delivery held and
+/// parking retried; counted at each failed try).
 fn count(consumer: &'static str, outcome: &'static str) {
     metrics::counter!("events_processed_total", "consumer" => consumer, "outcome" => outcome)
         .increment(1);

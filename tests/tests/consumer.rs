@@ -809,4 +809,108 @@ async fn messages_waiting_in_the_buffer_past_ack_wait_are_not_redelivered() {
         .expect("stops")
         .expect("no panic");
     infra.close().await;
+
+#[tokio::test]
+async fn a_full_dead_letter_stream_holds_the_event_until_there_is_room() {
+    let metrics = service_kit::metrics::handle();
+    let infra = connected().await;
+    let ns = infra.namespace.clone();
+    let js = infra.jetstream.clone();
+    // Fill the dead-letter stream (a test context gives it a few MiB) with other letters.
+    let filler = ns.dead_letter("filler");
+    for size in [256 << 10, 16 << 10, 1 << 10, 64] {
+        loop {
+            let sent = js
+                .publish(filler.clone(), vec![b'x'; size].into())
+                .await
+                .expect("send");
+            if sent.await.is_err() {
+                break;
+            }
+        }
+    }
+    let spec = ConsumerSpec {
+        max_deliver: 2,
+        ..spec(&ns)
+    };
+    let consumer = ensure_consumer(&js, &ns, &spec).await.expect("consumer");
+    let handler = ScriptedHandler {
+        failures: HashMap::from([(
+            "refused@example.com".to_owned(),
+            (99, HandlerError::Permanent("mailbox does not exist".into())),
+        )]),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(run(
+        js.clone(),
+        ns.clone(),
+        consumer.clone(),
+        spec,
+        Arc::new(handler),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    let refused = event("refused@example.com");
+    service_kit::nats::publish_event(&js, &ns, &refused)
+        .await
+        .expect("publish");
+
+    // Parking fails; the event is neither acked nor given up on, and is still not parked
+    // after more time than all its deliveries take.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut durable = js
+        .get_stream(ns.events_stream())
+        .await
+        .expect("stream")
+        .get_consumer::<jetstream::consumer::pull::Config>(DURABLE)
+        .await
+        .expect("durable");
+    let info = durable.info().await.expect("info").clone();
+    assert_eq!(
+        info.num_ack_pending, 1,
+        "the event is held, not acked: {info:?}"
+    );
+    let ours = Some(ns.dead_letter(DURABLE));
+    let parked = e2e::stream::messages(&js, &ns.dead_letter_stream(), ours.clone())
+        .await
+        .expect("stream");
+    assert!(parked.is_empty(), "parked although the stream was full");
+    assert!(
+        metrics.render().contains(&format!(
+            r#"events_processed_total{{consumer="{DURABLE}",outcome="park_failed"}}"#
+        )),
+        "park failures are counted"
+    );
+
+    // Room again: the held event is parked, with its reason, and acked.
+    js.get_stream(ns.dead_letter_stream())
+        .await
+        .expect("dead letters")
+        .purge()
+        .filter(filler)
+        .await
+        .expect("purge the filler");
+    let letters = dead_letters(&js, &ns, 1).await;
+    let original: Envelope<AuthLinkIssued> =
+        Envelope::decode(&letters[0].payload).expect("original payload");
+    assert_eq!(original.id, refused.id);
+    assert_eq!(
+        header(&letters[0], headers::DEAD_LETTER_LAST_ERROR),
+        "mailbox does not exist"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = durable.info().await.expect("info").clone();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not acked after parking: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("runner stops");
 }
