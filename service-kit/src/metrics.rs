@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -30,21 +31,62 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The `route` label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
 /// axum middleware: `http_requests_total{service,method,route,status}` and
-/// `http_request_duration_seconds{service,method,route}`. The route is the matched pattern
-/// (`/api/connectors/{subaccountId}`), never the raw path, so labels stay bounded.
+/// `http_request_duration_seconds{service,method,route}`. Every label is bounded, whatever a
+/// client sends: the route is the matched pattern (`/api/connectors/{subaccountId}`) or
+/// `unmatched`, never the raw path; the method is one of the standard nine or `other`; the
+/// status is the one the service answered.
 pub async fn track_http(service: &'static str, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "service" => service, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::counter!("http_requests_total", "service" => service, "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: a standard method by its name, anything else (`FOO`, `get`, a
+/// thousand random tokens) as `other`, so a client cannot create series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_methods_keep_their_name_and_everything_else_is_other() {
+        for name in [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+        ] {
+            let method = Method::from_bytes(name.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), name);
+        }
+        for made_up in ["FOO", "get", "PROPFIND", "X-RANDOM-1234"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("extension method");
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Nothing a tenant's requests can grow is unbounded: the JetStream streams refuse rather than
 //! drop, per subaccount; every Redis key expires; the logs that grow with requests expire.
 
+mod api_support;
+
 use async_nats::jetstream::{self, stream};
 use chrono::Utc;
 use e2e::TestContext;
@@ -197,4 +199,45 @@ async fn info(js: &jetstream::Context, name: &str) -> stream::Info {
         .await
         .expect("info")
         .clone()
+}
+
+#[tokio::test]
+async fn made_up_http_methods_do_not_become_metric_series() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let api = api_support::Api::start(&[]).await;
+    let address = api
+        .service
+        .base_url
+        .trim_start_matches("http://")
+        .to_owned();
+    for method in ["FOO", "BREW", "X-SERIES-12345"] {
+        let mut conn = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        conn.write_all(
+            format!("{method} /some/made/up/path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    }
+    let scraped = api.get("/metrics", None).await;
+    assert_eq!(scraped.status, 200);
+    let text = scraped.body.as_str().expect("Prometheus text").to_owned();
+    for made_up in ["FOO", "BREW", "X-SERIES-12345", "/some/made/up/path"] {
+        assert!(
+            !text.contains(made_up),
+            "{made_up} became a label value:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total")
+            && l.contains(r#"method="other""#)
+            && l.contains(r#"route="unmatched""#)),
+        "the requests are counted as method=\"other\", route=\"unmatched\":\n{text}"
+    );
 }
