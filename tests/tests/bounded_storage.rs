@@ -2,6 +2,7 @@
 //! drop, per subaccount; every Redis key expires; the logs that grow with requests expire.
 
 mod api_support;
+mod oauth_support;
 
 use async_nats::jetstream::{self, stream};
 use chrono::Utc;
@@ -199,6 +200,80 @@ async fn info(js: &jetstream::Context, name: &str) -> stream::Info {
         .await
         .expect("info")
         .clone()
+}
+
+#[tokio::test]
+async fn after_a_full_flow_every_redis_key_has_a_ttl() {
+    use oauth_support::{OAuthStack, SUBACCOUNT};
+    use redis::AsyncCommands;
+
+    let ctx = TestContext::new();
+    let stack = OAuthStack::start(ctx.clone(), &[]).await;
+    let api = api_support::Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+
+    // Connect: link → consent at the fake Google → callback; then a token request.
+    let google = "person@gmail.example";
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            e2e::fake_google::Decision::Allow {
+                account: Some(google.into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    match stack.access_token(google).await {
+        schemas::events::AccessTokenReply::Issued { .. } => {}
+        other => panic!("no token: {other:?}"),
+    }
+    // A link nobody follows (its state stays), and the api's cached reads.
+    stack.issue_link("other@example.com").await;
+    let token = api_support::token(SUBACCOUNT);
+    for path in [
+        format!("/api/connectors/{SUBACCOUNT}"),
+        format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    ] {
+        let reply = api.get(&path, Some(&token)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+
+    let mut redis = stack.redis().await;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:*", ctx.id))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .expect("scan");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // The flow wrote each kind of key this test can reach (else it proves nothing).
+    for kind in [
+        ":oauth:state:",
+        ":token:access:",
+        ":cache:connectors:",
+        ":cache:connector:",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.contains(kind)),
+            "no {kind} key among {keys:?}"
+        );
+    }
+    for key in &keys {
+        let ttl: i64 = redis.pttl(key).await.expect("pttl");
+        assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
+    }
 }
 
 #[tokio::test]
