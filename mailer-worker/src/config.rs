@@ -32,6 +32,10 @@ pub struct MailerWorkerConfig {
     pub buffer: usize,
     /// JetStream redelivery delays after the 1st, 2nd, ... failed delivery (the last repeats).
     pub retry_delays: Vec<Duration>,
+    /// How long the record of a sent link is kept (a TTL index on `claimedAt`). It is what
+    /// stops a redelivered or replayed event from being emailed twice, so it must outlive the
+    /// replay window (`EVENTS_MAX_AGE`).
+    pub sent_links_ttl: Duration,
 }
 
 impl ServiceConfig for MailerWorkerConfig {
@@ -105,6 +109,19 @@ impl ServiceConfig for MailerWorkerConfig {
             "5s,30s,2m,10m",
             "Delays before JetStream redelivers an email that failed transiently: after the 1st, 2nd, ... failure; the last repeats.",
         );
+        let sent_links_ttl: Duration = env
+            .value::<HumanDuration>(
+                "MAILER_SENT_LINKS_TTL",
+                "35d",
+                "How long the record that a link was emailed is kept (deleted by a TTL index). At least EVENTS_MAX_AGE: the record is what keeps a redelivered or replayed event from being emailed twice.",
+            )
+            .into();
+        if sent_links_ttl < common.streams.events_max_age {
+            env.problem(
+                "MAILER_SENT_LINKS_TTL",
+                "must be at least EVENTS_MAX_AGE: an event replayed after its record expired would be emailed again",
+            );
+        }
         Self {
             common,
             health_addr,
@@ -116,6 +133,7 @@ impl ServiceConfig for MailerWorkerConfig {
             per_tenant_concurrency,
             buffer,
             retry_delays: retry_delays.0,
+            sent_links_ttl,
         }
     }
 

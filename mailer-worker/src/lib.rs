@@ -64,6 +64,7 @@ pub async fn run(
         from: config.mail_from.clone(),
         tenants: infra.mongo.clone(),
         lease,
+        sent_links_ttl: config.sent_links_ttl,
     });
 
     // Links of every tenant share the senders: one tenant's burst must not make another's

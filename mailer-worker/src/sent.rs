@@ -20,6 +20,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::{Collection, Database};
 use schemas::Envelope;
 use schemas::events::AuthLinkIssued;
+use service_kit::mongo::Expiry;
 
 /// The collection, in each tenant database, of auth-link emails sent or being sent.
 pub const COLLECTION: &str = "mailersentauthlinks";
@@ -52,6 +53,19 @@ pub struct SentLinks {
 }
 
 impl SentLinks {
+    /// The TTL index of the record: a claim is deleted `ttl` after `claimedAt` (set by every
+    /// claim and take-over). Long enough that any delivery or replay of the event finds it:
+    /// an event stays replayable for `EVENTS_MAX_AGE` after it was published, and it is
+    /// claimed after that, so `ttl >= EVENTS_MAX_AGE` covers the whole replay window. After
+    /// that the link has long expired too, and an expired link is never emailed.
+    pub fn expiry(ttl: Duration) -> Expiry {
+        Expiry {
+            collection: COLLECTION,
+            field: "claimedAt",
+            ttl,
+        }
+    }
+
     pub fn new(db: &Database) -> Self {
         Self {
             collection: db.collection(COLLECTION),

@@ -76,6 +76,12 @@ impl ServiceConfig for MetadataWorkerConfig {
             env.problem("METADATA_WRITE_ATTEMPTS", "must be between 1 and 20");
         }
         let webhooks = WebhookConfig::from_env(env);
+        if webhooks.delivery_log_ttl < common.streams.events_max_age {
+            env.problem(
+                "WEBHOOK_DELIVERY_LOG_TTL",
+                "must be at least EVENTS_MAX_AGE: an event replayed after its delivery record expired would be delivered again",
+            );
+        }
         Self {
             common,
             health_addr,

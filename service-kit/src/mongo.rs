@@ -30,7 +30,32 @@ pub struct TenantDatabases {
     template: DatabaseTemplate,
     /// Tenants whose indexes this process has ensured.
     indexed: Arc<Mutex<HashSet<SubaccountId>>>,
+    /// TTL indexes this process has ensured.
+    expiring: Arc<Mutex<HashSet<ExpiryKey>>>,
 }
+
+/// One TTL index of one tenant database: (database, collection, field).
+type ExpiryKey = (String, &'static str, &'static str);
+
+/// A TTL index: the server deletes a document of `collection` once the date in its `field`
+/// is `ttl` old. For collections that grow with requests (logs, de-duplication records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub collection: &'static str,
+    pub field: &'static str,
+    pub ttl: Duration,
+}
+
+impl Expiry {
+    /// `expireAfterSeconds` of the index (whole seconds, at least one).
+    pub fn seconds(&self) -> i64 {
+        i64::try_from(self.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+/// MongoDB's codes for "an index on these keys exists with other options".
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
 impl TenantDatabases {
     /// Connects and pings the server, retrying for at most `limit`.
@@ -76,7 +101,51 @@ impl TenantDatabases {
             client,
             template,
             indexed: Arc::default(),
+            expiring: Arc::default(),
         })
+    }
+
+    /// Ensures `expiry`'s TTL index in the tenant database `db`, once per process: creates
+    /// it, or — when the index exists with another `expireAfterSeconds` (the setting changed)
+    /// — retunes it with `collMod`. Call it where the collection is written.
+    pub async fn ensure_expiry(&self, db: &Database, expiry: Expiry) -> mongodb::error::Result<()> {
+        let key = (db.name().to_owned(), expiry.collection, expiry.field);
+        let known = self
+            .expiring
+            .lock()
+            .map(|set| set.contains(&key))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        let index = IndexModel::builder()
+            .keys(doc! { expiry.field: 1 })
+            .options(
+                IndexOptions::builder()
+                    .expire_after(Duration::from_secs(expiry.ttl.as_secs().max(1)))
+                    .build(),
+            )
+            .build();
+        let created = db
+            .collection::<mongodb::bson::Document>(expiry.collection)
+            .create_index(index)
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if is_index_conflict(&e) => {
+                db.run_command(doc! {
+                    "collMod": expiry.collection,
+                    "index": { "keyPattern": { expiry.field: 1 }, "expireAfterSeconds": expiry.seconds() },
+                })
+                .await?;
+                tracing::info!(database = db.name(), collection = expiry.collection, field = expiry.field, ttl = ?expiry.ttl, "TTL index retuned");
+            }
+            Err(e) => return Err(e),
+        }
+        if let Ok(mut set) = self.expiring.lock() {
+            set.insert(key);
+        }
+        Ok(())
     }
 
     /// The tenant's database, with its indexes ensured (once per process and tenant).
@@ -122,6 +191,11 @@ impl TenantDatabases {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+fn is_index_conflict(err: &mongodb::error::Error) -> bool {
+    matches!(err.kind.as_ref(), mongodb::error::ErrorKind::Command(c)
+        if c.code == INDEX_OPTIONS_CONFLICT || c.code == INDEX_KEY_SPECS_CONFLICT)
 }
 
 /// Round-trips a `ping` to the server.

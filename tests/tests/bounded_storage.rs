@@ -4,6 +4,8 @@
 mod api_support;
 mod oauth_support;
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, stream};
 use chrono::Utc;
 use e2e::TestContext;
@@ -315,4 +317,178 @@ async fn made_up_http_methods_do_not_become_metric_series() {
             && l.contains(r#"route="unmatched""#)),
         "the requests are counted as method=\"other\", route=\"unmatched\":\n{text}"
     );
+}
+
+/// `expireAfterSeconds` of the TTL index on `field` of `collection`, if there is one.
+async fn ttl_of(db: &mongodb::Database, collection: &str, field: &str) -> Option<i64> {
+    use futures::TryStreamExt;
+    let indexes: Vec<mongodb::IndexModel> = db
+        .collection::<bson::Document>(collection)
+        .list_indexes()
+        .await
+        .ok()?
+        .try_collect()
+        .await
+        .ok()?;
+    indexes
+        .iter()
+        .find(|i| i.keys == bson::doc! { field: 1 })
+        .and_then(|i| i.options.as_ref()?.expire_after)
+        .map(|d| i64::try_from(d.as_secs()).expect("seconds"))
+}
+
+const DAY: i64 = 86_400;
+
+#[tokio::test]
+async fn logs_that_grow_with_requests_get_a_ttl_index_where_they_are_written() {
+    use api_support::{Api, SUBACCOUNT, token};
+    use e2e::smtp::SmtpSink;
+    use mailer_worker::MailerWorkerConfig;
+
+    let ctx = TestContext::new();
+    let tenant = SubaccountId::parse(SUBACCOUNT).expect("id");
+
+    // The mailer's sent-links record, through a real send.
+    let sink = SmtpSink::start();
+    let smtp_url = sink.url();
+    let config: MailerWorkerConfig = ctx.config(&[
+        ("SMTP_URL", smtp_url.as_str()),
+        ("MAILER_SENT_LINKS_TTL", "40d"),
+    ]);
+    let mut mailer = e2e::RunningService::start(mailer_worker::SERVICE, |l, s| {
+        mailer_worker::run(config, l, s)
+    })
+    .await;
+    mailer.wait_ready(Duration::from_secs(30)).await;
+    let common = ctx.common(&[]);
+    let infra = Infrastructure::connect(&common, "ttl-test", &CancellationToken::new())
+        .await
+        .expect("connect");
+    let mut event = link(SUBACCOUNT);
+    event.payload.expires_at = Utc::now() + chrono::Duration::hours(1);
+    publish_event(&infra.jetstream, &infra.namespace, &event)
+        .await
+        .expect("publish");
+    sink.wait_for_messages(1, Duration::from_secs(30)).await;
+    let db = infra.mongo.existing(&tenant);
+    assert_eq!(
+        ttl_of(&db, mailer_worker::sent::COLLECTION, "claimedAt").await,
+        Some(40 * DAY)
+    );
+
+    // The webhook delivery log, by the metadata-worker's store.
+    let attempt = schemas::documents::webhook::WebhookDelivery {
+        id: uuid::Uuid::now_v7().to_string(),
+        endpoint_id: "endpoint".into(),
+        subaccount_id: SUBACCOUNT.into(),
+        event_id: uuid::Uuid::now_v7().to_string(),
+        event_type: "connection-succeeded".into(),
+        attempt: 1,
+        attempted_at: bson::DateTime::now(),
+        status_code: Some(200),
+        error: None,
+        duration_ms: 3,
+        outcome: schemas::documents::webhook::DeliveryOutcome::Delivered,
+    };
+    metadata_worker::webhooks::store::record(
+        &infra.mongo,
+        &tenant,
+        &attempt,
+        Duration::from_secs(36 * 86_400),
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(
+        ttl_of(&db, "webhookdeliveries", "attemptedAt").await,
+        Some(36 * DAY)
+    );
+
+    // The api's disconnect operations, through a DELETE.
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let reply = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+            Some(&token(SUBACCOUNT)),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert_eq!(ttl_of(&db, "operations", "createdAt").await, Some(30 * DAY));
+
+    // A changed setting retunes the index at the next start (a new process).
+    let restarted = Infrastructure::connect(&common, "ttl-test-2", &CancellationToken::new())
+        .await
+        .expect("connect");
+    let next = schemas::documents::webhook::WebhookDelivery {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..attempt
+    };
+    metadata_worker::webhooks::store::record(
+        &restarted.mongo,
+        &tenant,
+        &next,
+        Duration::from_secs(50 * 86_400),
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(
+        ttl_of(&db, "webhookdeliveries", "attemptedAt").await,
+        Some(50 * DAY)
+    );
+    mailer.stop().await.expect("mailer stops");
+    infra.close().await;
+    restarted.close().await;
+}
+
+#[tokio::test]
+async fn the_server_deletes_documents_past_their_ttl() {
+    let ctx = TestContext::new();
+    let common = ctx.common(&[]);
+    let infra = Infrastructure::connect(&common, "ttl-sweep", &CancellationToken::new())
+        .await
+        .expect("connect");
+    // Sweep every second instead of every minute (server-wide; harmless to other tests).
+    infra
+        .mongo
+        .client()
+        .database("admin")
+        .run_command(bson::doc! { "setParameter": 1, "ttlMonitorSleepSecs": 1 })
+        .await
+        .expect("setParameter ttlMonitorSleepSecs");
+    let tenant = SubaccountId::parse(TENANT_A).expect("id");
+    let db = infra.mongo.connection_for(&tenant).await.expect("db");
+    let expiry = metadata_worker::webhooks::store::log_expiry(Duration::from_secs(30 * 86_400));
+    infra.mongo.ensure_expiry(&db, expiry).await.expect("index");
+    let log = db.collection::<bson::Document>(expiry.collection);
+    let old =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 31 * DAY * 1000);
+    log.insert_many([
+        bson::doc! { "_id": "old", "attemptedAt": old },
+        bson::doc! { "_id": "new", "attemptedAt": bson::DateTime::now() },
+    ])
+    .await
+    .expect("insert");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while log
+        .count_documents(bson::doc! { "_id": "old" })
+        .await
+        .expect("count")
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the document past its TTL was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        log.count_documents(bson::doc! { "_id": "new" })
+            .await
+            .expect("count"),
+        1,
+        "a document within its TTL stays"
+    );
+    infra.close().await;
 }

@@ -11,6 +11,8 @@
 //! metadata-worker sets `isConnected: false`) and marks the operation `done` or `failed`.
 //! Disconnecting what is not connected is harmless: the operation is simply `done`.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -22,6 +24,7 @@ use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
 use serde_json::json;
 use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
 use service_kit::http::RequestId;
+use service_kit::mongo::Expiry;
 
 use super::Success;
 use crate::error::ApiError;
@@ -241,15 +244,31 @@ fn render(operation: &Operation) -> serde_json::Value {
     value
 }
 
+/// How long an operation can be looked up: one is recorded per DELETE, so without an end the
+/// collection grows with requests. A client follows one for seconds to minutes; a month
+/// leaves room to look back, and matches the replay window of its disconnect-requested event
+/// (a replay after the operation expired still disconnects, it just has no operation to mark).
+const OPERATION_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The operations' TTL index (on `createdAt`).
+const OPERATION_EXPIRY: Expiry = Expiry {
+    collection: COLLECTION,
+    field: "createdAt",
+    ttl: OPERATION_RETENTION,
+};
+
 async fn operations(
     state: &AppState,
     subaccount: &SubaccountId,
 ) -> Result<mongodb::Collection<Operation>, ApiError> {
-    Ok(state
-        .infra
-        .mongo
+    let mongo = &state.infra.mongo;
+    let db = mongo
         .connection_for(subaccount)
         .await
-        .map_err(|e| ApiError::database(e, "opening the tenant database"))?
-        .collection(COLLECTION))
+        .map_err(|e| ApiError::database(e, "opening the tenant database"))?;
+    mongo
+        .ensure_expiry(&db, OPERATION_EXPIRY)
+        .await
+        .map_err(|e| ApiError::database(e, "ensuring the operations' TTL index"))?;
+    Ok(db.collection(COLLECTION))
 }

@@ -34,6 +34,8 @@ pub struct AuthLinkIssuedHandler {
     pub tenants: TenantDatabases,
     /// How long a claim protects a send in progress; longer than any one delivery can take.
     pub lease: Duration,
+    /// How long the record of a sent link is kept ([`SentLinks::expiry`]).
+    pub sent_links_ttl: Duration,
 }
 
 impl EventHandler<AuthLinkIssued> for AuthLinkIssuedHandler {
@@ -45,6 +47,10 @@ impl EventHandler<AuthLinkIssued> for AuthLinkIssuedHandler {
         let db = self
             .tenants
             .connection_for(&event.subaccount_id)
+            .await
+            .map_err(|e| HandlerError::Retryable(format!("MongoDB unavailable: {e}")))?;
+        self.tenants
+            .ensure_expiry(&db, SentLinks::expiry(self.sent_links_ttl))
             .await
             .map_err(|e| HandlerError::Retryable(format!("MongoDB unavailable: {e}")))?;
         let sent = SentLinks::new(&db);

@@ -177,7 +177,9 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
             duration_ms: i64::try_from(attempt.elapsed.as_millis()).unwrap_or(i64::MAX),
             outcome,
         };
-        if let Err(e) = store::record(mongo, subaccount, &record).await {
+        if let Err(e) =
+            store::record(mongo, subaccount, &record, self.config.delivery_log_ttl).await
+        {
             // The log is for people; it never decides whether a webhook is sent again.
             tracing::warn!(error = %e, "could not record the webhook attempt");
         }

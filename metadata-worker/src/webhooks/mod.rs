@@ -42,6 +42,10 @@ pub struct WebhookConfig {
     /// Delivery requests one replica pulls ahead and holds (waiting and in flight): how far it
     /// looks past one tenant's burst for other tenants' webhooks.
     pub buffer: usize,
+    /// How long an attempt stays in the delivery log (a TTL index on `attemptedAt`). The log
+    /// is also what keeps a replayed event from being delivered twice, so it must outlive
+    /// the replay window (`EVENTS_MAX_AGE`).
+    pub delivery_log_ttl: Duration,
 }
 
 impl WebhookConfig {
@@ -101,6 +105,13 @@ impl WebhookConfig {
                 "must be between WEBHOOK_CONCURRENCY and 100000",
             );
         }
+        let delivery_log_ttl = env
+            .value::<HumanDuration>(
+                "WEBHOOK_DELIVERY_LOG_TTL",
+                "35d",
+                "How long a webhook delivery attempt stays in the endpoint's delivery log (deleted by a TTL index). At least EVENTS_MAX_AGE: the log also keeps a replayed event from being delivered twice.",
+            )
+            .into();
         Self {
             policy,
             secrets,
@@ -110,6 +121,7 @@ impl WebhookConfig {
             concurrency,
             per_tenant_concurrency,
             buffer,
+            delivery_log_ttl,
         }
     }
 }

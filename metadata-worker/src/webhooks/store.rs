@@ -1,6 +1,8 @@
 //! The webhook documents in the tenant database: endpoints (read; disabled on 410) and the
 //! delivery log (one record per attempt).
 
+use std::time::Duration;
+
 use bson::doc;
 use futures::TryStreamExt;
 use mongodb::Collection;
@@ -8,7 +10,7 @@ use schemas::SubaccountId;
 use schemas::documents::webhook::{
     DELIVERIES_COLLECTION, DeliveryOutcome, ENDPOINTS_COLLECTION, WebhookDelivery, WebhookEndpoint,
 };
-use service_kit::mongo::TenantDatabases;
+use service_kit::mongo::{Expiry, TenantDatabases};
 
 fn endpoints(mongo: &TenantDatabases, subaccount: &SubaccountId) -> Collection<WebhookEndpoint> {
     // Reads and updates of documents the api created (with the indexes): no index check.
@@ -95,14 +97,25 @@ pub async fn already_delivered(
     Ok(found.is_some())
 }
 
-/// Appends one attempt to the delivery log.
+/// The delivery log's TTL index: an attempt is deleted `ttl` after `attemptedAt`.
+pub fn log_expiry(ttl: Duration) -> Expiry {
+    Expiry {
+        collection: DELIVERIES_COLLECTION,
+        field: "attemptedAt",
+        ttl,
+    }
+}
+
+/// Appends one attempt to the delivery log, which keeps it for `ttl`.
 pub async fn record(
     mongo: &TenantDatabases,
     subaccount: &SubaccountId,
     attempt: &WebhookDelivery,
+    ttl: Duration,
 ) -> mongodb::error::Result<()> {
-    deliveries(mongo, subaccount)
-        .await?
+    let db = mongo.connection_for(subaccount).await?;
+    mongo.ensure_expiry(&db, log_expiry(ttl)).await?;
+    db.collection::<WebhookDelivery>(DELIVERIES_COLLECTION)
         .insert_one(attempt)
         .await
         .map(|_| ())
