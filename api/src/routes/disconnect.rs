@@ -156,8 +156,11 @@ async fn disconnect(
         service_kit::nats::publish_event(&state.infra.jetstream, &state.infra.namespace, &event),
     )
     .await;
-    if !matches!(published, Ok(Ok(_))) {
-        tracing::warn!(%operation_id, "disconnect request not stored by JetStream");
+    if let Err(error) = published
+        .map_err(|_| format!("no acknowledgement within {:?}", state.publish_timeout))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::error!(%operation_id, %error, "disconnect request not stored by JetStream");
         let _ = operations
             .update_one(
                 doc! { "_id": &operation_id },
