@@ -230,6 +230,22 @@ pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
     db.collection::<mongodb::bson::Document>(webhook::ENDPOINTS_COLLECTION)
         .create_index(plain(doc! { "subaccountId": 1 }))
         .await?;
+    // One endpoint per place under the cap: what makes WEBHOOK_MAX_ENDPOINTS exact.
+    db.collection::<mongodb::bson::Document>(webhook::ENDPOINTS_COLLECTION)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "subaccountId": 1, webhook::ENDPOINT_SLOT_FIELD: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .partial_filter_expression(
+                            doc! { webhook::ENDPOINT_SLOT_FIELD: { "$exists": true } },
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
     db.collection::<mongodb::bson::Document>(webhook::DELIVERIES_COLLECTION)
         .create_index(plain(doc! { "endpointId": 1, "attemptedAt": -1 }))
         .await?;

@@ -841,3 +841,106 @@ async fn dead_letters(js: &jetstream::Context, ns: &Namespace) -> Vec<(String, S
         })
         .collect()
 }
+
+#[tokio::test]
+async fn concurrent_registrations_never_exceed_the_cap() {
+    let api = Api::start(&[("WEBHOOK_MAX_ENDPOINTS", "5")]).await;
+    let path = webhooks_path(SUBACCOUNT);
+    let tok = token(SUBACCOUNT);
+    let register = |i: usize| {
+        let body = json!({ "url": format!("https://8.8.8.8/hook/{i}") });
+        let (api, path, tok) = (&api, &path, &tok);
+        async move { api.post(path, Some(tok), &body).await }
+    };
+    let replies = futures::future::join_all((0..20).map(register)).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    for refused in replies.iter().filter(|r| r.status != 201) {
+        refused.assert_error(409, "webhook_limit_reached");
+    }
+    assert_eq!(created, 5, "exactly the cap is registered");
+    let endpoints = api
+        .tenant_db(SUBACCOUNT)
+        .await
+        .collection::<bson::Document>("webhookendpoints");
+    assert_eq!(
+        endpoints
+            .count_documents(bson::doc! {})
+            .await
+            .expect("count"),
+        5
+    );
+
+    // Deleting one makes room for exactly one.
+    let id = replies
+        .iter()
+        .find(|r| r.status == 201)
+        .and_then(|r| r.body["data"]["id"].as_str())
+        .expect("an id")
+        .to_owned();
+    let deleted = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{path}/{id}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let again = futures::future::join_all((20..24).map(register)).await;
+    assert_eq!(again.iter().filter(|r| r.status == 201).count(), 1);
+
+    // Endpoints stored before places existed still count, and get a place at the next
+    // registration there is room for.
+    let mut legacy: Vec<bson::Document> = Vec::new();
+    let mut cursor = endpoints.find(bson::doc! {}).await.expect("find");
+    while let Some(mut doc) = futures::TryStreamExt::try_next(&mut cursor)
+        .await
+        .expect("read")
+    {
+        doc.remove("slot");
+        legacy.push(doc);
+    }
+    endpoints.delete_many(bson::doc! {}).await.expect("delete");
+    endpoints
+        .insert_many(legacy)
+        .await
+        .expect("legacy endpoints");
+    register(99)
+        .await
+        .assert_error(409, "webhook_limit_reached");
+    let unplaced = endpoints
+        .find_one(bson::doc! {})
+        .await
+        .expect("find")
+        .expect("one");
+    let id = unplaced.get_str("_id").expect("id");
+    let deleted = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{path}/{id}"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let again = futures::future::join_all((100..104).map(register)).await;
+    assert_eq!(
+        again.iter().filter(|r| r.status == 201).count(),
+        1,
+        "{:?}",
+        again
+            .iter()
+            .map(|r| (r.status, r.body.clone()))
+            .collect::<Vec<_>>()
+    );
+    let mut slots: Vec<i32> = Vec::new();
+    let mut cursor = endpoints.find(bson::doc! {}).await.expect("find");
+    while let Some(doc) = futures::TryStreamExt::try_next(&mut cursor)
+        .await
+        .expect("read")
+    {
+        slots.push(doc.get_i32("slot").expect("placed"));
+    }
+    slots.sort_unstable();
+    assert_eq!(slots, [0, 1, 2, 3, 4]);
+}

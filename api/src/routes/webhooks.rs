@@ -23,8 +23,8 @@ use futures::TryStreamExt;
 use mongodb::options::FindOptions;
 use schemas::SubaccountId;
 use schemas::documents::webhook::{
-    DELIVERIES_COLLECTION, ENDPOINTS_COLLECTION, WEBHOOK_EVENT_TYPES, WebhookDelivery,
-    WebhookEndpoint,
+    DELIVERIES_COLLECTION, ENDPOINT_SLOT_FIELD, ENDPOINTS_COLLECTION, WEBHOOK_EVENT_TYPES,
+    WebhookDelivery, WebhookEndpoint,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -122,15 +122,6 @@ async fn register_webhook(
         .map_err(ApiError::InvalidWebhookUrl)?;
 
     let collection = endpoints(&state, &subaccount).await?;
-    let existing = collection
-        .count_documents(doc! { "subaccountId": subaccount.as_str() })
-        .await
-        .map_err(|e| ApiError::database(e, "counting webhook endpoints"))?;
-    let limit = state.webhooks.max_endpoints;
-    if existing >= limit as u64 {
-        return Err(ApiError::WebhookLimitReached { limit });
-    }
-
     let id = uuid::Uuid::now_v7().to_string();
     let secret = WebhookSecrets::generate();
     let now = bson::DateTime::now();
@@ -149,11 +140,15 @@ async fn register_webhook(
             .webhooks
             .secrets
             .seal(&secret, subaccount.as_str(), &id),
+        slot: None,
     };
-    collection
-        .insert_one(&endpoint)
-        .await
-        .map_err(|e| ApiError::database(e, "storing the webhook endpoint"))?;
+    let endpoint = insert_within_cap(
+        &collection,
+        &subaccount,
+        state.webhooks.max_endpoints,
+        endpoint,
+    )
+    .await?;
     tracing::info!(webhook_id = %id, "webhook endpoint registered");
     let mut data = render(&endpoint);
     data["secret"] = json!(*secret);
@@ -165,6 +160,117 @@ async fn register_webhook(
         )),
     )
         .into_response())
+}
+
+/// How many lost races one registration tolerates before answering 503. Each lost race
+/// means another registration of the subaccount took the place, so under the cap this is
+/// reached only by a flood of concurrent registrations and deletions.
+const SLOT_ATTEMPTS: usize = 64;
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Stores `endpoint` in a free place under the cap, exactly: each endpoint holds one of the
+/// subaccount's `limit` places (`slot`, unique per subaccount by index), so of concurrent
+/// registrations at most `limit` can ever be stored, whatever their timing.
+///
+/// Why places instead of a counter: the place and the endpoint are one document, written
+/// by one insert and freed by one delete, so a crash between two writes cannot leave a count
+/// that disagrees with the endpoints (a counter document would need a repair after every
+/// crash between its increment and the insert, or transactions, which a standalone MongoDB
+/// does not have).
+async fn insert_within_cap(
+    collection: &mongodb::Collection<WebhookEndpoint>,
+    subaccount: &SubaccountId,
+    limit: usize,
+    mut endpoint: WebhookEndpoint,
+) -> Result<WebhookEndpoint, ApiError> {
+    let places = i32::try_from(limit).unwrap_or(i32::MAX);
+    for _ in 0..SLOT_ATTEMPTS {
+        let held = held_slots(collection, subaccount).await?;
+        if held.len() >= limit {
+            return Err(ApiError::WebhookLimitReached { limit });
+        }
+        // Endpoints registered before places existed get one first, so they count.
+        if let Some(unplaced) = held.iter().position(|(_, slot)| slot.is_none()) {
+            let taken: Vec<i32> = held.iter().filter_map(|(_, slot)| *slot).collect();
+            let free = (0..).find(|s| !taken.contains(s)).unwrap_or(0);
+            place(collection, &held[unplaced].0, free).await?;
+            continue;
+        }
+        let free: Vec<i32> = (0..places)
+            .filter(|s| !held.iter().any(|(_, slot)| *slot == Some(*s)))
+            .collect();
+        if free.is_empty() {
+            // More endpoints than places (the cap was lowered): none until enough are deleted.
+            return Err(ApiError::WebhookLimitReached { limit });
+        }
+        // A random free place: concurrent registrations then rarely collide.
+        endpoint.slot = Some(free[rand::random_range(0..free.len())]);
+        match collection.insert_one(&endpoint).await {
+            Ok(_) => return Ok(endpoint),
+            Err(e) if is_duplicate_key(&e) => continue,
+            Err(e) => return Err(ApiError::database(e, "storing the webhook endpoint")),
+        }
+    }
+    tracing::warn!(
+        attempts = SLOT_ATTEMPTS,
+        "every free webhook place was taken by a concurrent registration; answering 503"
+    );
+    Err(ApiError::DatabaseUnavailable)
+}
+
+/// Every endpoint of the subaccount: its id and place.
+async fn held_slots(
+    collection: &mongodb::Collection<WebhookEndpoint>,
+    subaccount: &SubaccountId,
+) -> Result<Vec<(String, Option<i32>)>, ApiError> {
+    let docs: Vec<bson::Document> = collection
+        .clone_with_type::<bson::Document>()
+        .find(doc! { "subaccountId": subaccount.as_str() })
+        .projection(doc! { "_id": 1, ENDPOINT_SLOT_FIELD: 1 })
+        .await
+        .map_err(|e| ApiError::database(e, "counting webhook endpoints"))?
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::database(e, "counting webhook endpoints"))?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| {
+            let id = d.get_str("_id").ok()?.to_owned();
+            let slot = d.get_i32(ENDPOINT_SLOT_FIELD).ok();
+            Some((id, slot))
+        })
+        .collect())
+}
+
+/// Gives an endpoint registered before places existed the place `slot`, unless it has one
+/// by now or the place is taken (the caller looks again either way).
+async fn place(
+    collection: &mongodb::Collection<WebhookEndpoint>,
+    id: &str,
+    slot: i32,
+) -> Result<(), ApiError> {
+    let placed = collection
+        .update_one(
+            doc! { "_id": id, ENDPOINT_SLOT_FIELD: { "$exists": false } },
+            doc! { "$set": { ENDPOINT_SLOT_FIELD: slot } },
+        )
+        .await;
+    match placed {
+        Ok(_) => Ok(()),
+        Err(e) if is_duplicate_key(&e) => Ok(()),
+        Err(e) => Err(ApiError::database(e, "placing a webhook endpoint")),
+    }
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
 }
 
 fn validate_events(events: Vec<String>) -> Result<Vec<String>, ApiError> {

@@ -42,7 +42,16 @@ pub struct WebhookEndpoint {
     /// The signing secret, AES-256-GCM encrypted (`WEBHOOK_SECRET_KEYS`), bound to the
     /// subaccount and endpoint id. Shown in plain text once, in the registration's answer.
     pub secret: EncryptedToken,
+    /// Which of the subaccount's `WEBHOOK_MAX_ENDPOINTS` places this endpoint holds, from 0.
+    /// Unique per subaccount ([`ENDPOINT_SLOT_FIELD`] index), so concurrent registrations
+    /// cannot together exceed the cap. `None` on endpoints registered before slots existed;
+    /// the api gives them one at the next registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<i32>,
 }
+
+/// The field of [`WebhookEndpoint::slot`], unique per subaccount where present.
+pub const ENDPOINT_SLOT_FIELD: &str = "slot";
 
 /// One delivery attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
