@@ -809,6 +809,7 @@ async fn messages_waiting_in_the_buffer_past_ack_wait_are_not_redelivered() {
         .expect("stops")
         .expect("no panic");
     infra.close().await;
+}
 
 #[tokio::test]
 async fn a_full_dead_letter_stream_holds_the_event_until_there_is_room() {
