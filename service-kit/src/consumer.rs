@@ -71,6 +71,13 @@ impl ConsumerSpec {
             .unwrap_or(Duration::from_secs(1))
     }
 
+    /// The latest a message NAKed after its `delivered`-th delivery is due back: its retry
+    /// delay with the most [`RETRY_JITTER`]. For handlers that keep track of what waits for a
+    /// redelivery.
+    pub fn latest_redelivery(&self, delivered: i64) -> Duration {
+        jitter(self.retry_delay(delivered), 1.0)
+    }
+
     /// [`retry_delay`](Self::retry_delay) spread by ±[`RETRY_JITTER`], so messages that failed
     /// together (a receiver or database that was down) do not all come back at the same
     /// instant.
@@ -971,6 +978,8 @@ mod tests {
         assert_eq!(jitter(base, 0.5), Duration::from_secs(100));
         assert_eq!(jitter(base, 1.0), Duration::from_secs(120));
         let spec = spec(&[100]);
+        assert_eq!(spec.latest_redelivery(1), Duration::from_secs(120));
+        assert_eq!(spec.latest_redelivery(7), Duration::from_secs(120));
         let seen: Vec<Duration> = (0..200).map(|_| spec.jittered_retry_delay(1)).collect();
         assert!(
             seen.iter()

@@ -2,7 +2,8 @@
 //! every key name the services use, in one place.
 //!
 //! Redis only holds what may be lost: OAuth state, cached access tokens, refresh locks, read
-//! caches and rate-limit budgets. Every key is written with an expiry.
+//! caches, rate-limit budgets and the count of webhook deliveries awaiting a retry. Every key is
+//! written with an expiry.
 
 use std::time::Duration;
 
@@ -104,6 +105,14 @@ impl RedisKeys {
     /// [`crate::rate_limit`]). Expires when the budget is full again.
     pub fn rate_limit(&self, limit: &str, subject: &str) -> String {
         format!("{}:ratelimit:{limit}:{subject}", self.prefix)
+    }
+
+    /// The webhook deliveries of one subaccount that failed and wait for their redelivery: a
+    /// sorted set of stream sequences scored by the latest time (ms, Redis's clock) each is due
+    /// back, for the per-tenant cap on retries (`WEBHOOK_MAX_RETRYING_PER_TENANT`). Expires with
+    /// its latest member.
+    pub fn webhook_retrying(&self, subaccount: &SubaccountId) -> String {
+        format!("{}:webhook:retrying:{subaccount}", self.prefix)
     }
 
     /// Result of validating a service token (by its hash, never the token), cached 5 minutes.
