@@ -130,10 +130,7 @@ async fn webhook_consumers(
 
 /// The webhook delivery consumer's settings, and how it shares the POST slots between tenants.
 fn delivery_spec(webhooks: &WebhookConfig, ns: &Namespace) -> (ConsumerSpec, Fairness) {
-    let fairness = Fairness {
-        per_tenant_concurrency: webhooks.per_tenant_concurrency,
-        buffer: webhooks.buffer,
-    };
+    let fairness = webhooks.fairness();
     let spec = ConsumerSpec {
         durable: WEBHOOK_DELIVERY_CONSUMER,
         filter_subject: ns.event_filter::<WebhookDeliveryRequested>(),
@@ -141,7 +138,7 @@ fn delivery_spec(webhooks: &WebhookConfig, ns: &Namespace) -> (ConsumerSpec, Fai
         ack_wait: webhooks.timeout + ACK_WAIT,
         max_deliver: webhooks.max_deliver,
         // Room for the webhooks waiting for a retry, plus every replica's buffer.
-        max_ack_pending: fairness.max_ack_pending((webhooks.concurrency as i64 * 8).max(256)),
+        max_ack_pending: webhooks.max_ack_pending(),
         concurrency: webhooks.concurrency,
         retry_delays: webhooks.retry_delays.clone(),
     };
@@ -168,6 +165,36 @@ mod tests {
         assert_eq!(fairness.buffer, 1000);
         assert_eq!(fairness.check(&spec), Ok(()));
         assert_eq!(spec.max_ack_pending, 256 + 4 * 1000);
+    }
+
+    #[test]
+    fn the_per_tenant_retry_cap_is_at_least_one_and_at_most_half_the_pending_limit() {
+        let defaults = config(&[]).expect("defaults are valid");
+        assert_eq!(defaults.webhooks.max_retrying_per_tenant, 100);
+        // Half of 256 + 4 × 1000.
+        for raw in ["0", "-1", "lots", "2129"] {
+            let err = config(&[("WEBHOOK_MAX_RETRYING_PER_TENANT", raw)]).expect_err(raw);
+            assert!(
+                err.problems
+                    .iter()
+                    .any(|p| p.setting == "WEBHOOK_MAX_RETRYING_PER_TENANT"),
+                "{raw}: {err}"
+            );
+        }
+        let err = config(&[("WEBHOOK_MAX_RETRYING_PER_TENANT", "0")]).expect_err("0");
+        assert!(
+            err.to_string().contains("must be between 1 and 2128"),
+            "the error says what is allowed: {err}"
+        );
+        // The bound follows the pending limit: 256 + 4 × 16 with a buffer of 16.
+        config(&[
+            ("WEBHOOK_BUFFER", "16"),
+            ("WEBHOOK_MAX_RETRYING_PER_TENANT", "161"),
+        ])
+        .expect_err("above half of 320");
+        for raw in ["1", "2128"] {
+            config(&[("WEBHOOK_MAX_RETRYING_PER_TENANT", raw)]).expect(raw);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod store;
 use std::time::Duration;
 
 use service_kit::config::{Env, HumanDuration, RetryDelays};
+use service_kit::consumer::Fairness;
 use service_kit::webhook::{TargetPolicy, WebhookSecrets};
 
 /// The webhook settings of the metadata-worker.
@@ -46,6 +47,10 @@ pub struct WebhookConfig {
     /// is also what keeps a replayed event from being delivered twice, so it must outlive
     /// the replay window (`EVENTS_MAX_AGE`).
     pub delivery_log_ttl: Duration,
+    /// Webhooks of one subaccount that may wait for a retry at once, across replicas: the
+    /// per-tenant cap on the consumer's pending limit (a NAKed message holds a slot of it until
+    /// it is redelivered), so one tenant's failing receivers cannot stop everyone's webhooks.
+    pub max_retrying_per_tenant: u32,
 }
 
 impl WebhookConfig {
@@ -112,7 +117,12 @@ impl WebhookConfig {
                 "How long a webhook delivery attempt stays in the endpoint's delivery log (deleted by a TTL index). At least EVENTS_MAX_AGE: the log also keeps a replayed event from being delivered twice.",
             )
             .into();
-        Self {
+        let max_retrying_per_tenant: u32 = env.value(
+            "WEBHOOK_MAX_RETRYING_PER_TENANT",
+            "100",
+            "Webhook deliveries of one subaccount that may wait for a retry at once, across replicas. A failed delivery beyond it is parked in the dead-letter stream at once (replay with gcal-ops dlq replay --consumer webhook-delivery) instead of waiting, so one tenant's failing receivers cannot fill the consumer's pending limit and stop every tenant's webhooks (1 to half that limit).",
+        );
+        let config = Self {
             policy,
             secrets,
             timeout,
@@ -122,6 +132,35 @@ impl WebhookConfig {
             per_tenant_concurrency,
             buffer,
             delivery_log_ttl,
+            max_retrying_per_tenant,
+        };
+        let most = config.max_ack_pending() / 2;
+        if max_retrying_per_tenant == 0 || i64::from(max_retrying_per_tenant) > most {
+            env.problem(
+                "WEBHOOK_MAX_RETRYING_PER_TENANT",
+                format!(
+                    "must be between 1 and {most}: half the webhook-delivery consumer's pending \
+                     limit with these WEBHOOK_CONCURRENCY and WEBHOOK_BUFFER, so that one \
+                     tenant's retries leave the rest to the others"
+                ),
+            );
         }
+        config
+    }
+
+    /// How the delivery consumer shares its POST slots between tenants.
+    pub fn fairness(&self) -> Fairness {
+        Fairness {
+            per_tenant_concurrency: self.per_tenant_concurrency,
+            buffer: self.buffer,
+        }
+    }
+
+    /// The delivery consumer's `max_ack_pending`: room for webhooks waiting for a retry
+    /// (`max(256, 8 × WEBHOOK_CONCURRENCY)`), plus every replica's buffer.
+    pub fn max_ack_pending(&self) -> i64 {
+        let concurrency = i64::try_from(self.concurrency).unwrap_or(i64::MAX);
+        self.fairness()
+            .max_ack_pending(concurrency.saturating_mul(8).max(256))
     }
 }
