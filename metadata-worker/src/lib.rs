@@ -24,6 +24,7 @@ use crate::handler::ConnectionEventHandler;
 use crate::webhooks::WebhookConfig;
 use crate::webhooks::delivery::DeliveryHandler;
 use crate::webhooks::fan_out::FanOutHandler;
+use crate::webhooks::retry_cap::RetryCap;
 
 /// How long JetStream waits for an ack before redelivering; the runner signals progress while
 /// a write is being retried.
@@ -103,12 +104,19 @@ async fn webhook_consumers(
     let (delivery_spec, delivery_fairness) = delivery_spec(webhooks, ns);
     let fan_out = consumer::ensure_consumer(&infra.jetstream, ns, &fan_out_spec).await?;
     let delivery = consumer::ensure_consumer(&infra.jetstream, ns, &delivery_spec).await?;
-    let deliverer = DeliveryHandler::new(infra.clone(), webhooks.clone()).map_err(|e| {
-        StartupError::Misconfigured {
-            setting: "WEBHOOK_TIMEOUT",
-            cause: format!("cannot build the webhook HTTP client: {e}"),
-        }
-    })?;
+    let retries = RetryCap::new(
+        infra.redis.clone(),
+        infra.keys.clone(),
+        webhooks.max_retrying_per_tenant,
+        delivery_spec.clone(),
+    );
+    let deliverer =
+        DeliveryHandler::new(infra.clone(), webhooks.clone(), retries).map_err(|e| {
+            StartupError::Misconfigured {
+                setting: "WEBHOOK_TIMEOUT",
+                cause: format!("cannot build the webhook HTTP client: {e}"),
+            }
+        })?;
     Ok(vec![
         Consumer::new::<ConnectionEvents, _>(
             fan_out,

@@ -9,6 +9,11 @@
 //!   refuses at DNS) → retryable: the runner redelivers after the jittered
 //!   `WEBHOOK_RETRY_DELAYS` and, after `WEBHOOK_MAX_DELIVER` attempts, parks it in the
 //!   dead-letter stream (`gcal-ops dlq replay` sends it again).
+//! - Unless its subaccount already has `WEBHOOK_MAX_RETRYING_PER_TENANT` deliveries awaiting a
+//!   retry ([`retry_cap`](super::retry_cap)): then it is parked at once (a permanent error), so
+//!   one tenant's failing receivers cannot fill the consumer's pending limit. If Redis cannot
+//!   say, it is retried as without the cap: an outage of Redis must not dead-letter webhooks.
+//!   A redelivered webhook leaves its tenant's count whatever the outcome of this attempt.
 //!
 //! Redirects are not followed, no proxy is used, and the client's resolver only returns
 //! addresses the target policy allows. The secret is decrypted for signing only and never
@@ -24,6 +29,7 @@ use serde_json::json;
 use service_kit::Infrastructure;
 use service_kit::consumer::{Delivery, EventHandler, HandlerError};
 
+use super::retry_cap::{self, RetryCap, Wait};
 use super::{WebhookConfig, signature, store};
 
 #[derive(Debug)]
@@ -31,10 +37,15 @@ pub struct DeliveryHandler {
     infra: Infrastructure,
     config: WebhookConfig,
     client: reqwest::Client,
+    retries: RetryCap,
 }
 
 impl DeliveryHandler {
-    pub fn new(infra: Infrastructure, config: WebhookConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        infra: Infrastructure,
+        config: WebhookConfig,
+        retries: RetryCap,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -47,8 +58,20 @@ impl DeliveryHandler {
             infra,
             config,
             client,
+            retries,
         })
     }
+}
+
+/// How a delivery attempt ended, for the message.
+enum Settled {
+    /// Nothing more to do: ack.
+    Done,
+    /// Failed, and counted as awaiting its retry (or uncounted, Redis being unavailable): NAK
+    /// it for a later redelivery.
+    WaitsForRetry(String),
+    /// Failed on the last allowed attempt: the runner parks it.
+    LastAttemptFailed(String),
 }
 
 /// What one attempt came to.
@@ -64,6 +87,31 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
         event: Envelope<WebhookDeliveryRequested>,
         delivery: Delivery,
     ) -> Result<(), HandlerError> {
+        let settled = self.deliver(&event, delivery).await;
+        // A redelivery may have been awaiting its retry: this attempt ends that, whatever its
+        // outcome (one that waits again was kept in place by the cap's script).
+        if delivery.delivered > 1
+            && !matches!(settled, Ok(Settled::WaitsForRetry(_)))
+            && let Err(e) = self.retries.attempted(&event.subaccount_id, delivery).await
+        {
+            // It stops counting when its expiry passes.
+            tracing::warn!(error = %e, "could not take the webhook out of its tenant's retry count");
+        }
+        match settled? {
+            Settled::Done => Ok(()),
+            Settled::WaitsForRetry(reason) | Settled::LastAttemptFailed(reason) => {
+                Err(HandlerError::Retryable(reason))
+            }
+        }
+    }
+}
+
+impl DeliveryHandler {
+    async fn deliver(
+        &self,
+        event: &Envelope<WebhookDeliveryRequested>,
+        delivery: Delivery,
+    ) -> Result<Settled, HandlerError> {
         let subaccount = &event.subaccount_id;
         let request = &event.payload;
         let announced = &request.event;
@@ -78,14 +126,14 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
         let Some(endpoint) = endpoint.filter(|e| e.enabled) else {
             tracing::info!(endpoint_id = %request.endpoint_id, "webhook endpoint deleted or disabled; not delivering");
             count("skipped");
-            return Ok(());
+            return Ok(Settled::Done);
         };
         if store::already_delivered(mongo, subaccount, &endpoint.id, &event_id)
             .await
             .map_err(|e| retryable("reading the delivery log", e))?
         {
             tracing::info!(endpoint_id = %endpoint.id, "webhook already delivered; not sending it again");
-            return Ok(());
+            return Ok(Settled::Done);
         }
         let secret = self
             .config
@@ -147,12 +195,32 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
             }
         };
 
-        let outcome = match attempt.status {
+        let why = match (attempt.status, &attempt.error) {
+            (Some(status), _) => format!("the receiver answered HTTP {status}"),
+            (None, Some(error)) => error.clone(),
+            (None, None) => "unknown failure".to_owned(),
+        };
+        let mut outcome = match attempt.status {
             Some(200..=299) => DeliveryOutcome::Delivered,
             Some(410) => DeliveryOutcome::EndpointDisabled,
             _ if delivery.is_last_attempt() => DeliveryOutcome::Failed,
             _ => DeliveryOutcome::Retrying,
         };
+        // Room to wait for the retry, or parked now (see `retry_cap`).
+        let mut over_cap = None;
+        if outcome == DeliveryOutcome::Retrying {
+            match self.retries.wait(subaccount, delivery).await {
+                Ok(Wait::Admitted { .. }) => {}
+                Ok(Wait::Full { awaiting }) => {
+                    outcome = DeliveryOutcome::Failed;
+                    over_cap = Some(awaiting);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count the tenant's webhooks awaiting a retry; retrying this one uncapped");
+                    service_kit::rate_limit::count_unavailable(retry_cap::LIMIT);
+                }
+            }
+        }
         if outcome == DeliveryOutcome::EndpointDisabled
             && let Err(e) = store::disable(
                 mongo,
@@ -173,7 +241,14 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
             attempt: delivery.delivered,
             attempted_at: bson::DateTime::now(),
             status_code: attempt.status.map(i32::from),
-            error: attempt.error.clone(),
+            error: match over_cap {
+                // The receiver's owner reads the log: say why it was not retried.
+                Some(awaiting) => Some(format!(
+                    "{why}; not retried: {awaiting} webhooks of this subaccount already await a \
+                     retry, so this one was set aside for an operator to send again"
+                )),
+                None => attempt.error.clone(),
+            },
             duration_ms: i64::try_from(attempt.elapsed.as_millis()).unwrap_or(i64::MAX),
             outcome,
         };
@@ -183,27 +258,36 @@ impl EventHandler<WebhookDeliveryRequested> for DeliveryHandler {
             // The log is for people; it never decides whether a webhook is sent again.
             tracing::warn!(error = %e, "could not record the webhook attempt");
         }
+        let not_delivered = format!("webhook to endpoint {} not delivered: {why}", endpoint.id);
+        if let Some(awaiting) = over_cap {
+            count("parked_retry_cap");
+            let reason = format!(
+                "tenant has {awaiting} webhook deliveries awaiting retry; parked to keep other \
+                 tenants' deliveries flowing (replay with gcal-ops dlq replay --consumer {})",
+                schemas::subjects::WEBHOOK_DELIVERY_CONSUMER
+            );
+            tracing::warn!(endpoint_id = %endpoint.id, failure = %why, attempt = delivery.delivered, %reason, "webhook not delivered; parked");
+            return Err(HandlerError::Permanent(format!(
+                "{not_delivered}; {reason}"
+            )));
+        }
         count(outcome.as_str());
-        let why = match (attempt.status, &attempt.error) {
-            (Some(status), _) => format!("the receiver answered HTTP {status}"),
-            (None, Some(error)) => error.clone(),
-            (None, None) => "unknown failure".to_owned(),
-        };
         match outcome {
             DeliveryOutcome::Delivered => {
                 tracing::info!(endpoint_id = %endpoint.id, status = attempt.status, "webhook delivered");
-                Ok(())
+                Ok(Settled::Done)
             }
             DeliveryOutcome::EndpointDisabled => {
                 tracing::warn!(endpoint_id = %endpoint.id, "receiver answered 410 Gone; webhook endpoint disabled");
-                Ok(())
+                Ok(Settled::Done)
             }
-            DeliveryOutcome::Retrying | DeliveryOutcome::Failed => {
-                tracing::warn!(endpoint_id = %endpoint.id, reason = %why, attempt = delivery.delivered, "webhook not delivered");
-                Err(HandlerError::Retryable(format!(
-                    "webhook to endpoint {} not delivered: {why}",
-                    endpoint.id
-                )))
+            DeliveryOutcome::Retrying => {
+                tracing::warn!(endpoint_id = %endpoint.id, reason = %why, attempt = delivery.delivered, "webhook not delivered; will retry");
+                Ok(Settled::WaitsForRetry(not_delivered))
+            }
+            DeliveryOutcome::Failed => {
+                tracing::warn!(endpoint_id = %endpoint.id, reason = %why, attempt = delivery.delivered, "webhook not delivered on its last attempt");
+                Ok(Settled::LastAttemptFailed(not_delivered))
             }
         }
     }

@@ -9,10 +9,13 @@
 //!   to a target the policy allows (`service_kit::webhook::TargetPolicy`, with a DNS resolver
 //!   that drops refused addresses), records every attempt in the tenant's
 //!   `webhookdeliveries` ([`store`]), and leaves retries (jittered `WEBHOOK_RETRY_DELAYS` up to
-//!   `WEBHOOK_MAX_DELIVER`) and the dead-letter stream to the shared consumer runner.
+//!   `WEBHOOK_MAX_DELIVER`) and the dead-letter stream to the shared consumer runner — except
+//!   that a tenant's failed deliveries beyond `WEBHOOK_MAX_RETRYING_PER_TENANT` awaiting a
+//!   retry are parked at once ([`retry_cap`]).
 
 pub mod delivery;
 pub mod fan_out;
+pub mod retry_cap;
 pub mod signature;
 pub mod store;
 
