@@ -2,7 +2,8 @@
 //! the api, connection events fanned out and POSTed by the metadata-worker to a receiver in
 //! this test (axum on 127.0.0.1), verified with the README's recipe; retries with the log
 //! readable through the api; 410 disabling the endpoint; dead letters replayed with
-//! `gcal-ops`; and targets the policy refuses.
+//! `gcal-ops`; targets the policy refuses; and the per-tenant cap on deliveries awaiting a
+//! retry (a tenant past it is parked, others keep flowing; a Redis outage parks nothing).
 
 mod api_support;
 
@@ -176,7 +177,11 @@ impl Stack {
     /// The api and the metadata-worker in one fresh context, webhooks allowed to reach
     /// loopback, quick retries; `worker` overrides the worker's settings.
     async fn start(worker: &[(&str, &str)]) -> Self {
-        let ctx = TestContext::new();
+        Self::start_in(TestContext::new(), worker).await
+    }
+
+    /// [`Stack::start`] in `ctx` (its own Redis, say).
+    async fn start_in(ctx: TestContext, worker: &[(&str, &str)]) -> Self {
         let api = Api::start_in(ctx.clone(), &LOCAL_TARGETS).await;
         api.seed_google_calendar(SUBACCOUNT).await;
         let mut settings = LOCAL_TARGETS.to_vec();
@@ -200,11 +205,16 @@ impl Stack {
 
     /// Registers `url`; the 201's data (with the secret).
     async fn register(&self, url: &str) -> Value {
+        self.register_for(SUBACCOUNT, url).await
+    }
+
+    /// Registers `url` for `subaccount`; the 201's data (with the secret).
+    async fn register_for(&self, subaccount: &str, url: &str) -> Value {
         let reply = self
             .api
             .post(
-                &webhooks_path(SUBACCOUNT),
-                Some(&token(SUBACCOUNT)),
+                &webhooks_path(subaccount),
+                Some(&token(subaccount)),
                 &json!({ "url": url, "description": "test receiver" }),
             )
             .await;
@@ -282,8 +292,12 @@ fn subaccount() -> SubaccountId {
 }
 
 fn succeeded(google: &str) -> Envelope<ConnectionSucceeded> {
+    succeeded_for(SUBACCOUNT, google)
+}
+
+fn succeeded_for(subaccount: &str, google: &str) -> Envelope<ConnectionSucceeded> {
     Envelope::new(
-        subaccount(),
+        SubaccountId::parse(subaccount).expect("id"),
         uuid::Uuid::now_v7(),
         ConnectionSucceeded {
             calendar_id: "507f1f77bcf86cd799439011".into(),
@@ -943,4 +957,270 @@ async fn concurrent_registrations_never_exceed_the_cap() {
     }
     slots.sort_unstable();
     assert_eq!(slots, [0, 1, 2, 3, 4]);
+}
+
+/// Dead letters of the webhook-delivery consumer (all of them, not only the first 100).
+async fn parked_deliveries(js: &jetstream::Context, ns: &Namespace) -> usize {
+    use futures::TryStreamExt as _;
+    js.get_stream(ns.dead_letter_stream())
+        .await
+        .expect("the dead-letter stream")
+        .info_with_subjects(ns.dead_letter(WEBHOOK_DELIVERY_CONSUMER))
+        .await
+        .expect("dead-letter subjects")
+        .try_fold(0, |sum, (_, count)| async move { Ok(sum + count) })
+        .await
+        .expect("dead-letter counts")
+}
+
+/// `(members, PTTL in ms)` of `subaccount`'s set of webhook deliveries awaiting a retry.
+async fn awaiting_retry(ctx: &TestContext, subaccount: &str) -> (Vec<String>, i64) {
+    let client = redis::Client::open(ctx.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = service_kit::redis::RedisKeys::new(ctx.id.clone())
+        .webhook_retrying(&SubaccountId::parse(subaccount).expect("id"));
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    (members, ttl)
+}
+
+/// What the pending limit is with [`CAPPED`]: `max(256, 8 × 4) + 4 × 4`.
+const PENDING_LIMIT: usize = 272;
+
+/// A small delivery consumer (its `max_ack_pending` is [`PENDING_LIMIT`]) whose tenants may
+/// each have 3 deliveries awaiting a retry, two minutes away (the test is over by then).
+const CAPPED: [(&str, &str); 5] = [
+    ("WEBHOOK_MAX_RETRYING_PER_TENANT", "3"),
+    ("WEBHOOK_RETRY_DELAYS", "2m"),
+    ("WEBHOOK_CONCURRENCY", "4"),
+    ("WEBHOOK_PER_TENANT_CONCURRENCY", "2"),
+    ("WEBHOOK_BUFFER", "4"),
+];
+
+/// Tenant A registers 10 endpoints (the cap) on a receiver that answers 500 and produces more
+/// failing deliveries than the consumer's whole pending limit. Its first 3 wait for their
+/// retry; every further one is parked at once with the reason. Tenant B's webhook is then
+/// delivered within seconds — without the cap, A's NAKed deliveries would hold every pending
+/// slot and JetStream would hand B's out only after A's retries ran out. Once A's receiver
+/// works, replaying the parked ones with `gcal-ops` delivers them.
+#[tokio::test]
+async fn a_tenant_past_its_retry_cap_is_parked_and_other_tenants_webhooks_still_flow() {
+    let stack = Stack::start(&CAPPED).await;
+    stack
+        .api
+        .seed_google_calendar(api_support::OTHER_SUBACCOUNT)
+        .await;
+    let failing = Receiver::start(&[], 500).await;
+    let healthy = Receiver::start(&[], 200).await;
+    let mut a_endpoints = Vec::new();
+    for _ in 0..10 {
+        let registered = stack.register_for(SUBACCOUNT, &failing.url).await;
+        a_endpoints.push(registered["id"].as_str().expect("id").to_owned());
+    }
+    stack
+        .register_for(api_support::OTHER_SUBACCOUNT, &healthy.url)
+        .await;
+
+    // 28 connection events × 10 endpoints: more failing deliveries than the pending limit.
+    let events = 28;
+    let deliveries = events * 10;
+    assert!(deliveries > PENDING_LIMIT);
+    for n in 0..events {
+        stack.publish(&succeeded(&format!("a{n}@gmail.com"))).await;
+    }
+    let ctx = stack.ctx().clone();
+    let ns: Namespace = stack.api.namespace.clone();
+    let js = jetstream::new(async_nats::connect(&ctx.nats_url).await.expect("nats"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let parked = parked_deliveries(&js, &ns).await;
+        if parked >= deliveries - 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {parked} of tenant A's failing deliveries parked, {} requests received",
+            failing.received().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every delivery was tried once; 3 wait for their retry, the rest are parked.
+    assert_eq!(failing.received().len(), deliveries);
+    assert_eq!(parked_deliveries(&js, &ns).await, deliveries - 3);
+    let (members, ttl) = awaiting_retry(&ctx, SUBACCOUNT).await;
+    assert_eq!(members.len(), 3, "{members:?}");
+    // Expires with its latest member: at most 2 min + 20 % + ack_wait (2 s + 30 s).
+    assert!((1..=176_000).contains(&ttl), "PTTL {ttl}");
+    let reason = "tenant has 3 webhook deliveries awaiting retry; parked to keep other tenants' \
+                  deliveries flowing (replay with gcal-ops dlq replay --consumer webhook-delivery)";
+    let letters = dead_letters(&js, &ns).await;
+    assert!(!letters.is_empty());
+    for (consumer, last_error) in &letters {
+        assert_eq!(consumer, WEBHOOK_DELIVERY_CONSUMER);
+        assert!(
+            last_error.contains("the receiver answered HTTP 500") && last_error.contains(reason),
+            "{last_error}"
+        );
+    }
+    // The tenant's log says why a parked one was not retried.
+    let log = stack.deliveries(&a_endpoints[0]).await;
+    assert!(
+        log.iter().any(|d| d["outcome"] == "failed"
+            && d["statusCode"] == 500
+            && d["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("already await a retry"))),
+        "{log:?}"
+    );
+
+    // Tenant B is not held up by A's failures.
+    let started = tokio::time::Instant::now();
+    let b_event = succeeded_for(api_support::OTHER_SUBACCOUNT, "b@gmail.com");
+    stack.publish(&b_event).await;
+    loop {
+        if !healthy.accepted().is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "tenant B's webhook not delivered within 5 s while tenant A is failing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        healthy.accepted()[0].header("Gcal-Webhook-Id"),
+        b_event.id.to_string()
+    );
+
+    // A's receiver is fixed; the operator replays the parked deliveries.
+    failing.answer_from_now_on(200);
+    let argv = [
+        "gcal-ops",
+        "--nats-url",
+        &ctx.nats_url,
+        "--namespace",
+        &ctx.id,
+        "dlq",
+        "replay",
+        "--all",
+        "--consumer",
+        WEBHOOK_DELIVERY_CONSUMER,
+    ];
+    let cli = ops::Cli::try_parse_from(argv).expect("command line");
+    let mut out = Vec::new();
+    ops::run_with_env(
+        cli,
+        Env::from_pairs(Vec::<(String, String)>::new()),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
+    let accepted = eventually("the replayed webhooks accepted", || async {
+        let accepted = failing.accepted();
+        (accepted.len() >= deliveries - 3).then_some(accepted)
+    })
+    .await;
+    let mut per_event = std::collections::HashMap::<String, usize>::new();
+    for webhook in &accepted {
+        *per_event
+            .entry(webhook.header("Gcal-Webhook-Id"))
+            .or_default() += 1;
+    }
+    assert_eq!(per_event.len(), events, "every event reached the receiver");
+    assert!(per_event.values().all(|n| *n <= 10), "{per_event:?}");
+    assert_eq!(
+        parked_deliveries(&js, &ns).await,
+        0,
+        "every dead letter replayed"
+    );
+}
+
+/// A delivery that fails counts against its tenant's cap while it waits for the retry, and
+/// leaves it once the retry succeeds: the set empties and its key is gone.
+#[tokio::test]
+async fn a_delivery_that_succeeds_on_retry_leaves_its_tenants_retry_count() {
+    let stack = Stack::start(&[
+        ("WEBHOOK_MAX_RETRYING_PER_TENANT", "3"),
+        ("WEBHOOK_RETRY_DELAYS", "3s"),
+    ])
+    .await;
+    let receiver = Receiver::start(&[500, 500], 200).await;
+    stack.register(&receiver.url).await;
+    let first = succeeded("a@gmail.com");
+    let second = succeeded("b@gmail.com");
+    stack.publish(&first).await;
+    stack.publish(&second).await;
+
+    let ctx = stack.ctx().clone();
+    // Both failed and wait (at least 2.4 s) for their retry.
+    eventually("two deliveries awaiting a retry", || async {
+        let (members, ttl) = awaiting_retry(&ctx, SUBACCOUNT).await;
+        (members.len() == 2 && ttl > 0).then_some(())
+    })
+    .await;
+    assert!(receiver.accepted().is_empty());
+
+    eventually("both delivered on retry", || async {
+        (receiver.accepted().len() == 2).then_some(())
+    })
+    .await;
+    eventually("the tenant's retry count emptied", || async {
+        let (members, ttl) = awaiting_retry(&ctx, SUBACCOUNT).await;
+        (members.is_empty() && ttl == -2).then_some(())
+    })
+    .await;
+    stack.drained().await;
+    assert_eq!(receiver.received().len(), 4);
+}
+
+/// With Redis down the cap cannot be counted: failing deliveries are retried as before (none
+/// parked), even past a cap of 1, and arrive once the receiver is back.
+#[tokio::test]
+async fn while_redis_is_down_failing_deliveries_are_retried_not_parked() {
+    let mut redis = e2e::servers::RedisServer::start();
+    let mut ctx = TestContext::new();
+    ctx.redis_url = redis.url();
+    let stack = Stack::start_in(
+        ctx,
+        &[
+            ("WEBHOOK_MAX_RETRYING_PER_TENANT", "1"),
+            ("WEBHOOK_RETRY_DELAYS", "500ms"),
+        ],
+    )
+    .await;
+    let receiver = Receiver::start(&[500, 500, 500], 200).await;
+    stack.register(&receiver.url).await;
+    redis.stop();
+
+    let events: Vec<_> = (0..3)
+        .map(|n| succeeded(&format!("u{n}@gmail.com")))
+        .collect();
+    for event in &events {
+        stack.publish(event).await;
+    }
+    eventually("all three delivered after a retry", || async {
+        (receiver.accepted().len() == 3).then_some(())
+    })
+    .await;
+    stack.drained().await;
+    assert_eq!(receiver.received().len(), 6, "3 refused, 3 accepted");
+    let js = jetstream::new(
+        async_nats::connect(&stack.ctx().nats_url)
+            .await
+            .expect("nats"),
+    );
+    assert_eq!(parked_deliveries(&js, &stack.api.namespace).await, 0);
 }
