@@ -31,6 +31,7 @@ fn delivery(sequence: u64, delivered: i64) -> Delivery {
         stream_sequence: sequence,
         delivered,
         max_deliver: 16,
+        replayed: false,
     }
 }
 

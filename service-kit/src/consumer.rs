@@ -114,6 +114,9 @@ pub struct Delivery {
     /// 1 on the first delivery.
     pub delivered: i64,
     pub max_deliver: i64,
+    /// An operator's replay (`gcal-ops`): it carries the original's message id
+    /// (`Gcal-Original-Msg-Id`).
+    pub replayed: bool,
 }
 
 impl Delivery {
@@ -391,6 +394,10 @@ impl<H> Worker<H> {
             stream_sequence: info.stream_sequence,
             delivered: info.delivered,
             max_deliver: self.spec.max_deliver,
+            replayed: message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(headers::ORIGINAL_MSG_ID).is_some()),
         };
         // RFC 3339, as the header promises (`OffsetDateTime`'s Display is not); only a
         // message being parked needs it.
@@ -852,6 +859,7 @@ async fn watch_max_deliveries(
             stream_sequence: advisory.stream_seq,
             delivered: advisory.deliveries,
             max_deliver: spec.max_deliver,
+            replayed: original.headers.get(headers::ORIGINAL_MSG_ID).is_some(),
         };
         // Parked by a task of its own, so one the dead-letter stream refuses (it is full) is
         // retried without holding up the advisories behind it.

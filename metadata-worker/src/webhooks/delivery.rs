@@ -14,6 +14,9 @@
 //!   one tenant's failing receivers cannot fill the consumer's pending limit. If Redis cannot
 //!   say, it is retried as without the cap: an outage of Redis must not dead-letter webhooks.
 //!   A redelivered webhook leaves its tenant's count whatever the outcome of this attempt.
+//!   While the tenant is at its cap, its new webhooks are parked the same way without being
+//!   POSTed at all (a receiver that times out would otherwise hold a slot for
+//!   `WEBHOOK_TIMEOUT` per webhook of the backlog); an operator's replay is always POSTed.
 //!
 //! Redirects are not followed, no proxy is used, and the client's resolver only returns
 //! addresses the target policy allows. The secret is decrypted for signing only and never
@@ -135,6 +138,22 @@ impl DeliveryHandler {
             tracing::info!(endpoint_id = %endpoint.id, "webhook already delivered; not sending it again");
             return Ok(Settled::Done);
         }
+        // A first attempt of a tenant already at its retry cap is set aside without a POST:
+        // against receivers that time out, one POST each would still let the tenant's backlog
+        // hold the consumer far longer than others can wait. An operator's replay is sent: it
+        // is how parked webhooks get delivered once the receiver works.
+        let held_back = if delivery.delivered == 1 && !delivery.replayed {
+            match self.retries.full(subaccount).await {
+                Ok(full) => full,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count the tenant's webhooks awaiting a retry; attempting this one");
+                    service_kit::rate_limit::count_unavailable(retry_cap::LIMIT);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let secret = self
             .config
             .secrets
@@ -156,6 +175,11 @@ impl DeliveryHandler {
         .map_err(|e| HandlerError::Permanent(format!("webhook body: {e}")))?;
 
         let attempt = match self.config.policy.check_url(&endpoint.url) {
+            _ if held_back.is_some() => Attempt {
+                status: None,
+                error: Some("not attempted".to_owned()),
+                elapsed: Duration::ZERO,
+            },
             Err(refused) => Attempt {
                 status: None,
                 error: Some(refused.to_string()),
@@ -207,8 +231,10 @@ impl DeliveryHandler {
             _ => DeliveryOutcome::Retrying,
         };
         // Room to wait for the retry, or parked now (see `retry_cap`).
-        let mut over_cap = None;
-        if outcome == DeliveryOutcome::Retrying {
+        let mut over_cap = held_back;
+        if over_cap.is_some() {
+            outcome = DeliveryOutcome::Failed;
+        } else if outcome == DeliveryOutcome::Retrying {
             match self.retries.wait(subaccount, delivery).await {
                 Ok(Wait::Admitted { .. }) => {}
                 Ok(Wait::Full { awaiting }) => {

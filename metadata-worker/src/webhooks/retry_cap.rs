@@ -51,6 +51,14 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(latest[2]) - now_ms))
 return {1, n}
 ";
 
+/// `KEYS[1]`: the subaccount's set. Prunes expired members and answers how many remain.
+const COUNT_LUA: &str = r"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+return redis.call('ZCARD', KEYS[1])
+";
+
 /// What [`RetryCap::wait`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -74,6 +82,7 @@ pub struct RetryCap {
     /// The delivery consumer's settings: when a NAKed delivery is due back.
     spec: ConsumerSpec,
     script: redis::Script,
+    count_script: redis::Script,
 }
 
 impl std::fmt::Debug for RetryCap {
@@ -94,6 +103,7 @@ impl RetryCap {
             cap,
             spec,
             script: redis::Script::new(WAIT_LUA),
+            count_script: redis::Script::new(COUNT_LUA),
         }
     }
 
@@ -125,6 +135,15 @@ impl RetryCap {
         } else {
             Wait::Full { awaiting }
         })
+    }
+
+    /// `Some(awaiting)` when the subaccount's deliveries awaiting a retry already fill the cap.
+    pub async fn full(&self, subaccount: &SubaccountId) -> Result<Option<u64>, Unavailable> {
+        let mut invocation = self.count_script.prepare_invoke();
+        invocation.key(self.keys.webhook_retrying(subaccount));
+        let mut redis = self.redis.clone();
+        let awaiting: u64 = bounded(invocation.invoke_async(&mut redis)).await?;
+        Ok((awaiting >= u64::from(self.cap)).then_some(awaiting))
     }
 
     /// The delivery was attempted again: it no longer awaits a retry (whatever happens next).
