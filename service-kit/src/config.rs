@@ -490,7 +490,7 @@ impl CommonConfig {
             redis_url: env.value(
                 "REDIS_URL",
                 "redis://127.0.0.1:6379",
-                "Redis server for OAuth state, token cache, locks and read caches.",
+                "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
             ),
             redis_key_prefix,
             startup_timeout: env
