@@ -83,8 +83,12 @@ for i = 3, #KEYS do limit_keys[#limit_keys + 1] = KEYS[i] end
 for i = 4, #ARGV do limit_args[#limit_args + 1] = ARGV[i] end
 local denied, wait, tats = gcra(limit_keys, limit_args, now)
 local ttl = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+local cap = tonumber(ARGV[3])
+-- Expired states are pruned only when the set looks full: one call less on the usual path.
+if redis.call('ZCARD', KEYS[2]) >= cap then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+end
+if redis.call('ZCARD', KEYS[2]) >= cap then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   local state_wait = math.max(1000, (tonumber(oldest[2]) - now_ms) * 1000)
   if denied == 0 or state_wait > wait then
