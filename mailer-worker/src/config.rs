@@ -8,6 +8,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use service_kit::ServiceConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration, RetryDelays};
+use service_kit::consumer::{Fairness, FairnessSettings};
 
 #[derive(Debug, Clone)]
 pub struct MailerWorkerConfig {
@@ -82,28 +83,22 @@ impl ServiceConfig for MailerWorkerConfig {
         if !(1..=256).contains(&concurrency) {
             env.problem("MAILER_CONCURRENCY", "must be between 1 and 256");
         }
-        let per_tenant_concurrency: usize = env.value(
-            "MAILER_PER_TENANT_CONCURRENCY",
-            "2",
-            "Emails of one subaccount one mailer-worker replica sends at the same time (1 to MAILER_CONCURRENCY), so one tenant's flood cannot take every slot.",
+        let Fairness {
+            per_tenant_concurrency,
+            buffer,
+        } = Fairness::read(
+            env,
+            &FairnessSettings {
+                concurrency: "MAILER_CONCURRENCY",
+                per_tenant: "MAILER_PER_TENANT_CONCURRENCY",
+                per_tenant_default: "2",
+                per_tenant_description: "Emails of one subaccount one mailer-worker replica sends at the same time (1 to MAILER_CONCURRENCY), so one tenant's flood cannot take every slot.",
+                buffer: "MAILER_BUFFER",
+                buffer_default: "1000",
+                buffer_description: "Auth-link events one mailer-worker replica pulls ahead and holds, so another tenant's link is found behind a flood (MAILER_CONCURRENCY to 100000).",
+            },
+            concurrency,
         );
-        if per_tenant_concurrency == 0 || per_tenant_concurrency > concurrency {
-            env.problem(
-                "MAILER_PER_TENANT_CONCURRENCY",
-                "must be between 1 and MAILER_CONCURRENCY",
-            );
-        }
-        let buffer: usize = env.value(
-            "MAILER_BUFFER",
-            "1000",
-            "Auth-link events one mailer-worker replica pulls ahead and holds, so another tenant's link is found behind a flood (MAILER_CONCURRENCY to 100000).",
-        );
-        if buffer < concurrency || buffer > 100_000 {
-            env.problem(
-                "MAILER_BUFFER",
-                "must be between MAILER_CONCURRENCY and 100000",
-            );
-        }
         let retry_delays: RetryDelays = env.value(
             "MAILER_RETRY_DELAYS",
             "5s,30s,2m,10m",

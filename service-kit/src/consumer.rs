@@ -40,7 +40,7 @@ use tracing::Instrument;
 
 use crate::startup::StartupError;
 
-pub use fair::{BUFFERED_REPLICAS, Fairness};
+pub use fair::{BUFFERED_REPLICAS, Fairness, FairnessSettings, MAX_BUFFER};
 
 /// How one durable consumer behaves.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ pub mod store;
 use std::time::Duration;
 
 use service_kit::config::{Env, HumanDuration, RetryDelays};
-use service_kit::consumer::Fairness;
+use service_kit::consumer::{Fairness, FairnessSettings};
 use service_kit::webhook::{TargetPolicy, WebhookSecrets};
 
 /// The webhook settings of the metadata-worker.
@@ -91,28 +91,22 @@ impl WebhookConfig {
         if !(1..=1024).contains(&concurrency) {
             env.problem("WEBHOOK_CONCURRENCY", "must be between 1 and 1024");
         }
-        let per_tenant_concurrency: usize = env.value(
-            "WEBHOOK_PER_TENANT_CONCURRENCY",
-            "4",
-            "Webhooks of one subaccount one metadata-worker replica POSTs at the same time (1 to WEBHOOK_CONCURRENCY), so one tenant's slow receivers or burst cannot take every slot.",
+        let Fairness {
+            per_tenant_concurrency,
+            buffer,
+        } = Fairness::read(
+            env,
+            &FairnessSettings {
+                concurrency: "WEBHOOK_CONCURRENCY",
+                per_tenant: "WEBHOOK_PER_TENANT_CONCURRENCY",
+                per_tenant_default: "4",
+                per_tenant_description: "Webhooks of one subaccount one metadata-worker replica POSTs at the same time (1 to WEBHOOK_CONCURRENCY), so one tenant's slow receivers or burst cannot take every slot.",
+                buffer: "WEBHOOK_BUFFER",
+                buffer_default: "1000",
+                buffer_description: "Webhook delivery requests one metadata-worker replica pulls ahead and holds, so another tenant's webhook is found behind a burst (WEBHOOK_CONCURRENCY to 100000).",
+            },
+            concurrency,
         );
-        if per_tenant_concurrency == 0 || per_tenant_concurrency > concurrency {
-            env.problem(
-                "WEBHOOK_PER_TENANT_CONCURRENCY",
-                "must be between 1 and WEBHOOK_CONCURRENCY",
-            );
-        }
-        let buffer: usize = env.value(
-            "WEBHOOK_BUFFER",
-            "1000",
-            "Webhook delivery requests one metadata-worker replica pulls ahead and holds, so another tenant's webhook is found behind a burst (WEBHOOK_CONCURRENCY to 100000).",
-        );
-        if buffer < concurrency || buffer > 100_000 {
-            env.problem(
-                "WEBHOOK_BUFFER",
-                "must be between WEBHOOK_CONCURRENCY and 100000",
-            );
-        }
         let delivery_log_ttl = env
             .value::<HumanDuration>(
                 "WEBHOOK_DELIVERY_LOG_TTL",

@@ -37,6 +37,55 @@ pub struct Fairness {
     pub buffer: usize,
 }
 
+/// The names and texts of one fair consumer's two settings, for [`Fairness::read`].
+#[derive(Debug, Clone, Copy)]
+pub struct FairnessSettings {
+    /// The consumer's concurrency setting, which bounds the per-tenant cap and the buffer.
+    pub concurrency: &'static str,
+    pub per_tenant: &'static str,
+    pub per_tenant_default: &'static str,
+    pub per_tenant_description: &'static str,
+    pub buffer: &'static str,
+    pub buffer_default: &'static str,
+    pub buffer_description: &'static str,
+}
+
+/// The largest buffer a setting may ask for.
+pub const MAX_BUFFER: usize = 100_000;
+
+impl Fairness {
+    /// Reads the per-tenant cap (1 to `concurrency`) and the buffer (`concurrency` to
+    /// [`MAX_BUFFER`]), each checked by name.
+    pub fn read(env: &mut crate::Env, settings: &FairnessSettings, concurrency: usize) -> Self {
+        let per_tenant_concurrency: usize = env.value(
+            settings.per_tenant,
+            settings.per_tenant_default,
+            settings.per_tenant_description,
+        );
+        if per_tenant_concurrency == 0 || per_tenant_concurrency > concurrency {
+            env.problem(
+                settings.per_tenant,
+                format!("must be between 1 and {}", settings.concurrency),
+            );
+        }
+        let buffer: usize = env.value(
+            settings.buffer,
+            settings.buffer_default,
+            settings.buffer_description,
+        );
+        if buffer < concurrency || buffer > MAX_BUFFER {
+            env.problem(
+                settings.buffer,
+                format!("must be between {} and {MAX_BUFFER}", settings.concurrency),
+            );
+        }
+        Self {
+            per_tenant_concurrency,
+            buffer,
+        }
+    }
+}
+
 /// Replicas whose full buffers [`Fairness::max_ack_pending`] makes room for. Twice the
 /// two-replica cluster shape; with more replicas the look-ahead is shared, not lost.
 pub const BUFFERED_REPLICAS: i64 = 4;
