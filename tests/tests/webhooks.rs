@@ -793,32 +793,8 @@ async fn exhausted_retries_park_the_webhook_and_gcal_ops_replays_it() {
 
     // The receiver is fixed; the operator replays the dead letter.
     receiver.answer_from_now_on(200);
-    let argv = [
-        "gcal-ops",
-        "--nats-url",
-        &ctx.nats_url,
-        "--namespace",
-        &ctx.id,
-        "dlq",
-        "replay",
-        "--all",
-        "--consumer",
-        WEBHOOK_DELIVERY_CONSUMER,
-    ];
-    let cli = ops::Cli::try_parse_from(argv).expect("command line");
-    let mut out = Vec::new();
-    ops::run_with_env(
-        cli,
-        Env::from_pairs(Vec::<(String, String)>::new()),
-        &mut out,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
-    assert!(
-        String::from_utf8_lossy(&out).contains("replayed"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
+    let out = replay_webhook_dead_letters(&ctx).await;
+    assert!(out.contains("replayed"), "{out}");
 
     let accepted = eventually("the replayed webhook accepted", || async {
         let accepted = receiver.accepted();
@@ -1117,27 +1093,7 @@ async fn a_tenant_past_its_retry_cap_is_parked_and_other_tenants_webhooks_still_
 
     // A's receiver is fixed; the operator replays the parked deliveries.
     failing.answer_from_now_on(200);
-    let argv = [
-        "gcal-ops",
-        "--nats-url",
-        &ctx.nats_url,
-        "--namespace",
-        &ctx.id,
-        "dlq",
-        "replay",
-        "--all",
-        "--consumer",
-        WEBHOOK_DELIVERY_CONSUMER,
-    ];
-    let cli = ops::Cli::try_parse_from(argv).expect("command line");
-    let mut out = Vec::new();
-    ops::run_with_env(
-        cli,
-        Env::from_pairs(Vec::<(String, String)>::new()),
-        &mut out,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
+    replay_webhook_dead_letters(&ctx).await;
     let accepted = eventually("the replayed webhooks accepted", || async {
         let accepted = failing.accepted();
         (accepted.len() >= deliveries - 3).then_some(accepted)
@@ -1233,4 +1189,30 @@ async fn while_redis_is_down_failing_deliveries_are_retried_not_parked() {
             .expect("nats"),
     );
     assert_eq!(parked_deliveries(&js, &stack.api.namespace).await, 0);
+}
+
+/// `gcal-ops dlq replay --all --consumer webhook-delivery`, as an operator runs it; its output.
+async fn replay_webhook_dead_letters(ctx: &TestContext) -> String {
+    let argv = [
+        "gcal-ops",
+        "--nats-url",
+        &ctx.nats_url,
+        "--namespace",
+        &ctx.id,
+        "dlq",
+        "replay",
+        "--all",
+        "--consumer",
+        WEBHOOK_DELIVERY_CONSUMER,
+    ];
+    let cli = ops::Cli::try_parse_from(argv).expect("command line");
+    let mut out = Vec::new();
+    ops::run_with_env(
+        cli,
+        Env::from_pairs(Vec::<(String, String)>::new()),
+        &mut out,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
+    String::from_utf8_lossy(&out).into_owned()
 }
