@@ -116,8 +116,24 @@ pub enum Decision {
 
 /// Redis did not decide in time (down, slow, or refusing the script).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("rate limiter unavailable: {0}")]
+#[error("Redis did not decide: {0}")]
 pub struct Unavailable(pub String);
+
+/// A Redis call bounded by `timeout`: an error or no answer in time is [`Unavailable`], so a
+/// Redis outage costs a decision at most `timeout`.
+pub async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Unavailable> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(Unavailable(e.to_string())),
+        Err(_) => Err(Unavailable(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
+}
 
 /// The GCRA step as a Lua function, to be prepended to a script. `gcra(keys, args, now)` takes
 /// the limits' keys and, per key, `interval_us, burst` in `args`; it returns
@@ -229,17 +245,7 @@ impl RateLimiter {
             invocation.arg(arg);
         }
         let mut redis = self.redis.clone();
-        let answer: (i64, i64) =
-            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut redis)).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => return Err(Unavailable(e.to_string())),
-                Err(_) => {
-                    return Err(Unavailable(format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.timeout)
-                    )));
-                }
-            };
+        let answer: (i64, i64) = within(self.timeout, invocation.invoke_async(&mut redis)).await?;
         let decided = decision(checks, answer.0, answer.1);
         if let Decision::Limited { limit, .. } = &decided {
             count_limited(limit);

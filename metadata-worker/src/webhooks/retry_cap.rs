@@ -21,6 +21,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use schemas::SubaccountId;
 use service_kit::consumer::{ConsumerSpec, Delivery};
+use service_kit::rate_limit::{Unavailable, within};
 use service_kit::redis::RedisKeys;
 
 /// The limit's name in `rate_limit_unavailable_total{limit}` and in logs.
@@ -67,11 +68,6 @@ pub enum Wait {
     /// The subaccount already has `awaiting` deliveries waiting, the cap: park this one.
     Full { awaiting: u64 },
 }
-
-/// Redis did not answer in time (down, slow, or refusing the script).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the webhook retry cap is unavailable: {0}")]
-pub struct Unavailable(String);
 
 /// The cap, for one consumer (see the [module docs](self)).
 #[derive(Clone)]
@@ -129,7 +125,8 @@ impl RetryCap {
             .arg(expiry_ms)
             .arg(self.cap);
         let mut redis = self.redis.clone();
-        let (admitted, awaiting): (i64, u64) = bounded(invocation.invoke_async(&mut redis)).await?;
+        let (admitted, awaiting): (i64, u64) =
+            within(REDIS_TIMEOUT, invocation.invoke_async(&mut redis)).await?;
         Ok(if admitted == 1 {
             Wait::Admitted { awaiting }
         } else {
@@ -142,7 +139,7 @@ impl RetryCap {
         let mut invocation = self.count_script.prepare_invoke();
         invocation.key(self.keys.webhook_retrying(subaccount));
         let mut redis = self.redis.clone();
-        let awaiting: u64 = bounded(invocation.invoke_async(&mut redis)).await?;
+        let awaiting: u64 = within(REDIS_TIMEOUT, invocation.invoke_async(&mut redis)).await?;
         Ok((awaiting >= u64::from(self.cap)).then_some(awaiting))
     }
 
@@ -153,7 +150,8 @@ impl RetryCap {
         delivery: Delivery,
     ) -> Result<(), Unavailable> {
         let mut redis = self.redis.clone();
-        let _removed: i64 = bounded(
+        let _removed: i64 = within(
+            REDIS_TIMEOUT,
             redis::cmd("ZREM")
                 .arg(self.keys.webhook_retrying(subaccount))
                 .arg(delivery.stream_sequence)
@@ -161,17 +159,5 @@ impl RetryCap {
         )
         .await?;
         Ok(())
-    }
-}
-
-/// `call`, within [`REDIS_TIMEOUT`].
-async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Unavailable> {
-    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err(Unavailable(e.to_string())),
-        Err(_) => Err(Unavailable(format!(
-            "no answer within {}",
-            humantime::format_duration(REDIS_TIMEOUT)
-        ))),
     }
 }
