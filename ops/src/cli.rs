@@ -55,6 +55,16 @@ pub enum Command {
     /// The domain stream `<PREFIX>_EVENTS`
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Secrets for a deployment (connects to nothing)
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SecretsCommand {
+    /// Print a `.env` with fresh values for every setting whose default is public:
+    /// `gcal-ops secrets generate > .env`
+    Generate,
 }
 
 #[derive(Debug, Clone, Subcommand)]

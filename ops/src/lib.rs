@@ -17,6 +17,7 @@ mod config;
 mod dead_letter;
 mod output;
 mod reader;
+pub mod secrets;
 mod subject;
 
 use std::io::Write;
@@ -25,7 +26,7 @@ use std::io::Write;
 pub use clap::Parser;
 pub use cli::{
     Cli, Command, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, EventsCommand,
-    EventsReplayArgs, GlobalArgs,
+    EventsReplayArgs, GlobalArgs, SecretsCommand,
 };
 pub use dead_letter::{Detail, Summary};
 pub use output::{Action, Outcome, SomeFailed};
@@ -56,6 +57,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
 
 /// Runs one command with settings from `env` (flags still win).
 pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Command::Secrets(SecretsCommand::Generate) = cli.command {
+        secrets::generate(chrono::Utc::now(), out)?;
+        return Ok(());
+    }
     let settings = config::resolve(&cli.global, env)?;
     commands::check(&cli.command, &settings.namespace)?;
     let client = config::connect(&settings, cli.global.connect_timeout()).await?;

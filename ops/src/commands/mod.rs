@@ -14,7 +14,7 @@ use async_nats::jetstream;
 use schemas::subjects::{Namespace, headers};
 
 use crate::UsageError;
-use crate::cli::{Command, DlqCommand, EventsCommand};
+use crate::cli::{Command, DlqCommand, EventsCommand, SecretsCommand};
 use crate::reader::{self, RangeReader, Start, Stored};
 use crate::subject::{ConsumerName, SubjectFilter};
 
@@ -75,6 +75,10 @@ pub async fn dispatch(ops: &Ops, command: Command, out: &mut dyn Write) -> anyho
         Command::Dlq(DlqCommand::Replay(args)) => dlq_replay::run(ops, args, out).await,
         Command::Dlq(DlqCommand::Purge(args)) => dlq_purge::run(ops, args, out).await,
         Command::Events(EventsCommand::Replay(args)) => events_replay::run(ops, args, out).await,
+        // Handled before connecting (see `run_with_env`); here for completeness.
+        Command::Secrets(SecretsCommand::Generate) => {
+            Ok(crate::secrets::generate(chrono::Utc::now(), out)?)
+        }
     }
 }
 
