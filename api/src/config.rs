@@ -6,6 +6,7 @@ use std::time::Duration;
 use service_kit::ServiceConfig;
 use service_kit::auth::JwtConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration};
+use service_kit::exposure::Exposure;
 use service_kit::webhook::{TargetPolicy, WebhookSecrets};
 
 use crate::service_auth::ServiceAuthConfig;
@@ -134,6 +135,25 @@ impl ServiceConfig for ApiConfig {
 
     fn common(&self) -> &CommonConfig {
         &self.common
+    }
+
+    fn exposure(&self) -> Exposure {
+        Exposure::listening("API_HTTP_ADDR", self.http_addr)
+            .insecure_if(
+                self.auth.uses_dev_secret(),
+                "JWT_SECRET",
+                "anyone can mint a user token this api accepts",
+            )
+            .insecure_if(
+                self.webhooks.secrets.uses_dev_key(),
+                "WEBHOOK_SECRET_KEYS",
+                "stored webhook signing secrets open with a key published in the repository",
+            )
+            .insecure_if(
+                self.try_it.enabled,
+                "API_DEV_MODE",
+                "the try-it page and /dev/token mint tokens for any subaccount, for anyone",
+            )
     }
 }
 

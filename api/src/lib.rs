@@ -49,21 +49,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let verifier = JwtVerifier::new(&config.auth)?;
-    if config.auth.uses_dev_secret() {
-        tracing::warn!(
-            "JWT_SECRET is the public development default: anyone can mint a token this api \
-             accepts. Set JWT_SECRET (or JWT_ALGORITHM and JWT_JWKS_URL) before exposing it."
-        );
-    }
     tracing::info!(algorithm = %config.auth.algorithm, "user tokens: algorithm pinned");
-    if config.webhooks.secrets.uses_dev_key() {
-        tracing::warn!(
-            "WEBHOOK_SECRET_KEYS holds the public development key: stored webhook secrets are \
-             readable by anyone with the database. Set your own key before real use."
-        );
-    }
     if config.try_it.enabled {
-        tracing::warn!(
+        tracing::info!(
             page = %format_args!("http://{}/", config.http_addr),
             "API_DEV_MODE is on: the try-it page and /dev/token mint a token for any subaccount \
              for anyone who can reach this api. For a developer's machine only."

@@ -9,6 +9,7 @@ use lettre::message::Mailbox;
 use service_kit::ServiceConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration, RetryDelays};
 use service_kit::consumer::{Fairness, FairnessSettings};
+use service_kit::exposure::Exposure;
 
 #[derive(Debug, Clone)]
 pub struct MailerWorkerConfig {
@@ -134,6 +135,11 @@ impl ServiceConfig for MailerWorkerConfig {
 
     fn common(&self) -> &CommonConfig {
         &self.common
+    }
+
+    /// The mailer holds no secret with a public default (SMTP credentials have none).
+    fn exposure(&self) -> Exposure {
+        Exposure::listening("MAILER_WORKER_HEALTH_ADDR", self.health_addr)
     }
 }
 

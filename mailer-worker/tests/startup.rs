@@ -22,3 +22,14 @@ fn sigterm_stops_it_cleanly_with_exit_code_0() {
 fn sigterm_during_startup_exits_0_without_waiting_for_the_timeout() {
     e2e::startup::assert_sigterm_interrupts_startup(env!("CARGO_BIN_EXE_mailer-worker"));
 }
+
+/// The mailer has no setting with a public default: it serves on any address as it is.
+#[test]
+fn it_serves_off_loopback_with_its_defaults() {
+    let logs = e2e::startup::assert_serves_off_loopback(
+        env!("CARGO_BIN_EXE_mailer-worker"),
+        "MAILER_WORKER_HEALTH_ADDR",
+        &[],
+    );
+    assert!(!logs.contains("public default"), "{logs}");
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use service_kit::ServiceConfig;
 use service_kit::config::{CommonConfig, Env, RetryDelays};
+use service_kit::exposure::Exposure;
 
 use crate::webhooks::WebhookConfig;
 
@@ -96,5 +97,13 @@ impl ServiceConfig for MetadataWorkerConfig {
 
     fn common(&self) -> &CommonConfig {
         &self.common
+    }
+
+    fn exposure(&self) -> Exposure {
+        Exposure::listening("METADATA_WORKER_HEALTH_ADDR", self.health_addr).insecure_if(
+            self.webhooks.secrets.uses_dev_key(),
+            "WEBHOOK_SECRET_KEYS",
+            "stored webhook signing secrets open with a key published in the repository",
+        )
     }
 }

@@ -89,12 +89,6 @@ async fn webhook_consumers(
     infra: &Infrastructure,
 ) -> Result<Vec<Consumer>, StartupError> {
     let webhooks = &config.webhooks;
-    if webhooks.secrets.uses_dev_key() {
-        tracing::warn!(
-            "WEBHOOK_SECRET_KEYS holds the public development key: stored webhook secrets are \
-             readable by anyone with the database. Set your own key before real use."
-        );
-    }
     let ns = &infra.namespace;
     // The same events and retry settings as the metadata writer, under its own durable name.
     let fan_out_spec = ConsumerSpec {

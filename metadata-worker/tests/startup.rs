@@ -22,3 +22,36 @@ fn sigterm_stops_it_cleanly_with_exit_code_0() {
 fn sigterm_during_startup_exits_0_without_waiting_for_the_timeout() {
     e2e::startup::assert_sigterm_interrupts_startup(env!("CARGO_BIN_EXE_metadata-worker"));
 }
+
+#[test]
+fn public_defaults_off_loopback_exit_78_naming_each() {
+    e2e::startup::assert_refuses_public_defaults_off_loopback(
+        env!("CARGO_BIN_EXE_metadata-worker"),
+        "METADATA_WORKER_HEALTH_ADDR",
+        &[],
+        &["WEBHOOK_SECRET_KEYS"],
+    );
+}
+
+#[test]
+fn allow_insecure_defaults_starts_it_off_loopback_with_a_warning() {
+    let logs = e2e::startup::assert_serves_off_loopback(
+        env!("CARGO_BIN_EXE_metadata-worker"),
+        "METADATA_WORKER_HEALTH_ADDR",
+        &[("ALLOW_INSECURE_DEFAULTS", "true".into())],
+    );
+    assert!(
+        logs.contains("INSECURE: WEBHOOK_SECRET_KEYS: public default in effect"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn generated_secrets_serve_off_loopback_without_a_public_default() {
+    let logs = e2e::startup::assert_serves_off_loopback(
+        env!("CARGO_BIN_EXE_metadata-worker"),
+        "METADATA_WORKER_HEALTH_ADDR",
+        &e2e::startup::generated_secrets(),
+    );
+    assert!(!logs.contains("public default"), "{logs}");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use service_kit::ServiceConfig;
 use service_kit::config::{CommonConfig, Env, HumanDuration};
+use service_kit::exposure::Exposure;
 
 #[derive(Debug, Clone)]
 pub struct OAuthWorkerConfig {
@@ -35,6 +36,10 @@ pub struct OAuthWorkerConfig {
     /// Bound on each Redis step of the state store (and so of its limit decisions).
     pub limiter_timeout: Duration,
 }
+
+/// The OAuth client secret of a local run (the fake provider accepts it); public, so refused
+/// off loopback.
+pub const LOCAL_CLIENT_SECRET: &str = "gcal-local-secret";
 
 /// The OAuth 2.0 provider: where users consent and where codes become tokens.
 #[derive(Debug, Clone)]
@@ -125,7 +130,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             ),
             client_secret: env.value(
                 "GOOGLE_CLIENT_SECRET",
-                "gcal-local-secret",
+                LOCAL_CLIENT_SECRET,
                 "OAuth client secret (never logged).",
             ),
             auth_url: http_url(
@@ -257,5 +262,19 @@ impl ServiceConfig for OAuthWorkerConfig {
 
     fn common(&self) -> &CommonConfig {
         &self.common
+    }
+
+    fn exposure(&self) -> Exposure {
+        Exposure::listening("OAUTH_WORKER_HTTP_ADDR", self.http_addr)
+            .insecure_if(
+                self.vault.uses_dev_key(),
+                "TOKEN_ENCRYPTION_KEYS",
+                "stored Google tokens open with a key published in the repository",
+            )
+            .insecure_if(
+                self.provider.client_secret.expose() == LOCAL_CLIENT_SECRET,
+                "GOOGLE_CLIENT_SECRET",
+                "the OAuth client secret is the published local one",
+            )
     }
 }

@@ -46,13 +46,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
-    if config.vault.uses_dev_key() {
-        tracing::warn!(
-            "TOKEN_ENCRYPTION_KEYS is the public development key: stored tokens are readable by \
-             anyone with this repository. Set TOKEN_ENCRYPTION_KEYS and TOKEN_ENCRYPTION_KEY_ID \
-             before storing real accounts."
-        );
-    }
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
     let grace = config.common.shutdown_grace;

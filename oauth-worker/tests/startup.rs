@@ -22,3 +22,38 @@ fn sigterm_stops_it_cleanly_with_exit_code_0() {
 fn sigterm_during_startup_exits_0_without_waiting_for_the_timeout() {
     e2e::startup::assert_sigterm_interrupts_startup(env!("CARGO_BIN_EXE_oauth-worker"));
 }
+
+#[test]
+fn public_defaults_off_loopback_exit_78_naming_each() {
+    e2e::startup::assert_refuses_public_defaults_off_loopback(
+        env!("CARGO_BIN_EXE_oauth-worker"),
+        "OAUTH_WORKER_HTTP_ADDR",
+        &[],
+        &["TOKEN_ENCRYPTION_KEYS", "GOOGLE_CLIENT_SECRET"],
+    );
+}
+
+#[test]
+fn allow_insecure_defaults_starts_it_off_loopback_with_a_warning_per_setting() {
+    let logs = e2e::startup::assert_serves_off_loopback(
+        env!("CARGO_BIN_EXE_oauth-worker"),
+        "OAUTH_WORKER_HTTP_ADDR",
+        &[("ALLOW_INSECURE_DEFAULTS", "true".into())],
+    );
+    for setting in ["TOKEN_ENCRYPTION_KEYS", "GOOGLE_CLIENT_SECRET"] {
+        assert!(
+            logs.contains(&format!("INSECURE: {setting}: public default in effect")),
+            "{setting}:\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn generated_secrets_serve_off_loopback_without_a_public_default() {
+    let logs = e2e::startup::assert_serves_off_loopback(
+        env!("CARGO_BIN_EXE_oauth-worker"),
+        "OAUTH_WORKER_HTTP_ADDR",
+        &e2e::startup::generated_secrets(),
+    );
+    assert!(!logs.contains("public default"), "{logs}");
+}

@@ -425,6 +425,9 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
     /// OTLP/HTTP collector that receives the spans; `None`: nothing is exported.
     pub otlp_endpoint: Option<url::Url>,
+    /// Start even when a public default is in effect on a non-loopback listener (see
+    /// [`crate::exposure`]); off by default.
+    pub allow_insecure_defaults: bool,
 }
 
 /// Retention and bounds of the JetStream streams, applied (and updated) by every service at
@@ -513,6 +516,11 @@ impl CommonConfig {
             otlp_endpoint: env.optional(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 "OTLP/HTTP collector base URL (e.g. `http://127.0.0.1:4318`); when set, spans are sampled and exported to `<url>/v1/traces`. Unset: trace context still travels and logs show `trace_id`, nothing is exported.",
+            ),
+            allow_insecure_defaults: env.value(
+                crate::exposure::ALLOW_INSECURE_DEFAULTS,
+                "false",
+                "`true` lets a service start although a public development default (JWT_SECRET, TOKEN_ENCRYPTION_KEYS, WEBHOOK_SECRET_KEYS, GOOGLE_CLIENT_SECRET, API_DEV_MODE) is in effect on a non-loopback listen address; it then logs an `INSECURE:` warning per setting. `false`: such a start is refused with exit 78, one line per setting.",
             ),
         }
     }

@@ -7,6 +7,7 @@ pub mod aead;
 pub mod auth;
 pub mod config;
 pub mod consumer;
+pub mod exposure;
 pub mod health;
 pub mod http;
 pub mod infrastructure;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommonConfig, ConfigError, Env, LogFormat};
+use crate::exposure::{Exposure, Verdict};
 use crate::startup::StartupError;
 
 /// Exit code for invalid configuration (sysexits' EX_CONFIG).
@@ -20,6 +21,10 @@ pub trait ServiceConfig: Sized {
     /// Reads every setting from `env`; problems are collected in `env`, not returned.
     fn read(env: &mut Env) -> Self;
     fn common(&self) -> &CommonConfig;
+
+    /// What the service listens on and which of its settings hold a public default; start-up
+    /// refuses public defaults on a non-loopback address (see [`crate::exposure`]).
+    fn exposure(&self) -> Exposure;
 
     /// Reads and validates in one go.
     fn from_env(mut env: Env) -> Result<Self, ConfigError> {
@@ -44,6 +49,16 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before anything connects: a refused exposure must not touch the infrastructure.
+    let verdict = config
+        .exposure()
+        .verdict(config.common().allow_insecure_defaults);
+    if let Verdict::Refused(exposed) = &verdict {
+        for line in exposed.to_string().lines() {
+            eprintln!("{service}: {line}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let telemetry = crate::telemetry::install(
         config.common().log_format,
         service,
@@ -56,6 +71,7 @@ where
         exporting_spans = telemetry.is_exporting(),
         "starting"
     );
+    crate::exposure::log(service, &verdict);
     let result = run(config, shutdown).await;
     tokio::task::block_in_place(|| telemetry.shutdown());
     match result {

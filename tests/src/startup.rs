@@ -247,3 +247,110 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
+
+/// The settings of a deployment that replaced every public default, as `gcal-ops secrets
+/// generate` writes them (with an OAuth client filled in, as its output asks).
+pub fn generated_secrets() -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    ops::secrets::generate(chrono::Utc::now(), &mut out).expect("generate");
+    let text = String::from_utf8(out).expect("utf-8");
+    let mut settings: Vec<(&'static str, String)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (leak(k), v.to_owned()))
+        .collect();
+    settings.push(("GOOGLE_CLIENT_ID", "a-registered-client".into()));
+    settings.push(("GOOGLE_CLIENT_SECRET", "a-real-client-secret".into()));
+    settings
+}
+
+fn leak(name: &str) -> &'static str {
+    Box::leak(name.to_owned().into_boxed_str())
+}
+
+/// On `0.0.0.0` with its public defaults (plus `extra`), the binary exits 78 before it
+/// connects to anything, with one line per offending setting — exactly `offending` — and a
+/// line saying how to proceed.
+pub fn assert_refuses_public_defaults_off_loopback(
+    binary: &str,
+    addr_setting: &'static str,
+    extra: &[(&str, String)],
+    offending: &[&str],
+) {
+    let mut settings = vec![
+        // Nothing listens here: a refusal must come before any connection attempt.
+        ("NATS_URL", format!("nats://127.0.0.1:{}", free_port())),
+        ("STARTUP_TIMEOUT", "30s".to_owned()),
+        (addr_setting, format!("0.0.0.0:{}", free_port())),
+    ];
+    settings.extend(extra.iter().cloned());
+    let exit = run_binary(binary, &settings, Duration::from_secs(20));
+    assert_eq!(exit.code, Some(78), "exit code; stderr:\n{}", exit.stderr);
+    let named: Vec<&str> = exit
+        .stderr
+        .lines()
+        .filter(|l| l.contains(": public default in effect"))
+        .collect();
+    assert_eq!(named.len(), offending.len(), "{}", exit.stderr);
+    for setting in offending {
+        assert!(
+            named.iter().any(
+                |l| l.contains(&format!(": {setting}: public default in effect"))
+                    && l.contains(addr_setting)
+            ),
+            "{setting} not named in:\n{}",
+            exit.stderr
+        );
+    }
+    assert!(
+        exit.stderr.contains("ALLOW_INSECURE_DEFAULTS=true"),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains("unreachable"), "{}", exit.stderr);
+}
+
+/// Started on `0.0.0.0` against the shared servers with `settings`, the binary becomes ready;
+/// returns what it logged until then (it is stopped afterwards).
+pub fn assert_serves_off_loopback(
+    binary: &str,
+    addr_setting: &'static str,
+    settings: &[(&str, String)],
+) -> String {
+    let infra = shared();
+    let port = free_port();
+    let mut all = vec![
+        ("NATS_URL", infra.nats.url()),
+        ("NATS_NAMESPACE", format!("exp{port}")),
+        ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
+        ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
+        ("MONGODB_URI", infra.mongo.uri()),
+        ("REDIS_URL", infra.redis.url()),
+        ("LOG_FORMAT", "json".to_owned()),
+        (addr_setting, format!("0.0.0.0:{port}")),
+    ];
+    all.extend(settings.iter().cloned());
+    let dir = crate::process::scratch_dir("exposed");
+    let log_path = dir.join("service.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(binary)
+        .env_clear()
+        .current_dir(&dir)
+        .envs(all.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    let ready = wait_until(Duration::from_secs(30), || {
+        http_status(port, "/readyz") == Some(200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ready, "{binary} did not become ready on 0.0.0.0:\n{logs}");
+    logs
+}
