@@ -14,7 +14,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/api target/release/oauth-worker \
-          target/release/metadata-worker target/release/mailer-worker /out/
+          target/release/metadata-worker target/release/mailer-worker \
+          target/release/gcal-ops /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
