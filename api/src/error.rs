@@ -188,6 +188,7 @@ impl ApiError {
             Self::ServiceAuth(e) => e.code(),
             Self::Forbidden(Forbidden::Subaccount(_)) => "subaccount_forbidden",
             Self::Forbidden(Forbidden::Permission(_)) => "permission_denied",
+            Self::Forbidden(Forbidden::Invite) => "invite_not_permitted",
             Self::InvalidPath {
                 field: "connectorId",
                 ..
@@ -225,6 +226,9 @@ impl ApiError {
             }
             Self::Forbidden(Forbidden::Permission(permission)) => {
                 json!({ "permission": permission })
+            }
+            Self::Forbidden(Forbidden::Invite) => {
+                json!({ "permission": service_kit::auth::INVITE, "field": "userEmail" })
             }
             Self::ServiceAuth(e) => e.details(),
             Self::InvalidPath { field, .. } => json!({ "field": field }),

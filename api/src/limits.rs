@@ -242,6 +242,7 @@ mod tests {
             subaccount_ids: Vec::new(),
             roles: Vec::new(),
             permissions: Vec::new(),
+            email: None,
             iss: iss.map(str::to_owned),
             aud: None,
             exp: 0,

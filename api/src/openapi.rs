@@ -576,6 +576,8 @@ endpoint_failures! {
         .subaccount_path()
         .json_body()
         .user_forbidden()
+        // Emailing the link to another address without `connectors:invite`.
+        .with(StatusCode::FORBIDDEN, &["invite_not_permitted"])
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
         // connect_per_subaccount, emails_per_subaccount, emails_per_recipient,
         // live_states_per_subaccount.

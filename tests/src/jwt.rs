@@ -6,12 +6,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use service_kit::auth::MANAGE_CONNECTORS;
 pub use service_kit::auth::UserClaims;
+use service_kit::auth::{INVITE, MANAGE_CONNECTORS};
 
 /// Building and signing [`UserClaims`] in tests.
 pub trait MintToken: Sized {
-    /// A user allowed to manage connectors of `subaccount`, valid for `ttl` from now.
+    /// A user allowed to manage connectors of `subaccount` and to email consent links to any
+    /// address (as the dev token), valid for `ttl` from now.
     fn for_subaccount(subaccount: &str, ttl: Duration) -> Self;
     /// Signs with HS256 and a shared secret.
     fn sign_hs256(&self, secret: &[u8]) -> String;
@@ -24,7 +25,8 @@ impl MintToken for UserClaims {
             sub: "user-e2e".into(),
             subaccount_ids: vec![subaccount.into()],
             roles: Vec::new(),
-            permissions: vec![MANAGE_CONNECTORS.into()],
+            permissions: vec![MANAGE_CONNECTORS.into(), INVITE.into()],
+            email: None,
             iss: None,
             aud: None,
             exp: now + ttl.as_secs(),

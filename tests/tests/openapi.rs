@@ -252,6 +252,11 @@ fn table(degraded_token: &str) -> Vec<Case> {
     let degraded = Auth::User(degraded_token.to_owned());
     let fresh = Auth::User(token(FRESH));
     let empty = Auth::User(token(EMPTY));
+    let no_invite = {
+        let mut member = claims(SUBACCOUNT);
+        member.permissions = vec!["connectors:manage".into()];
+        Auth::User(member.sign_hs256(SECRET.as_bytes()))
+    };
     let gc = "google-calendar";
     let email = "googleuser@gmail.com";
     vec![
@@ -272,6 +277,10 @@ fn table(degraded_token: &str) -> Vec<Case> {
         case(M::POST, CONNECT, connect(OTHER_SUBACCOUNT), 403)
             .json(user_email.clone())
             .code("subaccount_forbidden"),
+        case(M::POST, CONNECT, connect(sub), 403)
+            .auth(no_invite.clone())
+            .json(json!({ "userEmail": "someone.else@example.com" }))
+            .code("invite_not_permitted"),
         case(M::POST, CONNECT, connect(EMPTY), 404)
             .auth(empty.clone())
             .json(user_email.clone())

@@ -17,13 +17,13 @@ use jsonwebtoken::{EncodingKey, Header};
 use schemas::SubaccountId;
 use service_kit::Env;
 use service_kit::auth::{
-    ADMIN_ROLE, Audience, JwtAlgorithm, JwtConfig, MANAGE_CONNECTORS, UserClaims,
+    ADMIN_ROLE, Audience, INVITE, JwtAlgorithm, JwtConfig, MANAGE_CONNECTORS, UserClaims,
 };
 
 const USAGE: &str = "usage: mint-dev-token <subaccountId> [--ttl 1h] [--sub dev-user] [--admin]
 
-Prints a JWT for the api, granting <subaccountId> and the connectors:manage permission,
-signed with JWT_SECRET (HS256; the development default when unset).
+Prints a JWT for the api, granting <subaccountId> and the connectors:manage and
+connectors:invite permissions (connect, and email the link to any address), signed with JWT_SECRET (HS256; the development default when unset).
   --ttl    how long the token is valid (default 1h; e.g. 30m, 8h)
   --sub    the user id in the token (default dev-user)
   --admin  add the admin role (every subaccount)";
@@ -97,7 +97,8 @@ fn main() -> ExitCode {
         } else {
             Vec::new()
         },
-        permissions: vec![MANAGE_CONNECTORS.to_owned()],
+        permissions: vec![MANAGE_CONNECTORS.to_owned(), INVITE.to_owned()],
+        email: None,
         iss: config.issuer.clone(),
         aud: config.audience.clone().map(Audience::One),
         exp: now + args.ttl.as_secs(),

@@ -2,8 +2,10 @@
 //! connection and answer with the authorization link, exactly as the reference spec does.
 //!
 //! Checks run cheapest and least revealing first: the token (401), the input (400, 413,
-//! 415), the token's access to this subaccount (403), the connector's existence (404). Only
-//! then is anything sent to the oauth-worker, so a refused request leaves no trace.
+//! 415), the token's access to this subaccount (403), whether it may have the link emailed to
+//! `userEmail` (403 `invite_not_permitted`), the connector's existence (404). Only then is
+//! anything sent to the oauth-worker, so a refused request leaves no trace (no state, no
+//! email, no rate-limit charge).
 
 use axum::Router;
 use axum::extract::State;
@@ -69,7 +71,14 @@ struct ConnectData {
     summary = "Start a Google Calendar connection",
     description = "Asks the oauth-worker for a Google consent link for the subaccount's \
 `google-calendar` connector and returns it; emails it to `userEmail` unless `sendEmail` is false. \
-The connector must exist (add it with `POST /api/connectors/{subaccountId}`). Answers from the \
+The connector must exist (add it with `POST /api/connectors/{subaccountId}`). \
+Emailing the link (`sendEmail` true, the default) to an address other than the caller's own (the \
+token's `email` claim, compared case-insensitively) needs the `connectors:invite` permission \
+besides `connectors:manage`; without it the answer is 403 `invite_not_permitted` and nothing is \
+stored, charged or sent. `sendEmail: false` needs only `connectors:manage`: the link is returned \
+to the caller, not mailed. A platform whose tokens carry no `email` claim keeps working by \
+granting `connectors:invite` to the users (or service) allowed to send links, or by calling with \
+`sendEmail: false` and delivering the link itself. Answers from the \
 permission check on (200, 403, 404, 429, 5xx) carry `X-Correlation-Id`. \
 Limits (429 `rate_limited`, `error.details.limit` names which, nothing is stored or emailed): \
 connect requests per subaccount (`connect_per_subaccount`), authorization emails per subaccount \
@@ -119,6 +128,13 @@ async fn connect(
     correlation_id: Uuid,
 ) -> Result<Json<Success<ConnectData>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    let send_email = body.send_email.unwrap_or(true);
+    if send_email {
+        // Mailing a link to someone else is an invitation: a separate permission, so a member
+        // of one tenant cannot have consent links sent to anyone (the link is returned to
+        // the caller alone with sendEmail: false).
+        user.may_email_link_to(&body.user_email)?;
+    }
     let connector = ConnectorId::google_calendar();
     if !state.connectors.exists(&subaccount, &connector).await? {
         // Never reaches the oauth-worker, which decides the connect limits: charged here to
@@ -132,7 +148,6 @@ async fn connect(
             connector,
         });
     }
-    let send_email = body.send_email.unwrap_or(true);
     tracing::info!(send_email, "connect requested; asking the oauth-worker");
     let link = oauth_worker::request_auth_link(
         &state.infra.nats,

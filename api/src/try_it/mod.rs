@@ -8,7 +8,8 @@
 //! - `GET /`, `GET /dev/page.js`, `GET /dev/page.css`: the page; no external asset, a strict
 //!   `Content-Security-Policy` (scripts and styles from this origin only).
 //! - `POST /dev/token` `{"subaccountId"}`: a user JWT for that subaccount with
-//!   `connectors:manage` (what connect and disconnect need), valid for [`TOKEN_TTL`], signed with
+//!   `connectors:manage` and `connectors:invite` (what connect, emailing the link to any
+//!   address, and disconnect need), valid for [`TOKEN_TTL`], signed with
 //!   `JWT_SECRET`. Dev mode therefore requires `JWT_ALGORITHM=HS256` (checked at start-up).
 //! - `GET /dev/inbox?to=<email>`: the local SMTP sink's messages (`DEV_SMTP_SINK_URL/messages`)
 //!   addressed to that email, newest first.
@@ -36,7 +37,7 @@ use schemas::subjects::headers;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::Env;
-use service_kit::auth::{Audience, JwtAlgorithm, JwtConfig, MANAGE_CONNECTORS, UserClaims};
+use service_kit::auth::{Audience, INVITE, JwtAlgorithm, JwtConfig, MANAGE_CONNECTORS, UserClaims};
 use uuid::Uuid;
 
 use super::routes::Success;
@@ -192,7 +193,8 @@ async fn mint_token(
         sub: "try-it".to_owned(),
         subaccount_ids: vec![body.subaccount_id.to_string()],
         roles: Vec::new(),
-        permissions: vec![MANAGE_CONNECTORS.to_owned()],
+        permissions: vec![MANAGE_CONNECTORS.to_owned(), INVITE.to_owned()],
+        email: None,
         iss: auth.issuer.clone(),
         aud: auth.audience.clone().map(Audience::One),
         exp,

@@ -17,7 +17,8 @@
 //! | `sub` | string, required | the user (logged, never trusted for access) |
 //! | `subaccountIds` | array of 24-hex strings | subaccounts the user may act on (case-insensitive) |
 //! | `roles` | array of strings | `"admin"` grants every subaccount (not every permission) |
-//! | `permissions` | array of strings | e.g. `"connectors:manage"`, required by the connector routes |
+//! | `permissions` | array of strings | e.g. `"connectors:manage"`, required by the connector routes; `"connectors:invite"` to email a consent link to another address |
+//! | `email` | string, optional | the user's own address (OpenID Connect's standard claim): a consent link may be emailed to it without `connectors:invite` |
 //! | `exp` | number, required | expiry (seconds since the epoch), checked with `JWT_LEEWAY` |
 //! | `nbf` | number, optional | not before, checked with `JWT_LEEWAY` when present |
 //! | `iat` | number, optional | issued at; informational |
@@ -35,7 +36,7 @@ mod extract;
 mod jwks;
 mod verifier;
 
-use schemas::SubaccountId;
+use schemas::{SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 
 pub use config::{DEV_JWT_SECRET, JwtAlgorithm, JwtConfig, JwtSecret};
@@ -44,6 +45,9 @@ pub use verifier::{AuthError, JwtVerifier};
 
 /// The permission every connector route requires.
 pub const MANAGE_CONNECTORS: &str = "connectors:manage";
+/// Emailing a consent link to an address that is not the caller's own (the token's `email`
+/// claim): without it, anyone who may manage connectors could have a link mailed to anyone.
+pub const INVITE: &str = "connectors:invite";
 /// The role that grants access to every subaccount.
 pub const ADMIN_ROLE: &str = "admin";
 
@@ -63,6 +67,10 @@ pub struct UserClaims {
     /// What the user may do, e.g. [`MANAGE_CONNECTORS`].
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// The user's own address (OpenID Connect's `email` claim): a consent link may be mailed
+    /// to it with [`MANAGE_CONNECTORS`] alone. Tokens without it invite only with [`INVITE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +97,13 @@ pub enum Forbidden {
     Subaccount(SubaccountId),
     #[error("This token lacks the `{0}` permission")]
     Permission(&'static str),
+    /// The link would be emailed to someone else and the token may not invite.
+    #[error(
+        "This token may email a consent link only to its own address (its `email` claim); \
+         emailing one to another address needs the `connectors:invite` permission. \
+         Or call with sendEmail: false and deliver the returned link yourself"
+    )]
+    Invite,
 }
 
 impl UserClaims {
@@ -107,6 +122,25 @@ impl UserClaims {
 
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
+    }
+
+    /// Whether the token's own `email` claim is `address` (both normalized as [`UserEmail`],
+    /// compared case-insensitively). No claim, or an unreadable one: not the caller's.
+    pub fn is_own_address(&self, address: &UserEmail) -> bool {
+        self.email
+            .as_deref()
+            .and_then(|raw| UserEmail::parse(raw).ok())
+            .is_some_and(|own| own.as_str().to_lowercase() == address.as_str().to_lowercase())
+    }
+
+    /// May this token have a consent link emailed to `recipient`: its own address, or any
+    /// address with [`INVITE`]. Checked after [`Self::authorize`].
+    pub fn may_email_link_to(&self, recipient: &UserEmail) -> Result<(), Forbidden> {
+        if self.has_permission(INVITE) || self.is_own_address(recipient) {
+            Ok(())
+        } else {
+            Err(Forbidden::Invite)
+        }
     }
 
     /// The access check a handler performs once its input is valid.
@@ -135,6 +169,7 @@ mod tests {
             subaccount_ids: subaccounts.iter().map(|s| (*s).to_owned()).collect(),
             roles: roles.iter().map(|s| (*s).to_owned()).collect(),
             permissions: permissions.iter().map(|s| (*s).to_owned()).collect(),
+            email: None,
             iss: None,
             aud: None,
             exp: 0,
@@ -184,6 +219,21 @@ mod tests {
             admin.authorize(&sub("000000000000000000000001"), MANAGE_CONNECTORS),
             Err(Forbidden::Permission(MANAGE_CONNECTORS))
         );
+    }
+
+    #[test]
+    fn a_link_goes_to_the_own_address_or_with_the_invite_permission() {
+        let recipient = UserEmail::parse("Person@Example.com").expect("email");
+        let mut c = claims(&[], &[], &[MANAGE_CONNECTORS]);
+        assert_eq!(c.may_email_link_to(&recipient), Err(Forbidden::Invite));
+        c.email = Some(" person@example.COM ".into());
+        assert_eq!(c.may_email_link_to(&recipient), Ok(()));
+        c.email = Some("other@example.com".into());
+        assert_eq!(c.may_email_link_to(&recipient), Err(Forbidden::Invite));
+        c.email = Some("not an address".into());
+        assert_eq!(c.may_email_link_to(&recipient), Err(Forbidden::Invite));
+        c.permissions.push(INVITE.into());
+        assert_eq!(c.may_email_link_to(&recipient), Ok(()));
     }
 
     #[test]
