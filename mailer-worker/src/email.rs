@@ -1,11 +1,14 @@
-//! The authorization email: a plain-text and an HTML part carrying the link and until when it
-//! works. Pure: no I/O, so its wording and escaping are tested without an SMTP server.
+//! The authorization email: a plain-text and an HTML part saying who asks (the product and the
+//! tenant), what access in plain words, until when the link works, and that an unexpected
+//! request can be ignored ([`service_kit::consent`], the consent page's wording too), with the
+//! link. Pure: no I/O, so its wording and escaping are tested without an SMTP server.
 
 use chrono::{DateTime, Utc};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
 use schemas::Envelope;
 use schemas::events::AuthLinkIssued;
+use service_kit::consent::{self, ConsentNotice};
 
 pub const SUBJECT: &str = "Connect your Google Calendar";
 
@@ -34,7 +37,7 @@ pub fn auth_link_email(
         .as_str()
         .parse()
         .map_err(|e: lettre::address::AddressError| EmailError::Recipient(e.to_string()))?;
-    let expiry = Expiry::new(event.occurred_at, event.payload.expires_at);
+    let content = Content::of(event);
     let domain = from.email.domain();
     Message::builder()
         .from(from.clone())
@@ -42,8 +45,8 @@ pub fn auth_link_email(
         .subject(SUBJECT)
         .message_id(Some(format!("<auth-link.{}@{domain}>", event.id)))
         .multipart(MultiPart::alternative_plain_html(
-            text_body(link, &expiry),
-            html_body(link, &expiry),
+            text_body(link, &content),
+            html_body(link, &content),
         ))
         .map_err(|e| EmailError::Build(e.to_string()))
 }
@@ -56,67 +59,90 @@ fn checked_link(raw: &str) -> Result<&str, EmailError> {
     }
 }
 
-/// Until when the link works, in words.
-struct Expiry {
-    /// `2025-10-05 12:10 UTC`
-    at: String,
-    /// `10 minutes`, when the validity is known and positive.
-    valid_for: Option<String>,
+/// The sentences of the email, as plain text.
+struct Content {
+    who_asks: String,
+    tenant: String,
+    access: Vec<String>,
+    expiry: String,
 }
 
-impl Expiry {
-    fn new(issued: DateTime<Utc>, expires: DateTime<Utc>) -> Self {
-        let minutes = (expires - issued).num_minutes();
-        let valid_for = match minutes {
-            ..=0 => None,
-            1 => Some("1 minute".to_owned()),
-            m if m < 120 => Some(format!("{m} minutes")),
-            m => Some(format!("{} hours", m / 60)),
+impl Content {
+    fn of(event: &Envelope<AuthLinkIssued>) -> Self {
+        let payload = &event.payload;
+        let notice = ConsentNotice {
+            product_name: payload
+                .product_name
+                .as_ref()
+                .map_or(consent::DEFAULT_PRODUCT_NAME, |name| name.as_str()),
+            tenant_name: payload.tenant_name.as_ref().map(|name| name.as_str()),
+            subaccount_id: event.subaccount_id.as_str(),
+            scopes: &payload.scopes,
+            expires_at: payload.expires_at,
         };
+        // From when the state was stored: the link's true life, whenever the mail goes out.
+        let issued: DateTime<Utc> = payload.issued_at.unwrap_or(event.occurred_at);
         Self {
-            at: expires.format("%Y-%m-%d %H:%M UTC").to_string(),
-            valid_for,
-        }
-    }
-
-    fn sentence(&self) -> String {
-        match &self.valid_for {
-            Some(span) => format!("The link works for {span}, until {}.", self.at),
-            None => format!("The link works until {}.", self.at),
+            who_asks: notice.who_asks(),
+            tenant: notice.tenant(),
+            access: notice.access(),
+            expiry: notice.expiry(issued),
         }
     }
 }
 
-fn text_body(link: &str, expiry: &Expiry) -> String {
-    format!(
-        "Hello,\n\
-         \n\
-         To connect your Google Calendar, open this link and allow access:\n\
-         \n\
-         {link}\n\
-         \n\
-         {} After that, ask for a new link.\n\
-         \n\
-         If you did not ask to connect a calendar, you can ignore this email.\n",
-        expiry.sentence()
-    )
+fn text_body(link: &str, content: &Content) -> String {
+    let mut text = format!("Hello,\n\n{}\n\n", content.who_asks);
+    if !content.access.is_empty() {
+        text.push_str(&format!(
+            "If you allow it, {} will be able to:\n",
+            content.tenant
+        ));
+        for line in &content.access {
+            text.push_str(&format!("- {line}\n"));
+        }
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "To review the request and continue to Google, open this link:\n\n{link}\n\n\
+         {} After that, ask for a new link.\n\n{}\n",
+        content.expiry,
+        consent::IGNORE_EMAIL
+    ));
+    text
 }
 
-fn html_body(link: &str, expiry: &Expiry) -> String {
+fn html_body(link: &str, content: &Content) -> String {
     let link = escape_html(link);
-    let sentence = escape_html(&expiry.sentence());
+    let access = if content.access.is_empty() {
+        String::new()
+    } else {
+        let items: String = content
+            .access
+            .iter()
+            .map(|line| format!("<li>{}</li>", escape_html(line)))
+            .collect();
+        format!(
+            "<p>If you allow it, {} will be able to:</p>\n<ul>{items}</ul>\n",
+            escape_html(&content.tenant)
+        )
+    };
     format!(
         "<!DOCTYPE html>\n\
          <html><head><meta charset=\"utf-8\"><title>{SUBJECT}</title></head>\n\
          <body style=\"font-family: sans-serif; line-height: 1.5\">\n\
          <p>Hello,</p>\n\
-         <p>To connect your Google Calendar, open this link and allow access:</p>\n\
-         <p><a href=\"{link}\">Connect Google Calendar</a></p>\n\
+         <p>{who_asks}</p>\n\
+         {access}\
+         <p><a href=\"{link}\">Review the request</a></p>\n\
          <p>If the button does not work, copy this address into your browser:<br>\n\
          <span style=\"word-break: break-all\">{link}</span></p>\n\
-         <p>{sentence} After that, ask for a new link.</p>\n\
-         <p>If you did not ask to connect a calendar, you can ignore this email.</p>\n\
-         </body></html>\n"
+         <p>{expiry} After that, ask for a new link.</p>\n\
+         <p>{ignore}</p>\n\
+         </body></html>\n",
+        who_asks = escape_html(&content.who_asks),
+        expiry = escape_html(&content.expiry),
+        ignore = escape_html(consent::IGNORE_EMAIL),
     )
 }
 
@@ -130,7 +156,7 @@ pub fn escape_html(text: &str) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use schemas::{SubaccountId, UserEmail};
+    use schemas::{DisplayName, SubaccountId, UserEmail};
 
     fn event(url: &str) -> Envelope<AuthLinkIssued> {
         let mut event = Envelope::new(
@@ -140,9 +166,17 @@ mod tests {
                 user_email: UserEmail::parse("user@example.com").expect("email"),
                 auth_url: url.to_owned(),
                 expires_at: Utc.with_ymd_and_hms(2025, 10, 5, 12, 10, 0).unwrap(),
+                issued_at: Some(Utc.with_ymd_and_hms(2025, 10, 5, 12, 0, 0).unwrap()),
+                product_name: Some(DisplayName::parse("Example Scheduler").expect("name")),
+                tenant_name: Some(DisplayName::parse("Acme <b>Sales</b>").expect("name")),
+                scopes: vec![
+                    "https://www.googleapis.com/auth/calendar.readonly".into(),
+                    "https://example.com/auth/other".into(),
+                ],
             },
         );
-        event.occurred_at = Utc.with_ymd_and_hms(2025, 10, 5, 12, 0, 0).unwrap();
+        // The event is created a moment after the state (the old email said 9 minutes).
+        event.occurred_at = Utc.with_ymd_and_hms(2025, 10, 5, 12, 0, 1).unwrap();
         event
     }
 
@@ -161,21 +195,51 @@ mod tests {
     }
 
     #[test]
-    fn both_parts_carry_the_link_and_the_expiry_and_the_html_is_escaped() {
+    fn both_parts_say_who_asks_for_what_until_when_and_the_html_is_escaped() {
         let link = "https://accounts.example/o/oauth2/auth?client_id=a&state=S&scope=x%20y";
-        let expiry = Expiry::new(event(link).occurred_at, event(link).payload.expires_at);
-        let text = text_body(link, &expiry);
+        let content = Content::of(&event(link));
+        let text = text_body(link, &content);
+        let html = html_body(link, &content);
         assert!(text.contains(link), "{text}");
+        for part in [&text, &html] {
+            assert!(part.contains("through Example Scheduler"), "{part}");
+            assert!(part.contains("see your calendars and events"), "{part}");
+            assert!(part.contains("https://example.com/auth/other"), "{part}");
+            assert!(
+                part.contains("expires at 2025-10-05 12:10 UTC (in 10 minutes)"),
+                "{part}"
+            );
+            assert!(
+                part.contains("If you did not expect this, ignore this email"),
+                "{part}"
+            );
+        }
+        assert!(text.contains("Acme <b>Sales</b> asks"), "{text}");
         assert!(
-            text.contains("works for 10 minutes, until 2025-10-05 12:10 UTC"),
-            "{text}"
+            html.contains("Acme &lt;b&gt;Sales&lt;/b&gt; asks"),
+            "{html}"
         );
-        let html = html_body(link, &expiry);
+        assert!(!html.contains("<b>"), "tenant name not escaped: {html}");
         let escaped =
             "https://accounts.example/o/oauth2/auth?client_id=a&amp;state=S&amp;scope=x%20y";
         assert!(html.contains(&format!("href=\"{escaped}\"")), "{html}");
         assert!(!html.contains("client_id=a&state"), "raw & in HTML: {html}");
-        assert!(html.contains("12:10 UTC"), "{html}");
+    }
+
+    #[test]
+    fn events_of_older_versions_still_make_a_sensible_email() {
+        let mut e = event("https://accounts.example/auth?state=S");
+        e.payload.issued_at = None;
+        e.payload.product_name = None;
+        e.payload.tenant_name = None;
+        e.payload.scopes.clear();
+        let text = text_body("https://x.example/", &Content::of(&e));
+        assert!(
+            text.contains("Account 68cf05f060d294db17c0685e asks, through Calendar connector"),
+            "{text}"
+        );
+        assert!(text.contains("(in 10 minutes)"), "{text}");
+        assert!(!text.contains("will be able to"), "{text}");
     }
 
     #[test]
@@ -215,18 +279,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn expiry_wording_handles_odd_spans() {
-        let t0 = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
-        assert_eq!(
-            Expiry::new(t0, t0 + chrono::Duration::hours(3)).sentence(),
-            "The link works for 3 hours, until 2025-01-01 03:00 UTC."
-        );
-        assert_eq!(
-            Expiry::new(t0, t0 - chrono::Duration::minutes(1)).sentence(),
-            "The link works until 2024-12-31 23:59 UTC."
-        );
     }
 }

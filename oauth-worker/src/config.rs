@@ -35,6 +35,8 @@ pub struct OAuthWorkerConfig {
     pub connect_limits: service_kit::rate_limit::ConnectLimits,
     /// Bound on each Redis step of the state store (and so of its limit decisions).
     pub limiter_timeout: Duration,
+    /// Who asks, besides the tenant, in the email and on the consent page (`PRODUCT_NAME`).
+    pub product_name: schemas::DisplayName,
 }
 
 /// The OAuth client secret of a local run (the fake provider accepts it); public, so refused
@@ -244,7 +246,14 @@ impl ServiceConfig for OAuthWorkerConfig {
         );
         let connect_limits = service_kit::rate_limit::ConnectLimits::from_env(env);
         let limiter_timeout = service_kit::rate_limit::limiter_timeout(env);
+        let product_name = env.value(
+            "PRODUCT_NAME",
+            service_kit::consent::DEFAULT_PRODUCT_NAME,
+            "The product named, with the tenant, as who asks for the calendar in the \
+             authorization email and on the consent page (at most 100 characters).",
+        );
         Self {
+            product_name,
             connect_limits,
             limiter_timeout,
             common,

@@ -6,6 +6,7 @@ pub mod authorization;
 pub mod calendars;
 pub mod callback;
 pub mod config;
+pub mod consent_page;
 pub mod handlers;
 pub mod outbox;
 pub mod provider;
@@ -62,6 +63,13 @@ pub async fn run(
         scopes: config.provider.scopes.0.clone(),
         states: states.clone(),
         infra: infra.clone(),
+        product_name: config.product_name.clone(),
+        consent_page: consent_page::url(&config.provider.redirect_uri),
+    });
+    let consent_page = Arc::new(consent_page::ConsentPage {
+        states: states.clone(),
+        product_name: config.product_name.clone(),
+        scopes: config.provider.scopes.0.clone(),
     });
     let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
     let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
@@ -126,8 +134,9 @@ pub async fn run(
         let (connect, tokens) = tokio::join!(connect_requests, token_requests);
         connect.and(tokens)
     };
-    let router =
-        service_kit::health::router(SERVICE, infra.clone()).merge(callback::router(callback));
+    let router = service_kit::health::router(SERVICE, infra.clone())
+        .merge(callback::router(callback))
+        .merge(consent_page::router(consent_page));
     let http = service_kit::http::serve(SERVICE, listener, router, shutdown.clone(), grace);
     let (requests, served, ()) = tokio::join!(requests, http, disconnects);
     let _ = relay.await;

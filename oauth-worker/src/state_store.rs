@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use schemas::events::ConnectLimit;
-use schemas::{SubaccountId, UserEmail};
+use schemas::{DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use service_kit::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
 use service_kit::redis::RedisKeys;
@@ -36,6 +36,16 @@ pub struct PendingAttempt {
     /// stored by older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// When the link stops working; the consent page says so. Absent in attempts stored by
+    /// older versions, like the two fields below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The provider's consent URL: where the consent page's button leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
+    /// Who asks, as the connect request named the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<DisplayName>,
 }
 
 impl std::fmt::Debug for PendingAttempt {
@@ -46,6 +56,8 @@ impl std::fmt::Debug for PendingAttempt {
             .field("correlation_id", &self.correlation_id)
             .field("issued_at", &self.issued_at)
             .field("traceparent", &self.traceparent)
+            .field("expires_at", &self.expires_at)
+            .field("tenant_name", &self.tenant_name)
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +238,17 @@ impl StateStore {
             limit,
             retry_after: Duration::from_micros(u64::try_from(wait_micros).unwrap_or(0)),
         })
+    }
+
+    /// Reads the attempt stored under `state` without consuming it: the consent page shows
+    /// it, and only the callback uses it up. `None` when unknown, expired or already used.
+    pub async fn peek(&self, state: &str) -> Result<Option<PendingAttempt>, StateStoreError> {
+        let mut conn = self.redis.clone();
+        let raw: Option<String> =
+            tokio::time::timeout(self.timeout, conn.get(self.keys.oauth_state(state)))
+                .await
+                .map_err(|_| StateStoreError::Timeout(self.timeout))??;
+        Ok(raw.map(|raw| serde_json::from_str(&raw)).transpose()?)
     }
 
     /// Consumes the attempt stored under `state`, atomically (`GETDEL`): of two callbacks with

@@ -16,6 +16,11 @@ pub enum IdError {
     ConnectorId(String),
     #[error("{0:?} is not a valid email address")]
     UserEmail(String),
+    #[error(
+        "a display name must be 1 to {max} characters without control or bidirectional-override characters, got {0:?}",
+        max = DisplayName::MAX_CHARS
+    )]
+    DisplayName(String),
 }
 
 /// The tenant: a subaccount of the SaaS platform, identified by a 24-hex ObjectId string as in
@@ -96,6 +101,39 @@ impl UserEmail {
     }
 }
 
+/// A name shown to a person in an email or a page: who asks for their calendar (a tenant's
+/// display name, the product's name). Plain text of at most [`DisplayName::MAX_CHARS`]
+/// characters, trimmed, with no control characters (no header or line injection) and no
+/// invisible or bidirectional-override characters (no name that reads differently from what
+/// it is). Still text from a caller: every page and email HTML-escapes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String", extend("minLength" = 1, "maxLength" = 100))]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        let trimmed = raw.trim();
+        let count = trimmed.chars().count();
+        let hidden = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        };
+        if (1..=Self::MAX_CHARS).contains(&count) && !trimmed.chars().any(hidden) {
+            Ok(Self(trimmed.to_owned()))
+        } else {
+            Err(IdError::DisplayName(truncate_for_message(raw)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 macro_rules! string_newtype_impls {
     ($($ty:ident),*) => {$(
         impl TryFrom<String> for $ty {
@@ -127,7 +165,7 @@ macro_rules! string_newtype_impls {
         }
     )*};
 }
-string_newtype_impls!(SubaccountId, ConnectorId, UserEmail);
+string_newtype_impls!(SubaccountId, ConnectorId, UserEmail, DisplayName);
 
 /// Rejected input is echoed in error messages; cap it so a hostile value cannot flood a log.
 fn truncate_for_message(raw: &str) -> String {
@@ -186,6 +224,27 @@ mod tests {
             "user@localhost",
         ] {
             assert!(UserEmail::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn display_names_are_short_visible_text() {
+        assert_eq!(
+            DisplayName::parse("  Acme <Sales> & Co ")
+                .expect("valid")
+                .as_str(),
+            "Acme <Sales> & Co"
+        );
+        assert!(DisplayName::parse(&"é".repeat(100)).is_ok());
+        for bad in [
+            String::new(),
+            "   ".to_owned(),
+            "a".repeat(101),
+            "Acme\r\nBcc: x@example.com".to_owned(),
+            "Acme\u{202E}moc.elgoog".to_owned(),
+            "Ac\u{200B}me".to_owned(),
+        ] {
+            assert!(DisplayName::parse(&bad).is_err(), "{bad:?} accepted");
         }
     }
 

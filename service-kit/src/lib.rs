@@ -6,6 +6,7 @@
 pub mod aead;
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod consumer;
 pub mod exposure;
 pub mod health;

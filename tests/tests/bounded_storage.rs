@@ -25,6 +25,10 @@ fn link_for(subaccount: &str, auth_url: String) -> Envelope<AuthLinkIssued> {
             user_email: UserEmail::parse("user@example.com").expect("email"),
             auth_url,
             expires_at: Utc::now(),
+            issued_at: None,
+            product_name: None,
+            tenant_name: None,
+            scopes: Vec::new(),
         },
     )
 }

@@ -96,14 +96,19 @@ async fn connect_returns_auth_url_and_emails_it() {
 
     let mail = sink.wait_for_messages(1, Duration::from_secs(30)).await;
     assert_eq!(mail.len(), 1);
+    // The email links to the consent page for the same state, which leads on to authUrl.
+    let page = format!(
+        "http://127.0.0.1:3004/api/google/consent?state={}",
+        q["state"]
+    );
     let text = mail[0].text().expect("text part");
     assert!(
-        text.contains(&auth_url),
-        "text part carries the exact link:\n{text}"
+        text.contains(&page),
+        "text part carries the consent page link:\n{text}"
     );
     let html = mail[0].html().expect("html part");
     assert!(
-        html.contains(&auth_url.replace('&', "&amp;")),
+        html.contains(&format!("href=\"{page}\"")),
         "html part carries the link:\n{html}"
     );
     assert!(

@@ -184,6 +184,10 @@ fn link_event_of(subaccount: SubaccountId, to: &str) -> Envelope<AuthLinkIssued>
                 "https://accounts.google.com/o/oauth2/v2/auth?response_type=code&client_id=test-client&redirect_uri=http%3A%2F%2F127.0.0.1%3A3004%2Fapi%2Fgoogle%2Fcallback&scope=openid%20email&state={state}&login_hint={to}"
             ),
             expires_at: Utc::now() + chrono::Duration::minutes(10),
+            issued_at: None,
+            product_name: None,
+            tenant_name: None,
+            scopes: Vec::new(),
         },
     )
 }

@@ -44,6 +44,7 @@ async fn connect(
         ConnectRequested {
             user_email: UserEmail::parse(email).expect("email"),
             send_email,
+            tenant_name: None,
         },
     );
     let reply = tokio::time::timeout(
@@ -123,7 +124,26 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
     .expect("stream");
     assert_eq!(issued.len(), 1, "exactly one email job");
     let event: Envelope<AuthLinkIssued> = Envelope::decode(&issued[0].payload).expect("decodes");
-    assert_eq!(event.payload.auth_url, auth_url);
+    // The email links to the consent page for the same state, which leads on to auth_url;
+    // it carries what the email says about who asks, what for and until when.
+    assert_eq!(
+        event.payload.auth_url,
+        format!(
+            "http://127.0.0.1:3004/api/google/consent?state={}",
+            q["state"]
+        )
+    );
+    assert_eq!(attempt["authUrl"], auth_url.as_str());
+    assert_eq!(event.payload.expires_at, expires_at);
+    assert_eq!(
+        event.payload.expires_at - event.payload.issued_at.expect("issuedAt"),
+        chrono::Duration::minutes(10)
+    );
+    assert_eq!(
+        event.payload.product_name.as_ref().map(|n| n.as_str()),
+        Some("Calendar connector")
+    );
+    assert!(!event.payload.scopes.is_empty());
     assert_eq!(event.correlation_id, request.correlation_id);
     assert_eq!(event.subaccount_id.as_str(), SUBACCOUNT);
 

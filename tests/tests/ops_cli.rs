@@ -40,6 +40,10 @@ fn auth_link(who: &str) -> Envelope<AuthLinkIssued> {
             user_email: UserEmail::parse(who).expect("email"),
             auth_url: "https://accounts.example/auth?state=x".into(),
             expires_at: Utc::now(),
+            issued_at: None,
+            product_name: None,
+            tenant_name: None,
+            scopes: Vec::new(),
         },
     )
 }

@@ -13,7 +13,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use schemas::events::ConnectRequested;
-use schemas::{ConnectorId, SubaccountId, UserEmail};
+use schemas::{ConnectorId, DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
 use service_kit::http::RequestId;
@@ -47,6 +47,12 @@ struct ConnectBody {
     #[serde(default)]
     #[schema(default = true)]
     send_email: Option<bool>,
+    /// Who asks, as the email and the consent page name them beside `PRODUCT_NAME`: the
+    /// tenant's display name (1 to 100 characters, no control or bidirectional-override
+    /// characters; HTML-escaped wherever shown). Default: `Account {subaccountId}`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100, example = "Acme Dental")]
+    tenant_name: Option<DisplayName>,
 }
 
 /// The spec's `data`, in the spec's field order.
@@ -157,6 +163,7 @@ async fn connect(
         ConnectRequested {
             user_email: body.user_email.clone(),
             send_email,
+            tenant_name: body.tenant_name,
         },
         state.connect_timeout,
     )

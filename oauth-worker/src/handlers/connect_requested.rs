@@ -1,11 +1,13 @@
 //! Answers connect-requested: issue an authorization link, remember the attempt, and — when
-//! asked — queue the email, replying only once JetStream has the email job.
+//! asked — queue the email, replying only once JetStream has the email job. The caller gets
+//! the provider's URL (the spec's `authUrl`); the email links to the consent page, which says
+//! who asks and leads on to the same URL.
 
 use chrono::Utc;
 use schemas::events::{
     AuthLinkIssued, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
 };
-use schemas::{Envelope, SubaccountId};
+use schemas::{DisplayName, Envelope, SubaccountId};
 use service_kit::Infrastructure;
 
 use crate::authorization::{ProviderClient, issue_link};
@@ -17,6 +19,10 @@ pub struct ConnectRequestedHandler {
     pub scopes: Vec<String>,
     pub states: StateStore,
     pub infra: Infrastructure,
+    /// `PRODUCT_NAME`, carried to the email.
+    pub product_name: DisplayName,
+    /// The consent page (next to the callback); the email links to it with the state.
+    pub consent_page: url::Url,
 }
 
 impl crate::rpc::Responder for ConnectRequestedHandler {
@@ -58,6 +64,9 @@ impl ConnectRequestedHandler {
             correlation_id: request.correlation_id,
             issued_at,
             traceparent: service_kit::telemetry::current_traceparent(),
+            expires_at: Some(expires_at),
+            auth_url: Some(link.url.to_string()),
+            tenant_name: request.payload.tenant_name.clone(),
         };
         let stored = self
             .states
@@ -99,8 +108,13 @@ impl ConnectRequestedHandler {
                     request.correlation_id,
                     AuthLinkIssued {
                         user_email,
-                        auth_url: auth_url.clone(),
+                        auth_url: crate::consent_page::link(&self.consent_page, &link.state)
+                            .to_string(),
                         expires_at,
+                        issued_at: Some(issued_at),
+                        product_name: Some(self.product_name.clone()),
+                        tenant_name: request.payload.tenant_name.clone(),
+                        scopes: self.scopes.clone(),
                     },
                 )
                 .await;

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Event;
-use crate::ids::UserEmail;
+use crate::ids::{DisplayName, UserEmail};
 
 /// A frontend asked to connect a Google Calendar for a subaccount.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -16,6 +16,10 @@ pub struct ConnectRequested {
     pub user_email: UserEmail,
     /// Whether the oauth-worker should also email the link (the spec's default: true).
     pub send_email: bool,
+    /// Who asks, as the email and the consent page name them (the tenant's display name);
+    /// absent: the subaccount id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<DisplayName>,
 }
 
 impl Event for ConnectRequested {

@@ -124,6 +124,7 @@ impl OAuthStack {
             ConnectRequested {
                 user_email: UserEmail::parse(user_email).expect("email"),
                 send_email: false,
+                tenant_name: None,
             },
         );
         let reply = self
