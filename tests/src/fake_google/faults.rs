@@ -2,7 +2,8 @@
 //!
 //! On the handle: [`FakeGoogle::set_latency`], [`FakeGoogle::fail_next_token_requests`],
 //! [`FakeGoogle::fail_next_revoke_requests`], [`FakeGoogle::set_access_token_lifetime`],
-//! [`FakeGoogle::revoke_refresh_tokens_of`], and the observers below them.
+//! [`FakeGoogle::revoke_refresh_tokens_of`], [`FakeGoogle::set_email_verified`], and the
+//! observers below them.
 //!
 //! Over HTTP, for the `fake-google` binary:
 //!
@@ -40,6 +41,9 @@ pub(super) struct Faults {
     /// Code exchanges return no refresh token (as Google does for a repeated consent without
     /// `prompt=consent`, or for some account types).
     pub withhold_refresh_tokens: bool,
+    /// What userinfo says in `email_verified` for these accounts (`None`: the claim is left
+    /// out); every other account is verified, as Google's accounts are.
+    pub email_verified: std::collections::HashMap<String, Option<bool>>,
 }
 
 /// Answer the next `count` requests with `status` and a JSON error body.
@@ -131,6 +135,16 @@ impl FakeGoogle {
     /// From now on, code exchanges return no refresh token (`false` restores Google's rules).
     pub fn withhold_refresh_tokens(&self, withhold: bool) {
         self.shared.lock().faults.withhold_refresh_tokens = withhold;
+    }
+
+    /// From now on, userinfo answers `email_verified: verified` for `account`, or leaves the
+    /// claim out with `None` (other providers, and some account types, do).
+    pub fn set_email_verified(&self, account: &str, verified: Option<bool>) {
+        self.shared
+            .lock()
+            .faults
+            .email_verified
+            .insert(account.trim().to_ascii_lowercase(), verified);
     }
 
     /// What the user does at myaccount.google.com → "Remove access": revokes every grant of

@@ -2,7 +2,8 @@
 //! the revocation endpoint.
 //!
 //! - `GET /oauth2/v3/userinfo`: `sub` with `openid`; `email`, `email_verified` too with `email`
-//!   (or `…/auth/userinfo.email`); 401 `invalid_token` for a bad token, 403 without either.
+//!   (or `…/auth/userinfo.email`; `email_verified` as [`super::FakeGoogle::set_email_verified`]
+//!   set it, `true` otherwise); 401 `invalid_token` for a bad token, 403 without either.
 //! - `GET /calendar/v3/users/me/calendarList/{primary | the account's email}`: needs
 //!   `…/auth/calendar` or `…/auth/calendar.readonly` (or the narrower calendarlist scopes) —
 //!   as at Google, `calendar.events` is not enough; errors in Google's API error shape.
@@ -88,7 +89,18 @@ async fn userinfo(State(shared): State<AppState>, headers: HeaderMap) -> Respons
     };
     let sub = subject_of(&bearer.account);
     if bearer.has_any(&EMAIL_SCOPES) {
-        Json(json!({ "sub": sub, "email": bearer.account, "email_verified": true })).into_response()
+        let verified = shared
+            .lock()
+            .faults
+            .email_verified
+            .get(&bearer.account)
+            .copied()
+            .unwrap_or(Some(true));
+        let mut info = json!({ "sub": sub, "email": bearer.account });
+        if let Some(verified) = verified {
+            info["email_verified"] = json!(verified);
+        }
+        Json(info).into_response()
     } else if bearer.has_any(&["openid"]) {
         Json(json!({ "sub": sub })).into_response()
     } else {
