@@ -38,16 +38,39 @@ pub struct IssuedLink {
 /// scopes, `access_type=offline` and `prompt=consent` (so a refresh token is always issued),
 /// `include_granted_scopes=true`, `login_hint`, `state`, and the S256 code challenge.
 pub fn issue_link(client: &ProviderClient, scopes: &[String], login_hint: &str) -> IssuedLink {
+    build_link(client, scopes, Some(login_hint), "consent")
+}
+
+/// A link for another try of an attempt whose Google account `CONSENT_ACCOUNT_POLICY`
+/// refused: as [`issue_link`], with `prompt=select_account consent` so the provider offers
+/// its account chooser instead of reusing the account the browser is signed in with, and
+/// `login_hint` only when there is one account to suggest.
+pub fn issue_retry_link(
+    client: &ProviderClient,
+    scopes: &[String],
+    login_hint: Option<&str>,
+) -> IssuedLink {
+    build_link(client, scopes, login_hint, "select_account consent")
+}
+
+fn build_link(
+    client: &ProviderClient,
+    scopes: &[String],
+    login_hint: Option<&str>,
+    prompt: &str,
+) -> IssuedLink {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (url, state) = client
+    let mut request = client
         .authorize_url(|| CsrfToken::new_random_len(STATE_BYTES))
         .add_scopes(scopes.iter().cloned().map(Scope::new))
         .set_pkce_challenge(challenge)
         .add_extra_param("access_type", "offline")
-        .add_extra_param("prompt", "consent")
-        .add_extra_param("include_granted_scopes", "true")
-        .add_extra_param("login_hint", login_hint)
-        .url();
+        .add_extra_param("prompt", prompt.to_owned())
+        .add_extra_param("include_granted_scopes", "true");
+    if let Some(login_hint) = login_hint {
+        request = request.add_extra_param("login_hint", login_hint.to_owned());
+    }
+    let (url, state) = request.url();
     IssuedLink {
         url,
         state: state.secret().clone(),
@@ -126,6 +149,20 @@ mod tests {
         );
         // S256: the challenge is base64url(sha256(verifier)), 43 characters.
         assert_eq!(q["code_challenge"].len(), 43);
+    }
+
+    #[test]
+    fn retry_links_offer_the_account_chooser() {
+        let config = config();
+        let client = provider_client(&config);
+        let link = issue_retry_link(&client, &config.scopes.0, Some("user@example.com"));
+        let q: HashMap<String, String> = link.url.query_pairs().into_owned().collect();
+        assert_eq!(q["prompt"], "select_account consent");
+        assert_eq!(q["login_hint"], "user@example.com");
+        assert_eq!(q["access_type"], "offline");
+        assert_eq!(q["state"], link.state);
+        let link = issue_retry_link(&client, &config.scopes.0, None);
+        assert!(!link.url.as_str().contains("login_hint"), "{}", link.url);
     }
 
     #[test]

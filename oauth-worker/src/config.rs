@@ -31,6 +31,8 @@ pub struct OAuthWorkerConfig {
     pub disconnect_retry_delays: Vec<Duration>,
     /// Google accounts one subaccount may have connected at once.
     pub max_accounts: usize,
+    /// Which Google account may complete a consent link (`CONSENT_ACCOUNT_POLICY`).
+    pub consent_policy: crate::consent_policy::ConsentPolicy,
     /// What a connect request is held to, decided when its state is stored.
     pub connect_limits: service_kit::rate_limit::ConnectLimits,
     /// Bound on each Redis step of the state store (and so of its limit decisions).
@@ -213,6 +215,7 @@ impl ServiceConfig for OAuthWorkerConfig {
         if !(1..=1000).contains(&max_accounts) {
             env.problem("MAX_GOOGLE_ACCOUNTS", "must be between 1 and 1000");
         }
+        let consent_policy = crate::consent_policy::ConsentPolicy::from_env(env);
         let vault = crate::vault::VaultConfig::from_env(env);
         let access_token_margin: Duration = env
             .value::<HumanDuration>(
@@ -266,6 +269,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             disconnect_max_deliver,
             disconnect_retry_delays: disconnect_retry_delays.0,
             max_accounts,
+            consent_policy,
         }
     }
 

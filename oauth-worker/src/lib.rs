@@ -7,6 +7,7 @@ pub mod calendars;
 pub mod callback;
 pub mod config;
 pub mod consent_page;
+pub mod consent_policy;
 pub mod handlers;
 pub mod outbox;
 pub mod provider;
@@ -74,7 +75,7 @@ pub async fn run(
     let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
     let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
     let relay = tokio::spawn(relay.run(shutdown.clone()));
-    let provider = Provider::new(&config.provider, client);
+    let provider = Provider::new(&config.provider, client.clone());
     let access_tokens = Arc::new(AccessTokens {
         infra: infra.clone(),
         store: tokens.clone(),
@@ -110,11 +111,13 @@ pub async fn run(
         infra: infra.clone(),
         states,
         provider,
+        client,
         tokens,
         outbox,
         required_scopes: config.provider.scopes.0.clone(),
         frontend: config.frontend_redirect_url.clone(),
         max_accounts: config.max_accounts,
+        consent_policy: config.consent_policy.clone(),
     });
     let connect_requests = rpc::serve(
         infra.nats.clone(),

@@ -46,6 +46,9 @@ impl std::fmt::Debug for Tokens {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub email: String,
+    /// The provider said `email_verified: true`. `CONSENT_ACCOUNT_POLICY` `invited` and
+    /// `domain` accept only a verified email; an unstated one does not count.
+    pub email_verified: bool,
 }
 
 /// The account's primary calendar, as the Calendar API lists it.
@@ -183,8 +186,9 @@ impl Provider {
             .get_json(self.userinfo_url.clone(), access_token)
             .await?;
         match (info.email, info.email_verified) {
-            (Some(email), Some(true) | None) if !email.is_empty() => Ok(Identity {
+            (Some(email), verified @ (Some(true) | None)) if !email.is_empty() => Ok(Identity {
                 email: email.to_lowercase(),
+                email_verified: verified == Some(true),
             }),
             (Some(_), Some(false)) => Err(ProviderError::Refused {
                 code: "email_not_verified".into(),

@@ -5,8 +5,11 @@
 //! 2. `error=` from the provider (`access_denied`, ...) → a page and connection-failed.
 //! 3. The code is exchanged with the PKCE verifier (bounded retries), the granted scopes are
 //!    checked against the required ones, the account's email is read from userinfo and its
-//!    primary calendar from the Calendar API. A new account beyond `MAX_GOOGLE_ACCOUNTS` for
-//!    the subaccount is refused (and its tokens revoked); reconnecting a connected one is not.
+//!    primary calendar from the Calendar API. An account that `CONSENT_ACCOUNT_POLICY` does
+//!    not accept is refused: its grant is revoked at once, nothing is stored, and the page
+//!    names the expected account with a button that tries again (a new state for the same
+//!    attempt). A new account beyond `MAX_GOOGLE_ACCOUNTS` for the subaccount is refused (and
+//!    its tokens revoked); reconnecting a connected one is not.
 //! 4. The calendar entry is upserted; tokens (encrypted) and the connection-succeeded event
 //!    are written in one document write (the outbox), then the event is published.
 //! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
@@ -32,11 +35,13 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::authorization::{ProviderClient, issue_retry_link};
+use crate::consent_policy::{ConsentPolicy, Mismatch};
 use crate::outbox::Outbox;
-use crate::provider::{Provider, ProviderError, missing_scopes};
-use crate::state_store::{PendingAttempt, StateStore};
+use crate::provider::{Provider, ProviderError, Tokens, missing_scopes};
+use crate::state_store::{PendingAttempt, Put, StateStore};
 use crate::token_store::{NewConnection, TokenStore};
-use page::Outcome;
+use page::{Outcome, RetryLink};
 
 /// The callback's path; the redirect URI registered with the provider ends with it.
 pub const PATH: &str = "/api/google/callback";
@@ -46,12 +51,16 @@ pub struct Callback {
     pub infra: Infrastructure,
     pub states: StateStore,
     pub provider: Provider,
+    /// Builds the new link a refused account's page offers.
+    pub client: ProviderClient,
     pub tokens: TokenStore,
     pub outbox: Outbox,
     pub required_scopes: Vec<String>,
     pub frontend: Option<url::Url>,
     /// `MAX_GOOGLE_ACCOUNTS`.
     pub max_accounts: usize,
+    /// `CONSENT_ACCOUNT_POLICY`: which Google account may complete a link.
+    pub consent_policy: ConsentPolicy,
 }
 
 /// The query the provider sends (RFC 6749 §4.1.2 and §4.1.2.1).
@@ -223,6 +232,14 @@ impl Callback {
                 return provider_failure(&error);
             }
         };
+        if let Err(mismatch) = self
+            .consent_policy
+            .check(attempt.user_email.as_str(), &identity)
+        {
+            return self
+                .refuse_account(state, &attempt, &tokens, &mismatch)
+                .await;
+        }
         let google_email = identity.email.as_str();
         match self.room_for(&attempt.subaccount_id, google_email).await {
             Ok(true) => {}
@@ -346,6 +363,104 @@ impl Callback {
     ) -> Result<bool, crate::token_store::TokenStoreError> {
         let accounts = self.tokens.accounts(subaccount).await?;
         Ok(accounts.iter().any(|a| a == google_email) || accounts.len() < self.max_accounts)
+    }
+
+    /// The account is not one `CONSENT_ACCOUNT_POLICY` accepts: its grant is revoked before
+    /// the page is shown, nothing is stored, connection-failed says who was expected and who
+    /// came, and the page offers a new link for the same attempt (unless a frontend shows the
+    /// outcome: it starts a new attempt itself).
+    async fn refuse_account(
+        &self,
+        state: &str,
+        attempt: &PendingAttempt,
+        tokens: &Tokens,
+        mismatch: &Mismatch,
+    ) -> Outcome {
+        tracing::info!(
+            policy = self.consent_policy.name(),
+            detail = %mismatch.describe(),
+            "the Google account does not fit CONSENT_ACCOUNT_POLICY; revoking its grant"
+        );
+        self.revoke_refused(tokens, "account_mismatch").await;
+        self.emit_failure(
+            state,
+            attempt,
+            FailureReason::AccountMismatch,
+            Some(&mismatch.used),
+            mismatch.describe(),
+            vec![],
+        );
+        let retry = match self.frontend {
+            Some(_) => None,
+            None => self.retry_link(attempt, mismatch).await,
+        };
+        let next = match &retry {
+            Some(_) => "Use the button below to sign in with the expected account.",
+            None => "Please start again from the app and sign in with the expected account.",
+        };
+        let outcome = Outcome::failed(
+            StatusCode::FORBIDDEN,
+            Outcome::reason_name(FailureReason::AccountMismatch),
+            "This is not the expected Google account",
+            format!("{} {next}", mismatch.explain()),
+        );
+        match retry {
+            Some(link) => outcome.with_retry(link),
+            None => outcome,
+        }
+    }
+
+    /// Revokes a grant we refuse, now, and waits for the answer: the refresh token when there
+    /// is one (it ends the whole grant), else the access token. A failed revocation is logged
+    /// and counted (`callback_revocations_total{outcome="failed"}`); the refusal stands.
+    async fn revoke_refused(&self, tokens: &Tokens, reason: &'static str) {
+        let token = tokens
+            .refresh_token
+            .as_deref()
+            .unwrap_or(&tokens.access_token);
+        let outcome = match self.provider.revoke(token).await {
+            Ok(()) => "revoked",
+            Err(error) => {
+                tracing::warn!(%error, reason, "could not revoke a refused account's grant");
+                "failed"
+            }
+        };
+        metrics::counter!("callback_revocations_total", "reason" => reason, "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// A new link for the same attempt (same subaccount, invited address and correlation id;
+    /// a fresh state and PKCE pair, as the old state is spent), suggesting the expected
+    /// account. `None` when the state store refuses or fails: the page then says to start
+    /// again from the app.
+    async fn retry_link(&self, attempt: &PendingAttempt, mismatch: &Mismatch) -> Option<RetryLink> {
+        let hint = mismatch.login_hint(attempt.user_email.as_str());
+        let link = issue_retry_link(&self.client, &self.required_scopes, hint);
+        let retry = PendingAttempt {
+            subaccount_id: attempt.subaccount_id.clone(),
+            user_email: attempt.user_email.clone(),
+            pkce_verifier: link.pkce_verifier,
+            correlation_id: attempt.correlation_id,
+            issued_at: Utc::now(),
+            traceparent: service_kit::telemetry::current_traceparent(),
+        };
+        match self.states.put(&link.state, &retry, false).await {
+            Ok(Put::Stored) => Some(RetryLink {
+                url: link.url,
+                label: mismatch.retry_label(hint),
+            }),
+            Ok(Put::Limited { limit, .. }) => {
+                tracing::info!(
+                    limit = limit.name(),
+                    "no new link for the refused account: over a limit"
+                );
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no new link for the refused account");
+                None
+            }
+        }
     }
 
     /// Tokens we will not keep are given back to the provider, in the background.

@@ -23,7 +23,16 @@ pub enum Outcome {
         reason: &'static str,
         title: &'static str,
         message: String,
+        /// A link that starts the attempt again (the account mismatch page), shown as a button.
+        retry: Option<RetryLink>,
     },
+}
+
+/// Where the page's "try again" button leads, and what it says.
+#[derive(Debug, Clone)]
+pub struct RetryLink {
+    pub url: url::Url,
+    pub label: String,
 }
 
 impl Outcome {
@@ -38,7 +47,17 @@ impl Outcome {
             reason,
             title,
             message: message.into(),
+            retry: None,
         }
+    }
+
+    /// The same failure, with a button that starts the attempt again at `retry`.
+    #[must_use]
+    pub fn with_retry(mut self, link: RetryLink) -> Self {
+        if let Self::Failed { retry, .. } = &mut self {
+            *retry = Some(link);
+        }
+        self
     }
 
     /// The stable name of a failure reason, as in events.
@@ -52,6 +71,7 @@ impl Outcome {
             FailureReason::ReauthRequired => "reauth_required",
             FailureReason::StorageUnavailable => "storage_unavailable",
             FailureReason::AccountLimitReached => "account_limit_reached",
+            FailureReason::AccountMismatch => "account_mismatch",
         }
     }
 
@@ -106,19 +126,27 @@ impl Outcome {
                 status,
                 title,
                 message,
+                retry,
                 ..
-            } => (
-                *status,
-                *title,
-                format!("<p>{}</p>", html_escape::encode_text(message)),
-            ),
+            } => {
+                let mut body = format!("<p>{}</p>", html_escape::encode_text(message));
+                if let Some(retry) = retry {
+                    body.push_str(&format!(
+                        "<p><a id=\"retry\" class=\"button\" href=\"{}\">{}</a></p>",
+                        html_escape::encode_double_quoted_attribute(retry.url.as_str()),
+                        html_escape::encode_text(&retry.label),
+                    ));
+                }
+                (*status, *title, body)
+            }
         };
         let html = format!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;\
              margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}h1{{font-size:1.5rem}}\
-             </style></head><body><main><h1 id=\"outcome\" data-status=\"{state}\">{title}</h1>{body}\
+             .button{{display:inline-block;padding:.6rem 1.2rem;border-radius:6px;background:#1a73e8;\
+             color:#fff;text-decoration:none}}</style></head><body><main><h1 id=\"outcome\" data-status=\"{state}\">{title}</h1>{body}\
              </main></body></html>\n",
             title = html_escape::encode_text(title),
             state = if matches!(self, Self::Connected { .. }) {
@@ -183,6 +211,35 @@ mod tests {
         let body = String::from_utf8_lossy(&body);
         assert!(body.contains("&lt;script&gt;"), "{body}");
         assert!(!body.contains("<script>"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_retry_link_is_an_escaped_button() {
+        let response = Outcome::failed(
+            StatusCode::FORBIDDEN,
+            "account_mismatch",
+            "This is not the expected Google account",
+            "sent for a@example.com, used <b>@example.com",
+        )
+        .with_retry(RetryLink {
+            url: "https://accounts.example/auth?state=s&login_hint=a%40example.com"
+                .parse()
+                .expect("url"),
+            label: "Try again with a@example.com".into(),
+        })
+        .respond(None);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains(
+                "<a id=\"retry\" class=\"button\" href=\"https://accounts.example/auth?state=s&amp;login_hint=a%40example.com\">Try again with a@example.com</a>"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("&lt;b&gt;"), "{body}");
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum FailureReason {
     StorageUnavailable,
     /// The subaccount already has `MAX_GOOGLE_ACCOUNTS` connected accounts.
     AccountLimitReached,
+    /// `CONSENT_ACCOUNT_POLICY` refused the Google account: it is not the invited `userEmail`
+    /// (`invited`), its domain is not allowed (`domain`), or its email is not verified.
+    /// `userEmail` is the invited address, `googleEmail` the account used, and `message` says
+    /// which account was expected; nothing was stored and the grant was revoked.
+    AccountMismatch,
 }
 
 impl Event for ConnectionFailed {
