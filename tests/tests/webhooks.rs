@@ -2,8 +2,9 @@
 //! the api, connection events fanned out and POSTed by the metadata-worker to a receiver in
 //! this test (axum on 127.0.0.1), verified with the README's recipe; retries with the log
 //! readable through the api; 410 disabling the endpoint; dead letters replayed with
-//! `gcal-ops`; targets the policy refuses; and the per-tenant cap on deliveries awaiting a
-//! retry (a tenant past it is parked, others keep flowing; a Redis outage parks nothing).
+//! `gcal-ops`; targets the policy refuses, and redirects that are never followed; and the
+//! per-tenant cap on deliveries awaiting a retry (a tenant past it is parked, others keep
+//! flowing; a Redis outage parks nothing).
 
 mod api_support;
 
@@ -641,6 +642,56 @@ async fn a_410_disables_the_endpoint_and_nothing_more_is_sent() {
         receiver.received().len(),
         1,
         "a disabled endpoint gets nothing"
+    );
+}
+
+/// A receiver that answers every POST with `307 Temporary Redirect` to `location`, and a
+/// target that counts what reaches it: a webhook must never be redirected inside the network
+/// (the registration check saw only the first URL).
+#[tokio::test]
+async fn a_receiver_redirecting_inside_the_network_is_not_followed() {
+    let stack = Stack::start(&[("WEBHOOK_MAX_DELIVER", "2")]).await;
+    let internal = Receiver::start(&[], 200).await;
+    let location = internal.url.clone();
+    let app = axum::Router::new().route(
+        "/hooks/calendar",
+        axum::routing::post(move || {
+            let location = location.clone();
+            async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redirecting = format!(
+        "http://{}/hooks/calendar",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let registered = stack.register(&redirecting).await;
+    let webhook_id = registered["id"].as_str().expect("id").to_owned();
+
+    stack.publish(&succeeded("a@gmail.com")).await;
+    // A followed redirect would be part of the logged attempt: once the attempt is in the
+    // log, the internal target would have been reached.
+    let log = eventually("the attempt logged", || async {
+        let log = stack.deliveries(&webhook_id).await;
+        (!log.is_empty()).then_some(log)
+    })
+    .await;
+    assert_eq!(log[0]["statusCode"], 307, "{log:?}");
+    assert_ne!(log[0]["outcome"], "delivered", "{log:?}");
+    assert!(
+        internal.received().is_empty(),
+        "the redirect was followed: {:?}",
+        internal.received()
     );
 }
 
