@@ -412,7 +412,9 @@ fn claims(subaccount: &str) -> Value {
     json!({
         "sub": format!("hostile-{}", uuid::Uuid::new_v4().simple()),
         "subaccountIds": [subaccount],
-        "permissions": ["connectors:manage"],
+        // `connectors:invite` (issue 14 §1) lets the canary's link be emailed once that
+        // permission exists; today it is an unknown permission, which changes nothing.
+        "permissions": ["connectors:manage", "connectors:invite"],
         "iat": now, "nbf": now, "exp": now + 3600,
     })
 }

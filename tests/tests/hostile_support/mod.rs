@@ -110,6 +110,13 @@ impl Case {
                     short(&reply.text())
                 ));
             }
+            // Hostile input is not echoed back at length (a 48 KiB value, say).
+            if reply.body.len() > MAX_ERROR_BYTES {
+                problems.push(format!(
+                    "an error body of {} bytes echoes the input",
+                    reply.body.len()
+                ));
+            }
             if !documented(op, status, wanted) {
                 problems.push(format!(
                     "{status} `{wanted}` is not documented for {} {}",
@@ -193,6 +200,9 @@ impl Case {
         problems
     }
 }
+
+/// The largest error body a hostile request may get.
+const MAX_ERROR_BYTES: usize = 2048;
 
 /// The api's OpenAPI document, as the code generates it now.
 static OPENAPI: LazyLock<Value> =
