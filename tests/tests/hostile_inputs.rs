@@ -514,6 +514,18 @@ async fn hostile_requests_are_refused_with_their_documented_code_and_change_noth
             hostile_cases::tokens::forged_user_tokens(),
         )
         .await;
+    // A valid RS256 token first: the api fetches its keys once, before the forgeries.
+    let mut valid = claims(SUB_A);
+    valid["iss"] = json!(ISSUER);
+    valid["aud"] = json!(AUDIENCE);
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(KID.to_owned());
+    let reply = RawRequest::get(format!("/api/connectors/{SUB_A}"))
+        .bearer(&sign(&header, &valid, &stack.rsa_a))
+        .send(stack.base_url(Target::RsApi))
+        .await
+        .expect("answered");
+    assert_eq!(reply.status, 200, "a valid RS256 token: {}", reply.text());
     let fetched = stack.jwks.fetches.load(Ordering::SeqCst);
     findings
         .group(
@@ -523,9 +535,9 @@ async fn hostile_requests_are_refused_with_their_documented_code_and_change_noth
         )
         .await;
     let fetches = stack.jwks.fetches.load(Ordering::SeqCst) - fetched;
-    if fetches > 1 {
+    if fetches > 0 {
         findings.problems.push(format!(
-            "[RS256 tokens] made-up key ids made the api fetch its keys {fetches} times"
+            "[RS256 tokens] made-up key ids made the api fetch its keys {fetches} more times"
         ));
     }
     findings
