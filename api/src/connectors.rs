@@ -361,14 +361,25 @@ fn render(value: Bson) -> Value {
 /// JSON `config` from a request as a BSON document. Keys MongoDB would refuse or misread
 /// (`$`-prefixed, dotted, NUL) are refused here with the path that has one.
 pub fn config_document(config: Map<String, Value>) -> Result<Document, ApiError> {
-    check_keys(&config, "config")?;
+    check_keys(&config, "config", 1)?;
     bson::to_document(&config).map_err(|e| ApiError::InvalidField {
         field: Some("config".into()),
         reason: format!("cannot be stored: {e}"),
     })
 }
 
-fn check_keys(object: &Map<String, Value>, path: &str) -> Result<(), ApiError> {
+/// How deep a connector's `config` may nest. MongoDB refuses documents nested more than 100
+/// levels, and every layer below (checks, BSON conversion, the driver) recurses once per level:
+/// a limit well under both keeps a hostile body from reaching either.
+pub const MAX_CONFIG_DEPTH: usize = 32;
+
+fn check_keys(object: &Map<String, Value>, path: &str, depth: usize) -> Result<(), ApiError> {
+    if depth > MAX_CONFIG_DEPTH {
+        return Err(ApiError::InvalidField {
+            field: Some("config".into()),
+            reason: format!("may nest at most {MAX_CONFIG_DEPTH} levels"),
+        });
+    }
     for (key, value) in object {
         let here = format!("{path}.{key}");
         if key.is_empty() || key.starts_with('$') || key.contains('.') || key.contains('\0') {
@@ -377,18 +388,26 @@ fn check_keys(object: &Map<String, Value>, path: &str) -> Result<(), ApiError> {
                 reason: "keys may not be empty, start with `$` or contain `.`".into(),
             });
         }
-        check_value(value, &here)?;
+        check_value(value, &here, depth)?;
     }
     Ok(())
 }
 
-fn check_value(value: &Value, path: &str) -> Result<(), ApiError> {
+fn check_value(value: &Value, path: &str, depth: usize) -> Result<(), ApiError> {
     match value {
-        Value::Object(object) => check_keys(object, path),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, item)| check_value(item, &format!("{path}[{i}]"))),
+        Value::Object(object) => check_keys(object, path, depth + 1),
+        Value::Array(items) => {
+            if depth + 1 > MAX_CONFIG_DEPTH {
+                return Err(ApiError::InvalidField {
+                    field: Some("config".into()),
+                    reason: format!("may nest at most {MAX_CONFIG_DEPTH} levels"),
+                });
+            }
+            items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, item)| check_value(item, &format!("{path}[{i}]"), depth + 1))
+        }
         _ => Ok(()),
     }
 }
@@ -438,5 +457,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `depth` levels of objects (or arrays) around one number.
+    fn nested(depth: usize, array: bool) -> Map<String, Value> {
+        let mut value = json!(1);
+        for _ in 1..depth {
+            value = if array { json!([value]) } else { json!({ "a": value }) };
+        }
+        let mut top = Map::new();
+        top.insert("a".into(), value);
+        top
+    }
+
+    #[test]
+    fn config_may_nest_32_levels_not_33() {
+        for array in [false, true] {
+            assert!(config_document(nested(MAX_CONFIG_DEPTH, array)).is_ok());
+            match config_document(nested(MAX_CONFIG_DEPTH + 1, array)) {
+                Err(ApiError::InvalidField { field, reason }) => {
+                    assert_eq!(field.as_deref(), Some("config"));
+                    assert!(reason.contains("32"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Far deeper than the stack of a debug build would survive unchecked.
+        assert!(config_document(nested(120, false)).is_err());
     }
 }

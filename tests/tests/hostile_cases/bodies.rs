@@ -236,6 +236,21 @@ pub fn abusive_bodies() -> Vec<Case> {
             api_error(400, "invalid_json", ADD),
         ),
         (
+            // Deep enough to pass the JSON parser's own limit (128) and, unchecked, to overflow
+            // the stack of a debug build on its way to MongoDB (which refuses more than 100).
+            "config nested 110 deep",
+            RawRequest::post(format!("/api/connectors/{SUB_A}"))
+                .bearer(&user_token(SUB_A))
+                .body(
+                    "application/json",
+                    format!(
+                        "{{\"connectorId\":\"evil\",\"connectorType\":\"crm\",\"config\":{}}}",
+                        nested("a", 110)
+                    ),
+                ),
+            invalid_field(ADD),
+        ),
+        (
             "body of 17 KiB adding a connector",
             add(json!({ "connectorId": "evil", "connectorType": "crm", "config": { "a": "x".repeat(17 * 1024) } })),
             api_error(413, "payload_too_large", ADD),
