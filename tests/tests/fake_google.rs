@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::fake_google::{Decision, FakeGoogle, FakeGoogleConfig};
+use e2e::fake_google::{ClientAuth, Decision, FakeGoogle, FakeGoogleConfig, Profile};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
@@ -782,6 +782,133 @@ async fn refresh_tokens_come_with_offline_access_and_again_only_with_prompt_cons
     );
     let forced = consent_and_exchange(&OFFLINE).await;
     assert!(forced.refresh_token().is_some(), "prompt=consent");
+}
+
+#[tokio::test]
+async fn as_an_openid_provider_refresh_tokens_come_with_offline_access_under_prompt_consent() {
+    let fake = start().await;
+    fake.set_profile(Profile::Oidc);
+    let client = client(&fake);
+    let consent_and_exchange = async |scopes: &[&str], extra: &[(&str, &str)]| {
+        let mut extra = extra.to_vec();
+        extra.push(("login_hint", "ola@example.com"));
+        let auth = authorize(&client, scopes, &extra);
+        let callback = fake
+            .consent(auth.url.as_str(), Decision::allow())
+            .await
+            .expect("consent");
+        let code = query(&callback, "code").expect("code");
+        exchange(&client, &code, auth.verifier)
+            .await
+            .expect("exchange")
+    };
+    let with_offline: Vec<&str> = SCOPES.iter().copied().chain(["offline_access"]).collect();
+
+    let google_way = consent_and_exchange(&SCOPES, &OFFLINE).await;
+    assert!(
+        google_way.refresh_token().is_none(),
+        "access_type means nothing to an OpenID provider"
+    );
+    let no_prompt = consent_and_exchange(&with_offline, &[]).await;
+    assert!(
+        no_prompt.refresh_token().is_none(),
+        "offline_access without prompt=consent is ignored (OIDC Core §11)"
+    );
+    assert!(
+        !no_prompt
+            .scopes()
+            .expect("scope")
+            .iter()
+            .any(|s| s.as_str() == "offline_access")
+    );
+    let offline = consent_and_exchange(&with_offline, &[("prompt", "consent")]).await;
+    let refresh_token = offline.refresh_token().expect("offline_access granted");
+    refresh(&client, refresh_token.secret())
+        .await
+        .expect("the refresh token works");
+
+    // Google knows no offline_access scope.
+    fake.set_profile(Profile::Google);
+    let auth = authorize(&client, &with_offline, &[("prompt", "consent")]);
+    let refused = fake
+        .consent(auth.url.as_str(), Decision::allow())
+        .await
+        .expect_err("invalid_scope at Google");
+    assert!(
+        refused.to_string().contains("offline_access"),
+        "{refused:#}"
+    );
+}
+
+#[tokio::test]
+async fn strict_client_authentication_is_required_at_the_token_and_revocation_endpoints() {
+    let fake = start().await;
+    let token = connect(&fake, "pia@example.com", Decision::allow()).await;
+    let access_token = token.access_token().secret().clone();
+    fake.require_client_auth(Some(ClientAuth::Post));
+
+    // The token endpoint takes only the required method.
+    let refresh_token = token.refresh_token().expect("offline").secret().clone();
+    let basic = refresh(&client(&fake), &refresh_token).await;
+    assert_eq!(server_error(basic), BasicErrorResponseType::InvalidClient);
+    refresh(
+        &client(&fake).set_auth_type(AuthType::RequestBody),
+        &refresh_token,
+    )
+    .await
+    .expect("client_secret_post is accepted");
+
+    // Revocation: without client authentication, or with another method, 401 invalid_client
+    // and the token stays valid.
+    let (status, body) = revoke(&fake, &access_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("invalid_client"), "{body}");
+    let basic = http()
+        .post(fake.revoke_url())
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", access_token.as_str())])
+        .send()
+        .await
+        .expect("POST /revoke");
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    let wrong = http()
+        .post(fake.revoke_url())
+        .form(&[
+            ("token", access_token.as_str()),
+            ("client_id", CLIENT_ID),
+            ("client_secret", "not-the-secret"),
+        ])
+        .send()
+        .await
+        .expect("POST /revoke");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.unauthenticated_revoke_requests(), 3);
+    assert!(!fake.is_revoked(&access_token));
+    let right = http()
+        .post(fake.revoke_url())
+        .form(&[
+            ("token", access_token.as_str()),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .expect("POST /revoke");
+    assert_eq!(right.status(), StatusCode::OK);
+    assert!(fake.is_revoked(&access_token));
+}
+
+#[tokio::test]
+async fn userinfo_and_token_responses_can_leave_out_email_verified_and_scope() {
+    let fake = start().await;
+    fake.omit_token_response_scope(true);
+    fake.omit_email_verified(true);
+    let token = connect(&fake, "quinn@example.com", Decision::allow()).await;
+    assert!(token.scopes().is_none());
+    let (status, info) = get_bearer(&fake.userinfo_url(), token.access_token().secret()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["email"], "quinn@example.com");
+    assert!(info.get("email_verified").is_none(), "{info}");
 }
 
 #[tokio::test]

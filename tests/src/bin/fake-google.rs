@@ -11,6 +11,11 @@
 //!                                (default http://127.0.0.1:3004/api/google/callback)
 //!   FAKE_GOOGLE_DEFAULT_ACCOUNT  the consent page's account when there is no login_hint
 //!                                (default user@example.com)
+//!   FAKE_GOOGLE_PROFILE          google (default) or oidc: an OpenID provider's offline
+//!                                access (the offline_access scope, prompt=consent)
+//!   FAKE_GOOGLE_CLIENT_AUTH      client_secret_basic or client_secret_post: the only client
+//!                                authentication the token endpoint takes, required at
+//!                                revocation too (default: Google's, either; none to revoke)
 //!
 //!   GET  /o/oauth2/v2/auth                             the consent page
 //!   POST /token, /revoke; GET /oauth2/v3/userinfo       as at Google
@@ -24,7 +29,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use e2e::fake_google::{FakeGoogle, FakeGoogleConfig};
+use e2e::fake_google::{ClientAuth, FakeGoogle, FakeGoogleConfig, Profile};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: fake-google   (configured by the environment)
@@ -33,7 +38,10 @@ const USAGE: &str = "usage: fake-google   (configured by the environment)
   GOOGLE_CLIENT_SECRET         client secret (default gcal-local-secret)
   OAUTH_REDIRECT_URI           redirect URIs, comma-separated
                                (default http://127.0.0.1:3004/api/google/callback)
-  FAKE_GOOGLE_DEFAULT_ACCOUNT  account offered without login_hint (default user@example.com)";
+  FAKE_GOOGLE_DEFAULT_ACCOUNT  account offered without login_hint (default user@example.com)
+  FAKE_GOOGLE_PROFILE          google (default) or oidc
+  FAKE_GOOGLE_CLIENT_AUTH      client_secret_basic or client_secret_post, required at the
+                               token and revocation endpoints (default: Google's rules)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -48,7 +56,7 @@ async fn main() -> ExitCode {
         eprintln!("fake-google: unknown argument {arg:?}\n{USAGE}");
         return ExitCode::from(2);
     }
-    let (config, addr) = match settings() {
+    let (config, addr, profile, client_auth) = match settings() {
         Ok(settings) => settings,
         Err(problem) => {
             eprintln!("fake-google: {problem}\n{USAGE}");
@@ -76,6 +84,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    fake.set_profile(profile);
+    fake.require_client_auth(client_auth);
     println!(
         "fake-google: client {} on {} — auth {}, token {}, userinfo {}, revoke {}, calendar {}, \
          redirect URIs {}",
@@ -95,7 +105,7 @@ async fn main() -> ExitCode {
 }
 
 /// The configuration from the environment, or the defaults.
-fn settings() -> Result<(FakeGoogleConfig, SocketAddr), String> {
+fn settings() -> Result<(FakeGoogleConfig, SocketAddr, Profile, Option<ClientAuth>), String> {
     let var = |name: &str, default: &str| {
         std::env::var(name)
             .ok()
@@ -130,7 +140,17 @@ fn settings() -> Result<(FakeGoogleConfig, SocketAddr), String> {
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty()),
     };
-    Ok((config, addr))
+    let profile = var("FAKE_GOOGLE_PROFILE", "google")
+        .parse::<Profile>()
+        .map_err(|e| format!("FAKE_GOOGLE_PROFILE: {e}"))?;
+    let client_auth = match var("FAKE_GOOGLE_CLIENT_AUTH", "") {
+        raw if raw.is_empty() => None,
+        raw => Some(
+            raw.parse::<ClientAuth>()
+                .map_err(|e| format!("FAKE_GOOGLE_CLIENT_AUTH: {e}"))?,
+        ),
+    };
+    Ok((config, addr, profile, client_auth))
 }
 
 /// SIGTERM or SIGINT, listened for from the moment this is called — before the start-up line,

@@ -24,6 +24,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use url::Url;
 
+use super::modes::Profile;
 use super::state::{IssuedCode, PendingConsent, State as FakeState};
 use super::{AUTH_PATH, AppState, DECISION_PATH, FALLBACK_ACCOUNT, FakeGoogle, random_token};
 
@@ -206,8 +207,9 @@ async fn authorize(
     if scopes.is_empty() {
         return refuse("invalid_request", "Missing required parameter: scope");
     }
+    let profile = shared.lock().modes.profile;
     let (valid, invalid): (Vec<&String>, Vec<&String>) =
-        scopes.iter().partition(|scope| known_scope(scope));
+        scopes.iter().partition(|scope| known_scope(scope, profile));
     if !invalid.is_empty() {
         return refuse(
             "invalid_scope",
@@ -350,7 +352,9 @@ fn answered_already() -> Response {
 
 /// Issues a code for the ticked scopes, plus — with `include_granted_scopes=true`, as at
 /// Google — every scope the account already granted this client. Returns the code and the
-/// granted scopes, space-separated.
+/// granted scopes, space-separated. Offline access (a refresh token at redemption) is
+/// `access_type=offline` at Google; for an OpenID provider, the `offline_access` scope
+/// granted with `prompt=consent` (OIDC Core §11: otherwise it is ignored).
 fn issue_code(
     state: &mut FakeState,
     pending: &PendingConsent,
@@ -363,7 +367,19 @@ fn issue_code(
         .filter(|s| ticked.contains(s))
         .cloned()
         .collect();
-    if pending.include_granted_scopes {
+    let profile = state.modes.profile;
+    let forced_consent = pending
+        .prompt
+        .as_deref()
+        .is_some_and(|p| p.split_whitespace().any(|p| p == "consent"));
+    let offline = match profile {
+        Profile::Google => pending.access_type.as_deref() == Some("offline"),
+        Profile::Oidc => forced_consent && scopes.iter().any(|s| s == OFFLINE_ACCESS),
+    };
+    if profile == Profile::Oidc && !offline {
+        scopes.retain(|s| s != OFFLINE_ACCESS);
+    }
+    if pending.include_granted_scopes && profile == Profile::Google {
         let earlier: Vec<String> = state
             .live_grants(&pending.client_id, account)
             .flat_map(|g| g.scopes.iter().cloned())
@@ -384,11 +400,8 @@ fn issue_code(
             code_challenge: pending.code_challenge.clone(),
             account: account.to_owned(),
             scopes,
-            offline: pending.access_type.as_deref() == Some("offline"),
-            forced_consent: pending
-                .prompt
-                .as_deref()
-                .is_some_and(|p| p.split_whitespace().any(|p| p == "consent")),
+            offline,
+            forced_consent,
             issued_at: Instant::now(),
             redeemed: None,
         },
@@ -518,9 +531,16 @@ fn consent_page(id: &str, pending: &PendingConsent, problem: Option<&str>) -> St
     page("Sign in - Fake Google Accounts", &body)
 }
 
-/// Scopes Google knows that this fake may meet: sign-in and Calendar. Anything else — a typo
-/// in production's configuration, say — is Google's `invalid_scope` error page.
-fn known_scope(scope: &str) -> bool {
+/// The OpenID Connect scope that asks for a refresh token (OIDC Core §11).
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// Scopes Google knows that this fake may meet: sign-in and Calendar, and `offline_access` as
+/// an OpenID provider (Google has no such scope). Anything else — a typo in production's
+/// configuration, say — is Google's `invalid_scope` error page.
+fn known_scope(scope: &str, profile: Profile) -> bool {
+    if scope == OFFLINE_ACCESS {
+        return profile == Profile::Oidc;
+    }
     const CALENDAR: [&str; 18] = [
         "calendar",
         "calendar.readonly",
@@ -553,6 +573,7 @@ fn known_scope(scope: &str) -> bool {
 fn describe(scope: &str) -> &str {
     match scope {
         "openid" => "Associate you with your personal info on Google",
+        OFFLINE_ACCESS => "Keep access while you are not using the app",
         "email" | "https://www.googleapis.com/auth/userinfo.email" => {
             "See your primary Google Account email address"
         }

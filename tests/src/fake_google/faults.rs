@@ -170,6 +170,12 @@ impl FakeGoogle {
         self.shared.lock().counters.revoke_requests
     }
 
+    /// How many revocation requests were refused because the client did not authenticate
+    /// (or not as required).
+    pub fn unauthenticated_revoke_requests(&self) -> usize {
+        self.shared.lock().counters.revoke_requests_unauthenticated
+    }
+
     /// Whether `token` (access or refresh) was issued here and has been revoked. Unknown
     /// tokens are not "revoked"; expired access tokens are not either.
     pub fn is_revoked(&self, token: &str) -> bool {
@@ -274,8 +280,11 @@ struct Snapshot {
     fail_next_revoke_requests: FailNext,
     token_requests: std::collections::BTreeMap<String, usize>,
     revoke_requests: usize,
+    unauthenticated_revoke_requests: usize,
     issued_access_tokens: usize,
     pending_consents: usize,
+    profile: &'static str,
+    client_auth: Option<&'static str>,
     grants: Vec<GrantView>,
 }
 
@@ -302,8 +311,14 @@ async fn snapshot(State(shared): State<AppState>) -> Json<Snapshot> {
         fail_next_revoke_requests: state.faults.failing_revoke,
         token_requests: state.counters.token_requests.clone(),
         revoke_requests: state.counters.revoke_requests,
+        unauthenticated_revoke_requests: state.counters.revoke_requests_unauthenticated,
         issued_access_tokens: state.counters.issued_access_tokens,
         pending_consents: state.pending.len(),
+        profile: match state.modes.profile {
+            super::Profile::Google => "google",
+            super::Profile::Oidc => "oidc",
+        },
+        client_auth: state.modes.client_auth.map(super::ClientAuth::name),
         grants: state
             .grants
             .iter()

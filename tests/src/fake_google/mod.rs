@@ -21,6 +21,9 @@
 //! whole grant, and Google's error bodies. It does not issue `id_token`s and does not rename
 //! `email` to `https://www.googleapis.com/auth/userinfo.email` in granted scopes.
 //!
+//! It can also behave as a standards-compliant OpenID provider instead, require client
+//! authentication at revocation, and leave out what a provider may leave out ([`modes`]).
+//!
 //! Tests drive the consent page with [`FakeGoogle::consent`] (or click it in a browser), break
 //! things with the fault switches in [`faults`] and look inside with its observers. The same
 //! switches are served over HTTP: `POST /_fake/faults`, `GET /_fake/state`.
@@ -29,6 +32,7 @@
 
 mod consent;
 mod faults;
+pub mod modes;
 mod resources;
 mod state;
 mod token;
@@ -49,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use consent::Decision;
 pub use faults::FailNext;
+pub use modes::{ClientAuth, Profile};
 
 use state::State;
 

@@ -8,7 +8,9 @@
 //!   `…/auth/calendar` or `…/auth/calendar.readonly` (or the narrower calendarlist scopes) —
 //!   as at Google, `calendar.events` is not enough; errors in Google's API error shape.
 //! - `POST /revoke` with `token` in the form body (or the query): revokes the token's whole
-//!   grant; 400 `invalid_token` for an unknown, expired or already revoked token.
+//!   grant; 400 `invalid_token` for an unknown, expired or already revoked token. Client
+//!   credentials, when sent, must be right; with [`super::FakeGoogle::require_client_auth`]
+//!   they must be sent, by that method (401 `invalid_client` otherwise).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -23,6 +25,7 @@ use serde_json::json;
 
 use super::faults::injected_failure;
 use super::state::subject_of;
+use super::token::authenticate;
 use super::{AppState, CALENDAR_API_PATH, REVOKE_PATH, USERINFO_PATH};
 
 const EMAIL_SCOPES: [&str; 2] = ["email", "https://www.googleapis.com/auth/userinfo.email"];
@@ -89,13 +92,15 @@ async fn userinfo(State(shared): State<AppState>, headers: HeaderMap) -> Respons
     };
     let sub = subject_of(&bearer.account);
     if bearer.has_any(&EMAIL_SCOPES) {
-        let verified = shared
-            .lock()
-            .faults
-            .email_verified
-            .get(&bearer.account)
-            .copied()
-            .unwrap_or(Some(true));
+        // Per-account setting first (binding tests), then the provider-wide mode (interop).
+        let verified = {
+            let state = shared.lock();
+            match state.faults.email_verified.get(&bearer.account) {
+                Some(verified) => *verified,
+                None if state.modes.omit_email_verified => None,
+                None => Some(true),
+            }
+        };
         let mut info = json!({ "sub": sub, "email": bearer.account });
         if let Some(verified) = verified {
             info["email_verified"] = json!(verified);
@@ -176,6 +181,7 @@ async fn calendar_list_entry(
 async fn revoke(
     State(shared): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
@@ -189,6 +195,18 @@ async fn revoke(
     state.counters.revoke_requests += 1;
     if let Some(status) = state.faults.failing_revoke.take() {
         return injected_failure(status);
+    }
+    let required = state.modes.client_auth;
+    let presented = headers.contains_key(header::AUTHORIZATION) || form.contains_key("client_id");
+    if (required.is_some() || presented)
+        && let Err(description) = authenticate(&shared.config, &headers, &form, required)
+    {
+        state.counters.revoke_requests_unauthenticated += 1;
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid_client", "error_description": description })),
+        )
+            .into_response();
     }
     if token.is_empty() {
         return (

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::faults::Faults;
+use super::modes::Modes;
 use super::random_token;
 
 /// How long an authorization code can be redeemed (Google: 10 minutes).
@@ -28,6 +29,7 @@ pub(super) struct State {
     /// Refresh token → grant id.
     pub refresh_tokens: HashMap<String, usize>,
     pub faults: Faults,
+    pub modes: Modes,
     pub counters: Counters,
 }
 
@@ -83,6 +85,8 @@ pub(super) struct Counters {
     /// including those answered with an injected failure.
     pub token_requests: BTreeMap<String, usize>,
     pub revoke_requests: usize,
+    /// Revocation requests refused with `invalid_client`.
+    pub revoke_requests_unauthenticated: usize,
     pub issued_access_tokens: usize,
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The client authenticates with HTTP Basic (the `oauth2` crate's default; id and secret
 //! form-url-encoded first, RFC 6749 §2.3.1) or with `client_id` + `client_secret` in the body;
-//! Google accepts both. Errors are RFC 6749 §5.2 JSON bodies; every answer carries
+//! Google accepts both ([`super::FakeGoogle::require_client_auth`] narrows it to one). Errors are RFC 6749 §5.2 JSON bodies; every answer carries
 //! `Cache-Control: no-store`.
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::faults::injected_failure;
+use super::modes::{ClientAuth, Modes};
 use super::state::{CODE_LIFETIME, Grant, State as FakeState, s256};
 use super::{AppState, FakeGoogleConfig, TOKEN_PATH, random_token, scope_string};
 
@@ -42,7 +43,9 @@ struct TokenResponse {
     expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
-    scope: String,
+    /// Left out by [`super::FakeGoogle::omit_token_response_scope`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
     token_type: &'static str,
 }
 
@@ -81,8 +84,10 @@ async fn token(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) 
     if let Some(status) = state.faults.failing_token.take() {
         return injected_failure(status);
     }
-    if let Err(description) = authenticate(&shared.config, &headers, &params) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", description);
+    if let Err(description) =
+        authenticate(&shared.config, &headers, &params, state.modes.client_auth)
+    {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", &description);
     }
     match grant_type {
         "authorization_code" => redeem_code(&mut state, &shared.config, &param),
@@ -96,17 +101,36 @@ async fn token(State(shared): State<AppState>, headers: HeaderMap, body: Bytes) 
     }
 }
 
-/// Accepts the configured client by HTTP Basic or by body parameters; anything else is an
-/// `invalid_client`, described by the error.
-fn authenticate(
+/// Accepts the configured client by HTTP Basic or by body parameters — only by `required`
+/// when set; anything else is an `invalid_client`, described by the error.
+pub(super) fn authenticate(
     config: &FakeGoogleConfig,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-) -> Result<(), &'static str> {
-    let (id, secret) = match headers.get(header::AUTHORIZATION) {
+    required: Option<ClientAuth>,
+) -> Result<(), String> {
+    let basic = headers.get(header::AUTHORIZATION);
+    let used = if basic.is_some() {
+        ClientAuth::Basic
+    } else {
+        ClientAuth::Post
+    };
+    if let Some(required) = required
+        && (required != used || (used == ClientAuth::Post && !params.contains_key("client_secret")))
+    {
+        return Err(format!(
+            "Client authentication failed: this client must authenticate with {}.",
+            required.name()
+        ));
+    }
+    if required.is_some() && basic.is_some() && params.contains_key("client_secret") {
+        // RFC 6749 §2.3: one authentication method per request (checked when strict).
+        return Err("The client used more than one authentication method.".into());
+    }
+    let (id, secret) = match basic {
         Some(value) => match basic_credentials(value) {
             Some(pair) => pair,
-            None => return Err("Malformed Authorization header."),
+            None => return Err("Malformed Authorization header.".into()),
         },
         None => (
             params.get("client_id").cloned().unwrap_or_default(),
@@ -114,19 +138,19 @@ fn authenticate(
         ),
     };
     if id.is_empty() {
-        return Err("Could not determine client ID from request.");
+        return Err("Could not determine client ID from request.".into());
     }
     if params
         .get("client_id")
         .is_some_and(|body_id| *body_id != id)
     {
-        return Err("client_id in the body and in the Authorization header differ.");
+        return Err("client_id in the body and in the Authorization header differ.".into());
     }
     if id != config.client_id {
-        return Err("The OAuth client was not found.");
+        return Err("The OAuth client was not found.".into());
     }
     if secret != config.client_secret {
-        return Err("Unauthorized");
+        return Err("Unauthorized".into());
     }
     Ok(())
 }
@@ -225,10 +249,15 @@ fn redeem_code<'a>(
         access_token,
         expires_in: lifetime.as_secs(),
         refresh_token,
-        scope: scope_string(&scopes),
+        scope: stated_scope(&state.modes, &scopes),
         token_type: "Bearer",
     })
     .into_response()
+}
+
+/// The `scope` of a token response, unless the fake is told to leave it out.
+fn stated_scope(modes: &Modes, scopes: &[String]) -> Option<String> {
+    (!modes.omit_token_response_scope).then(|| scope_string(scopes))
 }
 
 /// RFC 7636 §4.1: 43 to 128 unreserved characters.
@@ -263,7 +292,7 @@ fn refresh<'a>(
         access_token,
         expires_in: lifetime.as_secs(),
         refresh_token: None,
-        scope: scope_string(&state.grants[grant_id].scopes),
+        scope: stated_scope(&state.modes, &state.grants[grant_id].scopes),
         token_type: "Bearer",
     })
     .into_response()
