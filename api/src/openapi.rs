@@ -290,6 +290,10 @@ pub struct OperationDoc {
     pub google_email: Option<String>,
     /// The accounts disconnected (once `done`).
     pub disconnected: Vec<String>,
+    /// For each account disconnected, what the provider answered to the revocation. An
+    /// account whose revocation was `refused` (e.g. `invalid_client`) is disconnected here
+    /// all the same, but its grant may still be live at the provider.
+    pub revocations: Vec<AccountRevocationDoc>,
     /// Why it failed (only when `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false)]
@@ -358,6 +362,31 @@ pub enum OperationStatusDoc {
     Pending,
     Done,
     Failed,
+}
+
+/// One account's revocation in a disconnect.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AccountRevocation)]
+pub struct AccountRevocationDoc {
+    #[schema(format = "email")]
+    pub google_email: String,
+    pub outcome: RevocationOutcomeDoc,
+    /// The provider's refusal (its error code and description), only when `refused`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub error: Option<String>,
+}
+
+/// `revoked`; `already_invalid` (the provider no longer knew the token: expired or revoked
+/// before); `refused` (the provider refused for good; disconnected here anyway).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = RevocationOutcome)]
+pub enum RevocationOutcomeDoc {
+    Revoked,
+    AlreadyInvalid,
+    Refused,
 }
 
 // ---------------------------------------------------------------------------------------------

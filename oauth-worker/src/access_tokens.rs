@@ -1,11 +1,15 @@
 //! Access tokens for other services (`access-token-requested` over NATS): from the Redis cache
-//! while they have at least `ACCESS_TOKEN_MARGIN` to live, else from MongoDB, else refreshed.
+//! while they have at least the margin to live, else from MongoDB, else refreshed. The margin
+//! is `ACCESS_TOKEN_MARGIN`, or half the token's lifetime when that is shorter: a provider
+//! issuing 30-second tokens would otherwise force a refresh on every request.
 //!
 //! A refresh happens once across all replicas: the replica that wins a Redis lock (`SET NX
 //! PX` with a random value, released only by its holder) refreshes; the others wait for the
 //! cache to fill. The write is fenced: it lands only if the document's `tokenVersion` is still
 //! the one the holder read, so a holder that stalled past its lock cannot overwrite a newer
-//! token. `invalid_grant` marks the account `reauth_required` and emits connection-failed.
+//! token. `invalid_grant` marks the account `reauth_required` and emits connection-failed. So
+//! does an expired token of a grant that came without a refresh token, answered
+//! `no_refresh_token` (now and on every later request) so the caller learns why.
 //!
 //! Cached tokens are encrypted with the vault like stored ones. Tokens never reach logs.
 
@@ -50,6 +54,8 @@ pub struct AccessTokens {
 pub struct Issued {
     pub access_token: String,
     pub expires_at: DateTime<Utc>,
+    /// When it was issued, where known: with `expires_at`, its lifetime, which caps the margin.
+    pub issued_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Issued {
@@ -66,6 +72,11 @@ pub enum AccessTokenError {
     NotConnected(String),
     #[error("Google refused the refresh token for {0}: the user must connect again")]
     ReauthRequired(String),
+    #[error(
+        "{0} was connected without a refresh token (the provider did not grant offline access) \
+         and its access token has expired: the user must connect again"
+    )]
+    NoRefreshToken(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -76,6 +87,9 @@ pub enum AccessTokenError {
 struct Cached {
     token: String,
     expires_at: DateTime<Utc>,
+    /// Absent in entries cached before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issued_at: Option<DateTime<Utc>>,
 }
 
 impl crate::rpc::Responder for AccessTokens {
@@ -99,6 +113,9 @@ impl crate::rpc::Responder for AccessTokens {
                             }
                             AccessTokenError::ReauthRequired(_) => {
                                 AccessTokenRejectionCode::ReauthRequired
+                            }
+                            AccessTokenError::NoRefreshToken(_) => {
+                                AccessTokenRejectionCode::NoRefreshToken
                             }
                             AccessTokenError::Unavailable(_) => {
                                 AccessTokenRejectionCode::Unavailable
@@ -152,6 +169,9 @@ impl AccessTokens {
             .ok_or_else(|| AccessTokenError::NotConnected(google_email.to_owned()))?;
         match stored.document.status {
             AuthStatus::Active => Ok(stored),
+            AuthStatus::ReauthRequired if stored.refresh_token.is_none() => {
+                Err(AccessTokenError::NoRefreshToken(google_email.to_owned()))
+            }
             AuthStatus::ReauthRequired => {
                 Err(AccessTokenError::ReauthRequired(google_email.to_owned()))
             }
@@ -162,11 +182,29 @@ impl AccessTokens {
     /// The stored access token, if it still has the margin to live.
     fn fresh(&self, stored: &StoredAuth) -> Option<Issued> {
         let expires_at = stored.document.expires_at.to_chrono();
-        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
-        (expires_at - margin > Utc::now()).then(|| Issued {
+        let issued_at = stored
+            .document
+            .access_token_issued_at
+            .map(bson::DateTime::to_chrono);
+        (expires_at - self.margin_for(issued_at, expires_at) > Utc::now()).then(|| Issued {
             access_token: stored.access_token.expose().to_owned(),
             expires_at,
+            issued_at,
         })
+    }
+
+    /// How long before its expiry a token stops being handed out: `ACCESS_TOKEN_MARGIN`, or
+    /// half the token's lifetime when that is shorter (known when it was issued).
+    fn margin_for(
+        &self,
+        issued_at: Option<DateTime<Utc>>,
+        expires_at: DateTime<Utc>,
+    ) -> chrono::Duration {
+        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
+        match issued_at {
+            Some(issued_at) if expires_at > issued_at => margin.min((expires_at - issued_at) / 2),
+            _ => margin,
+        }
     }
 
     /// Refreshes under the lock, or waits for the replica that holds it.
@@ -219,9 +257,14 @@ impl AccessTokens {
             return Ok(issued);
         }
         let Some(refresh_token) = stored.refresh_token.as_ref() else {
-            return Err(self
-                .reauth_required(subaccount, google_email, "no refresh token is stored")
-                .await);
+            self.reauth_required(
+                subaccount,
+                google_email,
+                "the access token expired and the grant has no refresh token (the provider did \
+                 not grant offline access)",
+            )
+            .await;
+            return Err(AccessTokenError::NoRefreshToken(google_email.to_owned()));
         };
         let tokens = match self.provider.refresh(refresh_token.expose()).await {
             Ok(tokens) => tokens,
@@ -268,6 +311,9 @@ impl AccessTokens {
         let issued = Issued {
             access_token: tokens.access_token,
             expires_at: document.expires_at.to_chrono(),
+            issued_at: document
+                .access_token_issued_at
+                .map(bson::DateTime::to_chrono),
         };
         self.cache(subaccount, google_email, &issued).await;
         tracing::info!(expires_at = %issued.expires_at, "access token refreshed");
@@ -350,8 +396,7 @@ impl AccessTokens {
             .await
             .ok()?;
         let cached: Cached = serde_json::from_str(&raw?).ok()?;
-        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
-        if cached.expires_at - margin <= Utc::now() {
+        if cached.expires_at - self.margin_for(cached.issued_at, cached.expires_at) <= Utc::now() {
             return None;
         }
         let binding = TokenBinding::new(subaccount.as_str(), google_email, TokenKind::Access);
@@ -363,12 +408,13 @@ impl AccessTokens {
         Some(Issued {
             access_token: token.expose().to_owned(),
             expires_at: cached.expires_at,
+            issued_at: cached.issued_at,
         })
     }
 
     /// Caches until the margin before expiry.
     async fn cache(&self, subaccount: &SubaccountId, google_email: &str, issued: &Issued) {
-        let margin = chrono::Duration::from_std(self.margin).unwrap_or_default();
+        let margin = self.margin_for(issued.issued_at, issued.expires_at);
         let ttl = (issued.expires_at - margin - Utc::now()).num_milliseconds();
         if ttl <= 0 {
             return;
@@ -380,6 +426,7 @@ impl AccessTokens {
                 .vault()
                 .encrypt_to_string(&issued.access_token, &binding),
             expires_at: issued.expires_at,
+            issued_at: issued.issued_at,
         };
         let Ok(text) = serde_json::to_string(&entry) else {
             return;

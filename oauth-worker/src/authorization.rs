@@ -3,11 +3,11 @@
 
 use oauth2::basic::BasicClient;
 use oauth2::{
-    AuthUrl, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet, PkceCodeChallenge,
-    RedirectUrl, Scope, TokenUrl,
+    AuthType, AuthUrl, ClientId, ClientSecret, CsrfToken, EndpointNotSet, EndpointSet,
+    PkceCodeChallenge, RedirectUrl, Scope, TokenUrl,
 };
 
-use crate::config::ProviderConfig;
+use crate::config::{ClientAuthMethod, ProviderConfig, ProviderProfile};
 
 /// The oauth2 client with the endpoints this worker uses set.
 pub type ProviderClient =
@@ -17,8 +17,13 @@ pub type ProviderClient =
 const STATE_BYTES: u32 = 32;
 
 pub fn provider_client(config: &ProviderConfig) -> ProviderClient {
+    let auth_type = match config.client_auth {
+        ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+        ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
+    };
     BasicClient::new(ClientId::new(config.client_id.clone()))
         .set_client_secret(ClientSecret::new(config.client_secret.expose().to_owned()))
+        .set_auth_type(auth_type)
         .set_auth_uri(AuthUrl::from_url(config.auth_url.clone()))
         .set_token_uri(TokenUrl::from_url(config.token_url.clone()))
         .set_redirect_uri(RedirectUrl::from_url(config.redirect_uri.clone()))
@@ -34,11 +39,22 @@ pub struct IssuedLink {
     pub pkce_verifier: String,
 }
 
+/// The scope that asks an OpenID provider for a refresh token (OIDC Core §11).
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
 /// A new authorization URL for `login_hint`: `response_type=code`, client id, redirect URI,
-/// scopes, `access_type=offline` and `prompt=consent` (so a refresh token is always issued),
-/// `include_granted_scopes=true`, `login_hint`, `state`, and the S256 code challenge.
-pub fn issue_link(client: &ProviderClient, scopes: &[String], login_hint: &str) -> IssuedLink {
-    build_link(client, scopes, Some(login_hint), "consent")
+/// scopes, `login_hint`, `state`, the S256 code challenge, and offline access asked the
+/// profile's way so that a refresh token is issued: Google's `access_type=offline` (with
+/// `include_granted_scopes=true`), or OIDC's `offline_access` scope. Both add
+/// `prompt=consent`: Google issues a second refresh token only then, and OIDC Core §11 wants
+/// it for `offline_access`.
+pub fn issue_link(
+    client: &ProviderClient,
+    profile: ProviderProfile,
+    scopes: &[String],
+    login_hint: &str,
+) -> IssuedLink {
+    build_link(client, profile, scopes, Some(login_hint), "consent")
 }
 
 /// A link for another try of an attempt whose Google account `CONSENT_ACCOUNT_POLICY`
@@ -47,14 +63,16 @@ pub fn issue_link(client: &ProviderClient, scopes: &[String], login_hint: &str) 
 /// `login_hint` only when there is one account to suggest.
 pub fn issue_retry_link(
     client: &ProviderClient,
+    profile: ProviderProfile,
     scopes: &[String],
     login_hint: Option<&str>,
 ) -> IssuedLink {
-    build_link(client, scopes, login_hint, "select_account consent")
+    build_link(client, profile, scopes, login_hint, "select_account consent")
 }
 
 fn build_link(
     client: &ProviderClient,
+    profile: ProviderProfile,
     scopes: &[String],
     login_hint: Option<&str>,
     prompt: &str,
@@ -64,12 +82,17 @@ fn build_link(
         .authorize_url(|| CsrfToken::new_random_len(STATE_BYTES))
         .add_scopes(scopes.iter().cloned().map(Scope::new))
         .set_pkce_challenge(challenge)
-        .add_extra_param("access_type", "offline")
-        .add_extra_param("prompt", prompt.to_owned())
-        .add_extra_param("include_granted_scopes", "true");
+        .add_extra_param("prompt", prompt.to_owned());
     if let Some(login_hint) = login_hint {
         request = request.add_extra_param("login_hint", login_hint.to_owned());
     }
+    let request = match profile {
+        ProviderProfile::Google => request
+            .add_extra_param("access_type", "offline")
+            .add_extra_param("include_granted_scopes", "true"),
+        ProviderProfile::Oidc if scopes.iter().any(|s| s == OFFLINE_ACCESS) => request,
+        ProviderProfile::Oidc => request.add_scope(Scope::new(OFFLINE_ACCESS.to_owned())),
+    };
     let (url, state) = request.url();
     IssuedLink {
         url,
@@ -104,6 +127,9 @@ mod tests {
                 .expect("url"),
             calendar_api_url: "https://www.example/calendar/v3".parse().expect("url"),
             revoke_url: "https://oauth2.example/revoke".parse().expect("url"),
+            client_auth: ClientAuthMethod::ClientSecretBasic,
+            profile: ProviderProfile::Google,
+            token_response_omits_scope: false,
             timeout: std::time::Duration::from_secs(10),
             attempts: 3,
         }
@@ -114,6 +140,7 @@ mod tests {
         let config = config();
         let link = issue_link(
             &provider_client(&config),
+            ProviderProfile::Google,
             &config.scopes.0,
             "user@example.com",
         );
@@ -155,13 +182,13 @@ mod tests {
     fn retry_links_offer_the_account_chooser() {
         let config = config();
         let client = provider_client(&config);
-        let link = issue_retry_link(&client, &config.scopes.0, Some("user@example.com"));
+        let link = issue_retry_link(&client, ProviderProfile::Google, &config.scopes.0, Some("user@example.com"));
         let q: HashMap<String, String> = link.url.query_pairs().into_owned().collect();
         assert_eq!(q["prompt"], "select_account consent");
         assert_eq!(q["login_hint"], "user@example.com");
         assert_eq!(q["access_type"], "offline");
         assert_eq!(q["state"], link.state);
-        let link = issue_retry_link(&client, &config.scopes.0, None);
+        let link = issue_retry_link(&client, ProviderProfile::Google, &config.scopes.0, None);
         assert!(!link.url.as_str().contains("login_hint"), "{}", link.url);
     }
 
@@ -169,11 +196,53 @@ mod tests {
     fn states_are_long_random_and_distinct() {
         let config = config();
         let client = provider_client(&config);
-        let a = issue_link(&client, &config.scopes.0, "a@example.com");
-        let b = issue_link(&client, &config.scopes.0, "a@example.com");
+        let a = issue_link(
+            &client,
+            ProviderProfile::Google,
+            &config.scopes.0,
+            "a@example.com",
+        );
+        let b = issue_link(
+            &client,
+            ProviderProfile::Google,
+            &config.scopes.0,
+            "a@example.com",
+        );
         assert_ne!(a.state, b.state);
         assert_ne!(a.pkce_verifier, b.pkce_verifier);
         // 32 bytes, base64url without padding.
         assert_eq!(a.state.len(), 43);
+    }
+
+    #[test]
+    fn the_oidc_profile_asks_offline_access_by_scope_not_the_google_way() {
+        let config = config();
+        let link = issue_link(
+            &provider_client(&config),
+            ProviderProfile::Oidc,
+            &config.scopes.0,
+            "user@example.com",
+        );
+        let q: HashMap<String, String> = link.url.query_pairs().into_owned().collect();
+        assert_eq!(
+            q["scope"],
+            "https://www.googleapis.com/auth/calendar openid email offline_access"
+        );
+        assert_eq!(q["prompt"], "consent");
+        assert!(!q.contains_key("access_type"), "{q:?}");
+        assert!(!q.contains_key("include_granted_scopes"), "{q:?}");
+        assert_eq!(q["login_hint"], "user@example.com");
+
+        // Configured already: not asked twice.
+        let mut scopes = config.scopes.0.clone();
+        scopes.push(OFFLINE_ACCESS.to_owned());
+        let link = issue_link(
+            &provider_client(&config),
+            ProviderProfile::Oidc,
+            &scopes,
+            "user@example.com",
+        );
+        let q: HashMap<String, String> = link.url.query_pairs().into_owned().collect();
+        assert_eq!(q["scope"].matches(OFFLINE_ACCESS).count(), 1);
     }
 }

@@ -60,10 +60,63 @@ pub struct ProviderConfig {
     /// The Calendar API base (`.../calendar/v3`).
     pub calendar_api_url: url::Url,
     pub revoke_url: url::Url,
+    /// How the client authenticates at the token endpoint and at the revocation endpoint
+    /// (RFC 7009 §2.1: a confidential client authenticates its revocation requests as its
+    /// token requests).
+    pub client_auth: ClientAuthMethod,
+    /// How offline access (a refresh token) is asked for.
+    pub profile: ProviderProfile,
+    /// Whether a token response without `scope` means "granted as requested" (RFC 6749
+    /// §5.1 allows omitting it then). Off, such a response proves no grant and is refused.
+    pub token_response_omits_scope: bool,
     /// Bound on each call to the provider.
     pub timeout: Duration,
     /// Tries per provider call when it fails transiently (network, 5xx, rate limit).
     pub attempts: usize,
+}
+
+/// The client authentication methods of RFC 6749 §2.3.1 (names from the OAuth dynamic
+/// client registration registry, RFC 7591 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the form-url-encoded id and secret: the `oauth2` crate's default and
+    /// what this worker always did with Google.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+impl FromStr for ClientAuthMethod {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "client_secret_basic" => Ok(Self::ClientSecretBasic),
+            "client_secret_post" => Ok(Self::ClientSecretPost),
+            other => Err(format!(
+                "{other:?} is not client_secret_basic or client_secret_post"
+            )),
+        }
+    }
+}
+
+/// How a provider is asked for offline access (a refresh token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderProfile {
+    /// Google: `access_type=offline` and `prompt=consent` (plus `include_granted_scopes`).
+    Google,
+    /// OpenID Connect Core §11: the `offline_access` scope with `prompt=consent`.
+    Oidc,
+}
+
+impl FromStr for ProviderProfile {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "google" => Ok(Self::Google),
+            "oidc" => Ok(Self::Oidc),
+            other => Err(format!("{other:?} is not google or oidc")),
+        }
+    }
 }
 
 /// A value that never prints (logs, panics, `Debug` of a config).
@@ -177,6 +230,21 @@ impl ServiceConfig for OAuthWorkerConfig {
                 "GOOGLE_REVOKE_URL",
                 "https://oauth2.googleapis.com/revoke",
                 "The provider's token revocation endpoint.",
+            ),
+            client_auth: env.value(
+                "OAUTH_CLIENT_AUTH_METHOD",
+                "client_secret_basic",
+                "How the client authenticates at the token and revocation endpoints: client_secret_basic (HTTP Basic) or client_secret_post (in the form body).",
+            ),
+            profile: env.value(
+                "OAUTH_PROVIDER_PROFILE",
+                "google",
+                "How offline access (a refresh token) is asked for: google (access_type=offline, prompt=consent) or oidc (the offline_access scope, prompt=consent).",
+            ),
+            token_response_omits_scope: env.value(
+                "OAUTH_TOKEN_RESPONSE_OMITS_SCOPE",
+                "false",
+                "true only for a provider known to omit `scope` from token responses: a missing scope then means granted as requested. Off, a token response without scope is refused.",
             ),
             timeout: env
                 .value::<HumanDuration>(

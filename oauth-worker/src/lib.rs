@@ -61,6 +61,7 @@ pub async fn run(
     );
     let handler = Arc::new(ConnectRequestedHandler {
         provider: client.clone(),
+        profile: config.provider.profile,
         scopes: config.provider.scopes.0.clone(),
         states: states.clone(),
         infra: infra.clone(),
@@ -112,9 +113,11 @@ pub async fn run(
         states,
         provider,
         client,
+        profile: config.provider.profile,
         tokens,
         outbox,
         required_scopes: config.provider.scopes.0.clone(),
+        token_response_omits_scope: config.provider.token_response_omits_scope,
         frontend: config.frontend_redirect_url.clone(),
         max_accounts: config.max_accounts,
         consent_policy: config.consent_policy.clone(),

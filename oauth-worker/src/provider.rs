@@ -17,7 +17,7 @@ use oauth2::{
 use serde::Deserialize;
 
 use crate::authorization::ProviderClient;
-use crate::config::ProviderConfig;
+use crate::config::{ClientAuthMethod, ProviderConfig, Secret};
 
 /// Tokens as the provider returned them. Secrets: no `Debug` that prints them.
 pub struct Tokens {
@@ -25,7 +25,7 @@ pub struct Tokens {
     pub refresh_token: Option<String>,
     pub expires_in: Duration,
     /// The scopes granted, as the provider names them; `None` when it did not say (RFC 6749:
-    /// then they are the ones requested).
+    /// then they are the ones requested — trusted only with `OAUTH_TOKEN_RESPONSE_OMITS_SCOPE`).
     pub scopes: Option<Vec<String>>,
 }
 
@@ -40,6 +40,15 @@ impl std::fmt::Debug for Tokens {
             .field("scopes", &self.scopes)
             .finish_non_exhaustive()
     }
+}
+
+/// What became of a token sent to the revocation endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The provider revoked it.
+    Revoked,
+    /// The provider no longer knew it as valid (`invalid_token`): expired, or revoked before.
+    AlreadyInvalid,
 }
 
 /// The account that consented.
@@ -82,6 +91,25 @@ impl ProviderError {
         matches!(self, Self::Refused { code, .. } if code == "invalid_grant")
     }
 
+    /// The error as a metric label, from a bounded set whatever the provider sends: the
+    /// RFC 6749 / RFC 7009 error codes, `http_4xx` for a refusal without a code,
+    /// `unavailable`, else `other`.
+    pub fn code_label(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Refused { code, .. } => match code.as_str() {
+                "invalid_client" => "invalid_client",
+                "unauthorized_client" => "unauthorized_client",
+                "invalid_request" => "invalid_request",
+                "invalid_grant" => "invalid_grant",
+                "unsupported_token_type" => "unsupported_token_type",
+                "access_denied" => "access_denied",
+                code if code.starts_with("http_4") => "http_4xx",
+                _ => "other",
+            },
+        }
+    }
+
     /// Worth retrying: the provider was unavailable or said so.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -102,6 +130,9 @@ pub struct Provider {
     userinfo_url: url::Url,
     calendar_api_url: url::Url,
     revoke_url: url::Url,
+    client_id: String,
+    client_secret: Secret,
+    client_auth: ClientAuthMethod,
     attempts: usize,
 }
 
@@ -120,6 +151,9 @@ impl Provider {
             userinfo_url: config.userinfo_url.clone(),
             calendar_api_url: config.calendar_api_url.clone(),
             revoke_url: config.revoke_url.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            client_auth: config.client_auth,
             attempts: config.attempts.max(1),
         }
     }
@@ -147,8 +181,8 @@ impl Provider {
             .await
     }
 
-    /// Exchanges an authorization code, sending the PKCE verifier (the client secret goes as
-    /// HTTP Basic, the oauth2 crate's default, which Google accepts).
+    /// Exchanges an authorization code, sending the PKCE verifier (the client authenticates
+    /// as `OAUTH_CLIENT_AUTH_METHOD` says).
     pub async fn exchange_code(&self, code: &str, verifier: &str) -> Result<Tokens, ProviderError> {
         let attempt = || async {
             let response = self
@@ -175,7 +209,9 @@ impl Provider {
         self.retrying("token refresh", attempt).await
     }
 
-    /// The account's email from the userinfo endpoint; it must be verified.
+    /// The account's email from the userinfo endpoint; it must be verified. Fail closed: an
+    /// answer without `email_verified` counts as unverified (OIDC Core §5.1 makes the claim
+    /// optional; an email nobody verified proves no one's identity).
     pub async fn identity(&self, access_token: &str) -> Result<Identity, ProviderError> {
         #[derive(Deserialize)]
         struct UserInfo {
@@ -186,13 +222,21 @@ impl Provider {
             .get_json(self.userinfo_url.clone(), access_token)
             .await?;
         match (info.email, info.email_verified) {
-            (Some(email), verified @ (Some(true) | None)) if !email.is_empty() => Ok(Identity {
+            (Some(email), Some(true)) if !email.is_empty() => Ok(Identity {
                 email: email.to_lowercase(),
-                email_verified: verified == Some(true),
+                // Fail closed: only an explicit `email_verified: true` gets here.
+                email_verified: true,
             }),
-            (Some(_), Some(false)) => Err(ProviderError::Refused {
+            (Some(email), Some(false)) if !email.is_empty() => Err(ProviderError::Refused {
                 code: "email_not_verified".into(),
                 description: Some("the account's email address is not verified".into()),
+            }),
+            (Some(email), None) if !email.is_empty() => Err(ProviderError::Refused {
+                code: "email_not_verified".into(),
+                description: Some(
+                    "userinfo did not say the account's email address is verified (no email_verified)"
+                        .into(),
+                ),
             }),
             _ => Err(ProviderError::Refused {
                 code: "no_email".into(),
@@ -218,21 +262,36 @@ impl Provider {
         self.get_json(url, access_token).await
     }
 
-    /// Revokes a token at the provider (RFC 7009). A token the provider already considers
-    /// invalid counts as revoked. The oauth2 crate refuses non-https revocation URLs, and the
-    /// local fake provider is plain http, so this is a plain form POST.
-    pub async fn revoke(&self, token: &str) -> Result<(), ProviderError> {
+    /// Revokes a token at the provider (RFC 7009), the client authenticated as at the token
+    /// endpoint (§2.1: a confidential client must). A token the provider already considers
+    /// invalid is [`Revocation::AlreadyInvalid`]. The oauth2 crate refuses non-https
+    /// revocation URLs, and the local fake provider is plain http, so this is a plain form
+    /// POST.
+    pub async fn revoke(&self, token: &str) -> Result<Revocation, ProviderError> {
         let attempt = || async {
-            let response = self
-                .http
-                .post(self.revoke_url.clone())
-                .form(&[("token", token)])
+            let mut form = vec![("token", token)];
+            let request = self.http.post(self.revoke_url.clone());
+            let request = match self.client_auth {
+                // RFC 6749 §2.3.1: id and secret form-url-encoded before Basic encoding, as
+                // the oauth2 crate does at the token endpoint.
+                ClientAuthMethod::ClientSecretBasic => request.basic_auth(
+                    form_encode(&self.client_id),
+                    Some(form_encode(self.client_secret.expose())),
+                ),
+                ClientAuthMethod::ClientSecretPost => {
+                    form.push(("client_id", &self.client_id));
+                    form.push(("client_secret", self.client_secret.expose()));
+                    request
+                }
+            };
+            let response = request
+                .form(&form)
                 .send()
                 .await
                 .map_err(|e| ProviderError::Unavailable(without_url(e)))?;
             let status = response.status();
             if status.is_success() {
-                return Ok(());
+                return Ok(Revocation::Revoked);
             }
             let body: ErrorBody = response.json().await.unwrap_or_default();
             if status.is_server_error() || status.as_u16() == 429 {
@@ -241,7 +300,7 @@ impl Provider {
                 )));
             }
             match body.error.as_deref() {
-                Some("invalid_token") => Ok(()),
+                Some("invalid_token") => Ok(Revocation::AlreadyInvalid),
                 Some(code) => Err(ProviderError::Refused {
                     code: code.to_owned(),
                     description: body.error_description,
@@ -332,6 +391,11 @@ fn token_result(response: TokenResult) -> Result<Tokens, ProviderError> {
         ))),
         Err(RequestTokenError::Other(message)) => Err(ProviderError::Unavailable(message)),
     }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// reqwest errors print the URL, which for these endpoints carries nothing secret, but keep

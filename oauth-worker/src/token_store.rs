@@ -40,6 +40,13 @@ pub struct NewConnection<'a> {
     pub event: PendingEvent,
 }
 
+/// What [`TokenStore::save_connection`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedConnection {
+    /// A refresh token is stored (the new one, or the one kept from an earlier consent).
+    pub has_refresh_token: bool,
+}
+
 /// A stored account with its tokens decrypted.
 #[derive(Debug)]
 pub struct StoredAuth {
@@ -75,8 +82,12 @@ impl TokenStore {
             .collection(COLLECTION))
     }
 
-    /// Stores a consent's tokens and its pending event in one single-document write.
-    pub async fn save_connection(&self, new: NewConnection<'_>) -> Result<(), TokenStoreError> {
+    /// Stores a consent's tokens and its pending event in one single-document write, and
+    /// whether the grant has a refresh token (`noRefreshToken`).
+    pub async fn save_connection(
+        &self,
+        new: NewConnection<'_>,
+    ) -> Result<SavedConnection, TokenStoreError> {
         let collection = self.collection(new.subaccount).await?;
         let filter =
             doc! { "subaccountId": new.subaccount.as_str(), "googleEmail": new.google_email };
@@ -108,11 +119,14 @@ impl TokenStore {
             "userEmail": new.user_email,
             "accessToken": to_bson(&self.vault.encrypt(&new.tokens.access_token, &binding(TokenKind::Access)))?,
             "expiresAt": expiry(now, new.tokens.expires_in),
+            "accessTokenIssuedAt": now,
+            "noRefreshToken": refresh_token.is_none(),
             "scopes": &new.scopes,
             "status": to_bson(&AuthStatus::Active)?,
             "updatedAt": now,
             "pendingEvent": to_bson(&new.event)?,
         };
+        let has_refresh_token = refresh_token.is_some();
         if let Some(refresh) = refresh_token {
             set.insert("refreshToken", to_bson(&refresh)?);
         }
@@ -127,7 +141,7 @@ impl TokenStore {
             )
             .upsert(true)
             .await?;
-        Ok(())
+        Ok(SavedConnection { has_refresh_token })
     }
 
     /// The account with its tokens decrypted, or `None` when it is not connected.
@@ -184,6 +198,7 @@ impl TokenStore {
         let mut set = doc! {
             "accessToken": to_bson(&self.vault.encrypt(&tokens.access_token, &binding(TokenKind::Access)))?,
             "expiresAt": expiry(now, tokens.expires_in),
+            "accessTokenIssuedAt": now,
             "updatedAt": now,
         };
         let refresh = match (&tokens.refresh_token, &stored.refresh_token) {

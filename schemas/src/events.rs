@@ -16,7 +16,7 @@ pub use auth_link_issued::AuthLinkIssued;
 pub use connect_requested::{
     ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
 };
-pub use connection_disconnected::ConnectionDisconnected;
+pub use connection_disconnected::{ConnectionDisconnected, RevocationOutcome};
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;
 pub use disconnect_requested::DisconnectRequested;

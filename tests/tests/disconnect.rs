@@ -1,7 +1,8 @@
 //! Disconnect end to end over real servers and the fake Google: the api records the operation
 //! and publishes the request, the oauth-worker revokes at the provider and deletes the tokens,
 //! the metadata-worker marks the account disconnected; twice is harmless; a provider outage
-//! only delays it.
+//! only delays it; revocation authenticates the client as configured, and a revocation the
+//! provider refuses for good still disconnects, saying so.
 
 mod api_support;
 mod oauth_support;
@@ -9,13 +10,13 @@ mod oauth_support;
 use std::time::Duration;
 
 use api_support::{Api, token};
-use e2e::fake_google::Decision;
+use e2e::fake_google::{ClientAuth, Decision};
 use e2e::{RunningService, TestContext};
 use metadata_worker::MetadataWorkerConfig;
 use oauth_support::{OAuthStack, SUBACCOUNT};
 use schemas::events::{
     AccessTokenRejectionCode, AccessTokenReply, ConnectionDisconnected, ConnectionFailed,
-    FailureReason,
+    FailureReason, RevocationOutcome,
 };
 use serde_json::Value;
 
@@ -127,6 +128,11 @@ async fn disconnect_revokes_deletes_and_marks_the_account_and_twice_is_harmless(
     let events = stack.events::<ConnectionDisconnected>(WAIT).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].payload.google_email, EMAIL);
+    assert_eq!(
+        events[0].payload.revocation,
+        Some(RevocationOutcome::Revoked)
+    );
+    assert_eq!(done["revocations"][0]["outcome"], "revoked", "{done}");
 
     // The metadata says so, the document stays.
     let stored = metadata_until(&api, |m| m["isConnected"] == false).await;
@@ -278,4 +284,100 @@ async fn several_accounts_disconnected_one_at_a_time_and_capped() {
     // Room again for another account.
     let (_, page) = stack.connect("user@example.com", allow(THIRD)).await;
     assert_eq!(page.status, 200, "{}", page.body);
+}
+
+/// DELETE of every account, then the settled operation.
+async fn disconnect_all(api: &Api) -> Value {
+    let reply = delete(
+        api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    settled(api, reply.body["data"]["operationId"].as_str().expect("id")).await
+}
+
+#[tokio::test]
+async fn revocation_authenticates_the_client_as_the_token_requests_do() {
+    // RFC 7009 §2.1: a provider that requires client authentication to revoke (here with the
+    // method the token endpoint is configured for) revokes the grant.
+    for method in [ClientAuth::Post, ClientAuth::Basic] {
+        let (stack, api, _metadata) = setup(&[("OAUTH_CLIENT_AUTH_METHOD", method.name())]).await;
+        stack.google.require_client_auth(Some(method));
+        let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+        let done = disconnect_all(&api).await;
+        assert_eq!(done["status"], "done", "{done}");
+        assert_eq!(
+            done["revocations"],
+            serde_json::json!([{ "googleEmail": EMAIL, "outcome": "revoked" }]),
+            "{method:?}"
+        );
+        assert!(stack.google.is_revoked(&refresh), "{method:?}");
+        assert_eq!(stack.google.unauthenticated_revoke_requests(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_refused_for_good_still_disconnects_and_says_so() {
+    let (stack, api, _metadata) = setup(&[]).await;
+    metadata_until(&api, |m| m["isConnected"] == true).await;
+    let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+    // The provider now wants another client authentication than the configured one: every
+    // revocation is refused with 401 invalid_client, which retrying cannot fix.
+    stack.google.require_client_auth(Some(ClientAuth::Post));
+
+    let done = disconnect_all(&api).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
+    let revocation = &done["revocations"][0];
+    assert_eq!(revocation["googleEmail"], EMAIL);
+    assert_eq!(revocation["outcome"], "refused", "{done}");
+    assert!(
+        revocation["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid_client")),
+        "{done}"
+    );
+    assert!(
+        !revocation["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1//"),
+        "a token leaked: {done}"
+    );
+    // Not retried: one refusal, one request.
+    assert_eq!(stack.google.unauthenticated_revoke_requests(), 1);
+
+    // Disconnected here: no tokens, no access token for anyone, the metadata says so ...
+    assert!(stack.google_auth(EMAIL).await.is_none());
+    match stack.access_token(EMAIL).await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::NotConnected)
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = metadata_until(&api, |m| m["isConnected"] == false).await;
+    assert_eq!(stored["googleEmail"], EMAIL);
+    // ... the event carries the refusal, the metrics count it, and the grant is still live
+    // at the provider (what the report is for).
+    let events = stack.events::<ConnectionDisconnected>(WAIT).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].payload.revocation,
+        Some(RevocationOutcome::Refused)
+    );
+    let metrics = reqwest::get(format!("{}/metrics", stack.worker.base_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("revocations_failed_total{")
+                && l.contains("reason=\"invalid_client\"")),
+        "{metrics}"
+    );
+    assert!(!stack.google.is_revoked(&refresh));
 }

@@ -393,6 +393,7 @@ fn disconnected(google: &str, at: &str) -> Envelope<ConnectionDisconnected> {
             google_email: google.into(),
             disconnected_at: at.into(),
             operation_id: None,
+            revocation: None,
         },
     )
 }

@@ -285,11 +285,8 @@ async fn a_reconnect_without_a_refresh_token_keeps_the_stored_one() {
         .await
         .expect("stored");
 
-    // The provider sends no refresh token this time, and a short-lived access token.
+    // The provider sends no refresh token this time.
     stack.google.withhold_refresh_tokens(true);
-    stack
-        .google
-        .set_access_token_lifetime(std::time::Duration::from_secs(30));
     let (_, page) = stack.connect("user@example.com", allow()).await;
     assert_eq!(page.status, 200, "{}", page.body);
     let second = stack
@@ -306,13 +303,75 @@ async fn a_reconnect_without_a_refresh_token_keeps_the_stored_one() {
         first.get_document("refreshToken").expect("first"),
         second.get_document("refreshToken").expect("second")
     );
+    assert_eq!(second.get_bool("noRefreshToken"), Ok(false));
     // ... and still the working token: the stale access token is refreshed with it.
-    stack
-        .google
-        .set_access_token_lifetime(std::time::Duration::from_secs(3600));
+    stack.expire_access_token("person@gmail.example").await;
     match stack.access_token("person@gmail.example").await {
         schemas::events::AccessTokenReply::Issued { .. } => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(stack.google.token_requests("refresh_token"), 1);
+}
+
+#[tokio::test]
+async fn an_identity_without_email_verified_counts_as_unverified() {
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
+    stack.google.omit_email_verified(true);
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            Decision::Allow {
+                account: Some("person@gmail.example".into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert!(stack.google_auth("person@gmail.example").await.is_none());
+    assert!(stack.calendars().await.is_empty());
+    let failed = stack.events::<ConnectionFailed>(WAIT).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload.reason, FailureReason::IdentityUnavailable);
+    assert!(
+        failed[0].payload.message.contains("email_not_verified"),
+        "{}",
+        failed[0].payload.message
+    );
+}
+
+#[tokio::test]
+async fn a_token_response_without_scope_is_refused_unless_the_provider_is_known_to_omit_it() {
+    let allow = || Decision::Allow {
+        account: Some("person@gmail.example".into()),
+        scopes: None,
+    };
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
+    stack.google.omit_token_response_scope(true);
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 502, "{}", page.body);
+    assert!(stack.google_auth("person@gmail.example").await.is_none());
+    let failed = stack.events::<ConnectionFailed>(WAIT).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload.reason, FailureReason::ProviderError);
+    assert!(
+        failed[0].payload.message.contains("scopes"),
+        "{}",
+        failed[0].payload.message
+    );
+
+    // Configured for a provider that omits it: granted as requested.
+    let omits = OAuthStack::start(
+        TestContext::new(),
+        &[("OAUTH_TOKEN_RESPONSE_OMITS_SCOPE", "true")],
+    )
+    .await;
+    omits.google.omit_token_response_scope(true);
+    let (_, page) = omits.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let auth = omits
+        .google_auth("person@gmail.example")
+        .await
+        .expect("stored");
+    let scopes = auth.get_array("scopes").expect("scopes");
+    assert!(scopes.iter().any(|s| s.as_str() == Some(CALENDAR)));
 }

@@ -1,6 +1,7 @@
 //! The token lifecycle over real NATS, Redis and the MongoDB-wire server against the fake
 //! Google: access tokens for other services, single-flight refresh across replicas,
-//! `invalid_grant` → reauth required, key rotation, and the outbox surviving a NATS outage.
+//! `invalid_grant` → reauth required, a grant without a refresh token → `no_refresh_token`,
+//! short-lived tokens, key rotation, and the outbox surviving a NATS outage.
 
 mod oauth_support;
 
@@ -63,13 +64,8 @@ async fn access_tokens_come_from_the_store_then_the_cache_and_refresh_when_stale
 
     // A token closer to expiry than the margin is refreshed (once), then cached.
     let stale = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
-    stale
-        .google
-        .set_access_token_lifetime(Duration::from_secs(30));
     stale.connect("user@example.com", allow()).await;
-    stale
-        .google
-        .set_access_token_lifetime(Duration::from_secs(3600));
+    stale.expire_access_token(EMAIL).await;
     let refreshed = issued(stale.access_token(EMAIL).await);
     assert!(userinfo_works(&stale, &refreshed).await);
     assert_eq!(issued(stale.access_token(EMAIL).await), refreshed);
@@ -83,13 +79,8 @@ async fn access_tokens_come_from_the_store_then_the_cache_and_refresh_when_stale
 async fn two_replicas_refresh_a_token_once() {
     let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
     let replica = stack.replica(&[("ACCESS_TOKEN_MARGIN", "1m")]).await;
-    stack
-        .google
-        .set_access_token_lifetime(Duration::from_secs(30));
     stack.connect("user@example.com", allow()).await;
-    stack
-        .google
-        .set_access_token_lifetime(Duration::from_secs(3600));
+    stack.expire_access_token(EMAIL).await;
     // Slow enough that the requests overlap at the provider.
     stack.google.set_latency(Duration::from_millis(300));
 
@@ -115,10 +106,8 @@ async fn two_replicas_refresh_a_token_once() {
 #[tokio::test]
 async fn a_revoked_refresh_token_marks_the_account_reauth_required() {
     let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
-    stack
-        .google
-        .set_access_token_lifetime(Duration::from_secs(30));
     stack.connect("user@example.com", allow()).await;
+    stack.expire_access_token(EMAIL).await;
     assert_eq!(stack.google.revoke_refresh_tokens_of(EMAIL), 1);
 
     for _ in 0..2 {
@@ -143,12 +132,72 @@ async fn a_revoked_refresh_token_marks_the_account_reauth_required() {
 }
 
 #[tokio::test]
-async fn tokens_written_with_an_old_key_still_work_and_move_to_the_new_key() {
-    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
+async fn a_short_lived_token_is_served_from_the_vault_without_a_refresh_on_every_call() {
+    // The default margin (2m) is longer than the token's whole life (30 s): it is clamped to
+    // half the lifetime, so the token is handed out, not refreshed on every request.
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
     stack
         .google
         .set_access_token_lifetime(Duration::from_secs(30));
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    let first = issued(stack.access_token(EMAIL).await);
+    let second = issued(stack.access_token(EMAIL).await);
+    assert_eq!(first, second);
+    assert_eq!(stack.google.token_requests("refresh_token"), 0);
+    assert!(userinfo_works(&stack, &second).await);
+}
+
+#[tokio::test]
+async fn a_grant_without_a_refresh_token_answers_no_refresh_token_once_expired() {
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
+    stack.google.withhold_refresh_tokens(true);
+    let (_, page) = stack.connect("user@example.com", allow()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let auth = stack.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(auth.get_bool("noRefreshToken"), Ok(true), "{auth:?}");
+    assert!(auth.get("refreshToken").is_none());
+
+    // Usable while the access token lives.
+    issued(stack.access_token(EMAIL).await);
+    stack.expire_access_token(EMAIL).await;
+    for _ in 0..2 {
+        match stack.access_token(EMAIL).await {
+            AccessTokenReply::Rejected { code, message } => {
+                assert_eq!(code, AccessTokenRejectionCode::NoRefreshToken);
+                assert!(message.contains("without a refresh token"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing was tried at the provider; the account is marked and announced once.
+    assert_eq!(stack.google.token_requests("refresh_token"), 0);
+    let auth = stack.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(auth.get_str("status").expect("status"), "reauth_required");
+    let failed = stack
+        .events::<ConnectionFailed>(Duration::from_secs(5))
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload.reason, FailureReason::ReauthRequired);
+    assert!(
+        failed[0].payload.message.contains("no refresh token"),
+        "{}",
+        failed[0].payload.message
+    );
+
+    // A grant with one says so too.
+    let other = OAuthStack::start(TestContext::new(), &[]).await;
+    other.connect("user@example.com", allow()).await;
+    let auth = other.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(auth.get_bool("noRefreshToken"), Ok(false), "{auth:?}");
+}
+
+#[tokio::test]
+async fn tokens_written_with_an_old_key_still_work_and_move_to_the_new_key() {
+    let stack = OAuthStack::start(TestContext::new(), &[("ACCESS_TOKEN_MARGIN", "1m")]).await;
     stack.connect("user@example.com", allow()).await;
+    stack.expire_access_token(EMAIL).await;
     let before = stack.google_auth(EMAIL).await.expect("stored");
     let key_of = |doc: &bson::Document, field: &str| {
         doc.get_document(field)
@@ -168,9 +217,6 @@ async fn tokens_written_with_an_old_key_still_work_and_move_to_the_new_key() {
             ("TOKEN_ENCRYPTION_KEY_ID", "b"),
         ])
         .await;
-    stack
-        .google
-        .set_access_token_lifetime(Duration::from_secs(3600));
     let token = issued(stack.access_token(EMAIL).await);
     assert!(userinfo_works(&stack, &token).await);
     let after = stack.google_auth(EMAIL).await.expect("stored");

@@ -11,7 +11,9 @@ use api_support::*;
 use e2e::jwt::MintToken;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
-use schemas::documents::operation::{COLLECTION as OPERATIONS, Operation, OperationStatus};
+use schemas::documents::operation::{
+    AccountRevocation, COLLECTION as OPERATIONS, Operation, OperationStatus,
+};
 use schemas::events::{ConnectLimit, ConnectRejectionCode, ConnectRequestedReply};
 use serde_json::{Value, json};
 
@@ -751,6 +753,11 @@ async fn seed_operation(api: &Api) {
             google_email: None,
             status: OperationStatus::Done,
             disconnected: vec!["googleuser@gmail.com".into()],
+            revocations: vec![AccountRevocation {
+                google_email: "googleuser@gmail.com".into(),
+                outcome: schemas::events::RevocationOutcome::Refused,
+                error: Some("the provider refused the request: invalid_client".into()),
+            }],
             error: None,
             created_at: now,
             updated_at: now,

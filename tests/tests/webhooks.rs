@@ -395,6 +395,7 @@ async fn connection_events_arrive_signed_and_verify_with_the_readme_recipe() {
             google_email: "googleuser@gmail.com".into(),
             disconnected_at: "2025-10-06T12:00:00.000Z".into(),
             operation_id: None,
+            revocation: None,
         },
     );
     stack.publish(&gone).await;

@@ -133,6 +133,7 @@ async fn disconnect(
         google_email: google_email.clone(),
         status: OperationStatus::Pending,
         disconnected: Vec::new(),
+        revocations: Vec::new(),
         error: None,
         created_at: now,
         updated_at: now,
@@ -192,7 +193,9 @@ async fn disconnect(
     operation_id = "getOperation",
     tag = "disconnect",
     summary = "Follow a disconnect",
-    description = "`pending`, `done` (with `disconnected`: the accounts) or `failed` (with `error`).",
+    description = "`pending`, `done` (with `disconnected`: the accounts, and `revocations`: what \
+the provider answered to each revocation — an account whose revocation was `refused` is \
+disconnected all the same) or `failed` (with `error`).",
     params(crate::openapi::SubaccountParam, crate::openapi::OperationParam),
     security(("userToken" = [])),
     responses(
@@ -238,6 +241,7 @@ fn render(operation: &Operation) -> serde_json::Value {
         "subaccountId": operation.subaccount_id,
         "googleEmail": operation.google_email,
         "disconnected": operation.disconnected,
+        "revocations": operation.revocations,
         "createdAt": iso(operation.created_at),
         "updatedAt": iso(operation.updated_at),
     });

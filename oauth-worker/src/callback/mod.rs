@@ -3,13 +3,15 @@
 //! 1. The `state` is consumed atomically (GETDEL): unknown, expired or used → 400 "link
 //!    expired", nothing stored, no event (there is no attempt to attribute one to).
 //! 2. `error=` from the provider (`access_denied`, ...) → a page and connection-failed.
-//! 3. The code is exchanged with the PKCE verifier (bounded retries), the granted scopes are
-//!    checked against the required ones, the account's email is read from userinfo and its
-//!    primary calendar from the Calendar API. An account that `CONSENT_ACCOUNT_POLICY` does
-//!    not accept is refused: its grant is revoked at once, nothing is stored, and the page
-//!    names the expected account with a button that tries again (a new state for the same
-//!    attempt). A new account beyond `MAX_GOOGLE_ACCOUNTS` for the subaccount is refused (and
-//!    its tokens revoked); reconnecting a connected one is not.
+//! 3. The code is exchanged with the PKCE verifier (bounded retries), the granted scopes (as
+//!    the token response states them; a response without `scope` is refused unless
+//!    `OAUTH_TOKEN_RESPONSE_OMITS_SCOPE`) are checked against the required ones, the account's
+//!    email is read from userinfo (it must say `email_verified: true`) and its primary calendar
+//!    from the Calendar API. An account that `CONSENT_ACCOUNT_POLICY` does not accept is
+//!    refused: its grant is revoked at once, nothing is stored, and the page names the expected
+//!    account with a button that tries again (a new state for the same attempt). A new account
+//!    beyond `MAX_GOOGLE_ACCOUNTS` for the subaccount is refused (and its tokens revoked);
+//!    reconnecting a connected one is not.
 //! 4. The calendar entry is upserted; tokens (encrypted) and the connection-succeeded event
 //!    are written in one document write (the outbox), then the event is published.
 //! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
@@ -53,9 +55,14 @@ pub struct Callback {
     pub provider: Provider,
     /// Builds the new link a refused account's page offers.
     pub client: ProviderClient,
+    /// `OAUTH_PROVIDER_PROFILE`: how that link asks for offline access.
+    pub profile: crate::config::ProviderProfile,
     pub tokens: TokenStore,
     pub outbox: Outbox,
     pub required_scopes: Vec<String>,
+    /// `OAUTH_TOKEN_RESPONSE_OMITS_SCOPE`: a token response without `scope` means "granted as
+    /// requested"; otherwise it is refused.
+    pub token_response_omits_scope: bool,
     pub frontend: Option<url::Url>,
     /// `MAX_GOOGLE_ACCOUNTS`.
     pub max_accounts: usize,
@@ -70,7 +77,6 @@ pub struct CallbackQuery {
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
-    scope: Option<String>,
 }
 
 pub fn router(callback: Arc<Callback>) -> Router {
@@ -193,15 +199,32 @@ impl Callback {
                 return provider_failure(&error);
             }
         };
-        let granted: Vec<String> = tokens
-            .scopes
-            .clone()
-            .or_else(|| {
-                query
-                    .scope
-                    .map(|s| s.split_whitespace().map(str::to_owned).collect())
-            })
-            .unwrap_or_else(|| self.required_scopes.clone());
+        // The token response says what was granted; the `scope` on the redirect went through
+        // the browser and proves nothing. A provider that omits it is trusted to have granted
+        // what was asked only when configured as one that does (fail closed).
+        let granted: Vec<String> = match tokens.scopes.clone() {
+            Some(scopes) => scopes,
+            None if self.token_response_omits_scope => self.required_scopes.clone(),
+            None => {
+                tracing::warn!(
+                    "the token response does not say which scopes were granted; refused \
+                     (OAUTH_TOKEN_RESPONSE_OMITS_SCOPE=true accepts that from a provider known to omit it)"
+                );
+                self.give_back(&tokens.access_token);
+                failed(
+                    FailureReason::ProviderError,
+                    None,
+                    "the token response did not say which scopes were granted".into(),
+                    vec![],
+                );
+                return Outcome::failed(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_error",
+                    "Google could not complete the connection",
+                    "Google Calendar was not connected: the sign-in did not say which permissions were granted. Please start again from the app.",
+                );
+            }
+        };
         let missing = missing_scopes(&self.required_scopes, &granted);
         if !missing.is_empty() {
             tracing::info!(?missing, "the user did not grant every required scope");
@@ -335,15 +358,26 @@ impl Callback {
                 event: entry.clone(),
             })
             .await;
-        if let Err(error) = saved {
-            tracing::error!(%error, "cannot store the tokens");
-            failed(
-                FailureReason::StorageUnavailable,
-                Some(google_email),
-                "the tokens could not be stored".into(),
-                vec![],
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::error!(%error, "cannot store the tokens");
+                failed(
+                    FailureReason::StorageUnavailable,
+                    Some(google_email),
+                    "the tokens could not be stored".into(),
+                    vec![],
+                );
+                return storage_failure();
+            }
+        };
+        if !saved.has_refresh_token {
+            // Stored as such: once the access token expires, the access-token RPC answers
+            // `no_refresh_token` instead of trying.
+            tracing::warn!(
+                "the provider issued no refresh token (offline access not granted; see \
+                 OAUTH_PROVIDER_PROFILE): the connection works until the access token expires"
             );
-            return storage_failure();
         }
         let published = self.outbox.publish_now(subaccount, &entry).await;
         tracing::info!(calendar_id = %calendar_id.to_hex(), published, "Google account connected");
@@ -435,14 +469,18 @@ impl Callback {
     /// again from the app.
     async fn retry_link(&self, attempt: &PendingAttempt, mismatch: &Mismatch) -> Option<RetryLink> {
         let hint = mismatch.login_hint(attempt.user_email.as_str());
-        let link = issue_retry_link(&self.client, &self.required_scopes, hint);
+        let link = issue_retry_link(&self.client, self.profile, &self.required_scopes, hint);
+        let issued_at = Utc::now();
         let retry = PendingAttempt {
             subaccount_id: attempt.subaccount_id.clone(),
             user_email: attempt.user_email.clone(),
             pkce_verifier: link.pkce_verifier,
             correlation_id: attempt.correlation_id,
-            issued_at: Utc::now(),
+            issued_at,
             traceparent: service_kit::telemetry::current_traceparent(),
+            expires_at: Some(issued_at + self.states.ttl()),
+            auth_url: Some(link.url.to_string()),
+            tenant_name: attempt.tenant_name.clone(),
         };
         match self.states.put(&link.state, &retry, false).await {
             Ok(Put::Stored) => Some(RetryLink {

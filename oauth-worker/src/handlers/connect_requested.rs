@@ -16,6 +16,8 @@ use crate::state_store::{PendingAttempt, Put, StateStore};
 #[derive(Debug)]
 pub struct ConnectRequestedHandler {
     pub provider: ProviderClient,
+    /// `OAUTH_PROVIDER_PROFILE`: how the link asks for offline access.
+    pub profile: crate::config::ProviderProfile,
     pub scopes: Vec<String>,
     pub states: StateStore,
     pub infra: Infrastructure,
@@ -54,7 +56,12 @@ impl ConnectRequestedHandler {
     async fn issue(&self, request: Envelope<ConnectRequested>) -> ConnectRequestedReply {
         let started = std::time::Instant::now();
         let user_email = request.payload.user_email.clone();
-        let link = issue_link(&self.provider, &self.scopes, user_email.as_str());
+        let link = issue_link(
+            &self.provider,
+            self.profile,
+            &self.scopes,
+            user_email.as_str(),
+        );
         let issued_at = Utc::now();
         let expires_at = issued_at + self.states.ttl();
         let attempt = PendingAttempt {

@@ -3,24 +3,28 @@
 //! connection-disconnected, then delete the stored tokens and the cached access token and mark
 //! the calendar entry inactive; finally mark the operation done.
 //!
+//! A revocation the provider refuses for good (`invalid_client`, any 4xx but a rate limit)
+//! does not keep the account connected: the user asked to disconnect, so the grant is deleted
+//! here all the same, and the refusal is reported — `revocation: "refused"` in the event, in
+//! the operation's `revocations`, and `revocations_failed_total{reason}`.
+//!
 //! Idempotent: an account already gone is skipped, so disconnecting twice is harmless, and a
 //! redelivery after a partial run finishes the rest. The event's id and `disconnectedAt` derive
 //! from the operation, so a retry announces the same fact again, not a new one. A provider
 //! that is down is retried by redelivery (`DISCONNECT_RETRY_DELAYS`, for hours with the
-//! defaults); only the last attempt, or a refusal that retrying cannot fix, fails the
-//! operation.
+//! defaults); only the last attempt fails the operation.
 
 use bson::{DateTime, doc};
 use chrono::SecondsFormat;
 use redis::AsyncCommands;
-use schemas::documents::operation::{COLLECTION, OperationStatus};
-use schemas::events::{ConnectionDisconnected, DisconnectRequested};
+use schemas::documents::operation::{AccountRevocation, COLLECTION, OperationStatus};
+use schemas::events::{ConnectionDisconnected, DisconnectRequested, RevocationOutcome};
 use schemas::{Envelope, SubaccountId};
 use service_kit::Infrastructure;
 use service_kit::consumer::{Delivery, EventHandler, HandlerError};
 use sha2::{Digest, Sha256};
 
-use crate::provider::Provider;
+use crate::provider::{Provider, Revocation};
 use crate::token_store::{TokenStore, TokenStoreError};
 
 #[derive(Debug)]
@@ -67,7 +71,7 @@ impl DisconnectHandler {
     async fn disconnect(
         &self,
         event: &Envelope<DisconnectRequested>,
-    ) -> Result<Vec<String>, HandlerError> {
+    ) -> Result<Vec<AccountRevocation>, HandlerError> {
         let subaccount = &event.subaccount_id;
         let emails = match &event.payload.google_email {
             Some(email) => vec![email.to_lowercase()],
@@ -88,16 +92,24 @@ impl DisconnectHandler {
                 .refresh_token
                 .as_ref()
                 .unwrap_or(&stored.access_token);
-            self.provider.revoke(token.expose()).await.map_err(|e| {
-                if e.is_transient() {
-                    HandlerError::Retryable(format!("revoking {email}'s token: {e}"))
-                } else {
-                    HandlerError::Permanent(format!(
-                        "the provider refused to revoke {email}'s token: {e}"
-                    ))
+            let (outcome, refusal) = match self.provider.revoke(token.expose()).await {
+                Ok(Revocation::Revoked) => (RevocationOutcome::Revoked, None),
+                Ok(Revocation::AlreadyInvalid) => (RevocationOutcome::AlreadyInvalid, None),
+                Err(e) if e.is_transient() => {
+                    return Err(HandlerError::Retryable(format!(
+                        "revoking {email}'s token: {e}"
+                    )));
                 }
-            })?;
-            let announced = disconnected_event(event, &email);
+                Err(e) => {
+                    // The user asked to disconnect: the grant goes here all the same.
+                    tracing::warn!(error = %e, account = %email,
+                        "the provider refused the revocation; disconnecting anyway");
+                    metrics::counter!("revocations_failed_total", "reason" => e.code_label())
+                        .increment(1);
+                    (RevocationOutcome::Refused, Some(e.to_string()))
+                }
+            };
+            let announced = disconnected_event(event, &email, outcome);
             service_kit::nats::publish_event(
                 &self.infra.jetstream,
                 &self.infra.namespace,
@@ -119,7 +131,11 @@ impl DisconnectHandler {
             crate::calendars::deactivate(&self.infra, subaccount, &email)
                 .await
                 .map_err(|e| HandlerError::Retryable(format!("MongoDB: {e}")))?;
-            done.push(email);
+            done.push(AccountRevocation {
+                google_email: email,
+                outcome,
+                error: refusal,
+            });
         }
         Ok(done)
     }
@@ -129,15 +145,17 @@ impl DisconnectHandler {
         subaccount: &SubaccountId,
         operation: &str,
         status: OperationStatus,
-        disconnected: &[String],
+        done: &[AccountRevocation],
         error: Option<&str>,
     ) {
+        let disconnected: Vec<&str> = done.iter().map(|d| d.google_email.as_str()).collect();
         let written = async {
             let db = self.infra.mongo.connection_for(subaccount).await?;
             let mut set = doc! {
                 "status": bson::to_bson(&status).unwrap_or_default(),
                 "updatedAt": DateTime::now(),
                 "disconnected": disconnected,
+                "revocations": bson::to_bson(done).unwrap_or_default(),
             };
             if let Some(error) = error {
                 set.insert("error", error);
@@ -165,6 +183,7 @@ fn storage(error: TokenStoreError) -> HandlerError {
 fn disconnected_event(
     request: &Envelope<DisconnectRequested>,
     email: &str,
+    revocation: RevocationOutcome,
 ) -> Envelope<ConnectionDisconnected> {
     let operation = &request.payload.operation_id;
     let millis = uuid::Uuid::parse_str(operation)
@@ -192,6 +211,7 @@ fn disconnected_event(
             google_email: email.to_owned(),
             disconnected_at: at.to_rfc3339_opts(SecondsFormat::Millis, true),
             operation_id: Some(operation.clone()),
+            revocation: Some(revocation),
         },
     );
     event.id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();

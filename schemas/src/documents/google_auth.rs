@@ -22,6 +22,15 @@ pub struct GoogleAuth {
     pub refresh_token: Option<EncryptedToken>,
     /// When the access token expires.
     pub expires_at: DateTime,
+    /// When the access token was issued: with `expiresAt`, its lifetime, which bounds how
+    /// early it is refreshed. Absent in documents written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_issued_at: Option<DateTime>,
+    /// The provider issued no refresh token for this grant and none was kept from an earlier
+    /// one (offline access not granted): once the access token expires, the user must
+    /// connect again. Absent (false) in documents written before it was recorded.
+    #[serde(default)]
+    pub no_refresh_token: bool,
     /// The scopes the user actually granted.
     pub scopes: Vec<String>,
     pub status: AuthStatus,

@@ -26,7 +26,8 @@ impl Event for AccessTokenRequested {
 pub enum AccessTokenReply {
     #[serde(rename_all = "camelCase")]
     Issued {
-        /// Valid for at least the worker's `ACCESS_TOKEN_MARGIN`.
+        /// Valid for at least the worker's `ACCESS_TOKEN_MARGIN`, or half the token's
+        /// lifetime when that is shorter.
         access_token: String,
         expires_at: DateTime<Utc>,
     },
@@ -65,6 +66,10 @@ pub enum AccessTokenRejectionCode {
     NotConnected,
     /// The provider refused the refresh token: the user must connect again.
     ReauthRequired,
+    /// The account was connected without a refresh token (the provider did not grant offline
+    /// access: see the oauth-worker's `OAUTH_PROVIDER_PROFILE`) and its access token has
+    /// expired: the user must connect again. Answered without calling the provider.
+    NoRefreshToken,
     /// The provider, MongoDB or Redis is unavailable, or another replica's refresh did not
     /// finish in time: try again shortly.
     Unavailable,

@@ -1,5 +1,6 @@
 //! oauth-worker → metadata-worker (and notifiers), on JetStream: a connected Google account
-//! was disconnected (its tokens revoked at the provider and deleted).
+//! was disconnected (its tokens revoked at the provider, or the revocation refused, and
+//! deleted).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,25 @@ pub struct ConnectionDisconnected {
     /// The disconnect operation that did it, when one did (the api's operation id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
+    /// What the provider answered to the revocation. Absent in events published before it
+    /// was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationOutcome>,
+}
+
+/// The provider's answer to revoking a disconnected account's grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationOutcome {
+    /// Revoked at the provider.
+    Revoked,
+    /// The provider no longer knew the token as valid (expired, or revoked before, e.g. by
+    /// the user in their account settings).
+    AlreadyInvalid,
+    /// The provider refused the revocation for good (e.g. `invalid_client`). The grant was
+    /// deleted here anyway — the user asked to disconnect — but may still be live at the
+    /// provider until the user removes it there.
+    Refused,
 }
 
 impl Event for ConnectionDisconnected {

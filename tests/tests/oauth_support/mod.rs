@@ -236,6 +236,28 @@ impl OAuthStack {
             .expect("redis conn")
     }
 
+    /// Makes the stored access token of `google_email` expired, as if its lifetime had run
+    /// out, and drops its cached copy: the next access-token request must refresh.
+    pub async fn expire_access_token(&self, google_email: &str) {
+        let past = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 1000);
+        let updated = self
+            .tenant()
+            .await
+            .collection::<bson::Document>("googleauths")
+            .update_one(
+                bson::doc! { "subaccountId": SUBACCOUNT, "googleEmail": google_email },
+                bson::doc! { "$set": { "expiresAt": past } },
+            )
+            .await
+            .expect("update");
+        assert_eq!(updated.matched_count, 1, "{google_email} is not stored");
+        let mut redis = self.redis().await;
+        let key = format!("{}:token:access:{SUBACCOUNT}:{google_email}", self.ctx.id);
+        let _: () = redis::AsyncCommands::del(&mut redis, key)
+            .await
+            .expect("del");
+    }
+
     /// The Redis key of a pending attempt.
     pub fn state_key(&self, state: &str) -> String {
         format!("{}:oauth:state:{}", self.ctx.id, state)
