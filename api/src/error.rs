@@ -47,7 +47,14 @@ pub enum ApiError {
         field: Option<String>,
         reason: String,
     },
-    #[error("Content-Type must be application/json")]
+    /// 400: an email field (`userEmail`, `googleEmail`) holds no address the mailer can
+    /// deliver to (schemas::UserEmail says why).
+    #[error("Invalid email address at `{field}`: {reason}")]
+    InvalidEmail { field: String, reason: String },
+    /// 415: not `application/json`, or a `charset` other than UTF-8 (RFC 8259 §8.1).
+    #[error(
+        "Content-Type must be application/json, in UTF-8 (a charset parameter, if any, must be utf-8)"
+    )]
     UnsupportedMediaType,
     #[error("Request body is larger than the {limit} bytes this api accepts")]
     PayloadTooLarge { limit: usize },
@@ -160,7 +167,8 @@ impl ApiError {
             | Self::InvalidJson { .. }
             | Self::UnknownField { .. }
             | Self::MissingField { .. }
-            | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            | Self::InvalidField { .. }
+            | Self::InvalidEmail { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ConnectorNotFound { .. }
@@ -198,6 +206,7 @@ impl ApiError {
             Self::UnknownField { .. } => "unknown_field",
             Self::MissingField { .. } => "missing_field",
             Self::InvalidField { .. } => "invalid_field",
+            Self::InvalidEmail { .. } => "invalid_email",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::ConnectorNotFound { .. } => "connector_not_found",
@@ -242,6 +251,7 @@ impl ApiError {
                 json!({ "field": field })
             }
             Self::InvalidField { field, .. } => json!({ "field": field }),
+            Self::InvalidEmail { field, .. } => json!({ "field": field }),
             Self::PayloadTooLarge { limit } => json!({ "limitBytes": limit }),
             Self::ConnectorNotFound {
                 subaccount,

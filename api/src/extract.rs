@@ -3,8 +3,10 @@
 //!
 //! - [`SubaccountPath`] / [`ConnectorPath`]: path segments parsed into `SubaccountId` and
 //!   `ConnectorId`.
-//! - [`ApiJson`]: `Content-Type: application/json` (415 otherwise), at most the configured
-//!   number of bytes (413), and a JSON document whose errors name the field (400).
+//! - [`ApiJson`]: `Content-Type: application/json` in UTF-8 (415 otherwise, a `charset`
+//!   other than `utf-8` included), at most the configured number of bytes (413), and a JSON
+//!   object whose errors name the field (400; an array or any other non-object is refused,
+//!   never read positionally into the fields).
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
@@ -112,11 +114,13 @@ where
                     }
                 }
             })?;
-        parse_json(&bytes).map(Self)
+        parse_json_object(&bytes).map(Self)
     }
 }
 
-/// `application/json`, with or without parameters, or an `application/*+json` type.
+/// `application/json` or an `application/*+json` type, whose `charset` parameter, if any, is
+/// UTF-8 (JSON exchanged between systems is UTF-8, RFC 8259 §8.1: a body declared as another
+/// charset would be read as something it is not).
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -124,14 +128,41 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let utf8 = parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let charset = charset.trim().trim_matches('"');
+            // `utf8` is the WHATWG Encoding Standard's other label for UTF-8.
+            charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    json && utf8
+}
+
+/// [`parse_json`] for a body that must be a JSON object: serde reads a struct from an array
+/// too (`["a@example.com", true]` positionally into its fields), which no caller means.
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        // Malformed is malformed whatever it starts with: the syntax error, with its position.
+        schemas::json::decode::<serde::de::IgnoredAny>(bytes).map_err(into_api_error)?;
+        let got = match first {
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(b't' | b'f') => "a boolean",
+            Some(b'n') => "null",
+            _ => "a number",
+        };
+        return Err(ApiError::InvalidField {
+            field: None,
+            reason: format!("expected a JSON object, got {got}"),
+        });
+    }
+    parse_json(bytes)
 }
 
 /// Deserializes `bytes`, naming the field of the first problem (`userEmail`, `config.x`).
@@ -170,6 +201,12 @@ fn into_api_error(error: DecodeError) -> ApiError {
             field: join(field_at(&path).as_deref(), &field),
             message,
         },
+        DecodeError::InvalidValue { path, message } if is_email_field(&path) => {
+            ApiError::InvalidEmail {
+                field: path,
+                reason: message,
+            }
+        }
         DecodeError::InvalidValue { path, message } => ApiError::InvalidField {
             field: field_at(&path),
             reason: friendlier(&message),
@@ -182,6 +219,13 @@ fn into_api_error(error: DecodeError) -> ApiError {
             }
         }
     }
+}
+
+/// Whether the field at `path` holds an email address (a `UserEmail`): its problems answer
+/// `invalid_email`.
+fn is_email_field(path: &str) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    matches!(name, "userEmail" | "googleEmail")
 }
 
 /// The full path of field `name` reported at `path`: serde_path_to_error reports an unknown
@@ -238,9 +282,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match err(r#"{"userEmail": "not-an-address"}"#) {
-            ApiError::InvalidField { field, reason } => {
-                assert_eq!(field.as_deref(), Some("userEmail"));
+            ApiError::InvalidEmail { field, reason } => {
+                assert_eq!(field, "userEmail");
                 assert!(reason.contains("not a valid email address"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match err(r#"{"userEmail": "\"<script>\"@example.com"}"#) {
+            ApiError::InvalidEmail { field, reason } => {
+                assert_eq!(field, "userEmail");
+                assert!(reason.contains("quoted"), "{reason}");
             }
             other => panic!("{other:?}"),
         }
@@ -274,6 +325,39 @@ mod tests {
     }
 
     #[test]
+    fn only_an_object_is_a_body() {
+        let object = |raw: &str| parse_json_object::<Body>(raw.as_bytes());
+        assert!(object(r#" {"userEmail": "x@example.com"}"#).is_ok());
+        // serde alone would read this array positionally into the struct.
+        assert!(parse_json::<Body>(br#"["x@example.com", true]"#).is_ok());
+        for (raw, got) in [
+            (r#"["x@example.com", true]"#, "an array"),
+            (" []", "an array"),
+            (r#""x@example.com""#, "a string"),
+            ("42", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            match object(raw) {
+                Err(ApiError::InvalidField {
+                    field: None,
+                    reason,
+                }) => {
+                    assert_eq!(
+                        reason,
+                        format!("expected a JSON object, got {got}"),
+                        "{raw}"
+                    );
+                }
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        // Malformed JSON stays a syntax error, whatever it starts with.
+        assert!(matches!(object("[1,"), Err(ApiError::InvalidJson { .. })));
+        assert!(matches!(object(""), Err(ApiError::InvalidJson { .. })));
+    }
+
+    #[test]
     fn json_content_types() {
         let mut headers = HeaderMap::new();
         assert!(!is_json(&headers));
@@ -281,6 +365,12 @@ mod tests {
             ("application/json", true),
             ("Application/JSON; charset=utf-8", true),
             ("application/merge-patch+json", true),
+            ("application/json;charset=UTF-8", true),
+            ("application/json; charset=\"utf-8\"", true),
+            ("application/json; charset=iso-8859-1", false),
+            ("application/json; Charset=UTF-16", false),
+            ("application/json; charset=utf8", true),
+            ("application/json; charset=latin1", false),
             ("text/plain", false),
             ("application/x-www-form-urlencoded", false),
         ] {

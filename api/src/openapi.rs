@@ -398,6 +398,8 @@ pub enum RevocationOutcomeDoc {
 pub struct Failures {
     by_status: BTreeMap<u16, Vec<&'static str>>,
     headers: Vec<(&'static str, String)>,
+    /// A sentence after a status's codes, saying when it is answered.
+    notes: BTreeMap<u16, Vec<&'static str>>,
 }
 
 const SUCCESSOR: (&str, &str) = (
@@ -427,6 +429,26 @@ impl Failures {
             }
         }
         self
+    }
+
+    /// Adds a sentence to `status`'s description.
+    fn note(mut self, status: StatusCode, note: &'static str) -> Self {
+        let entry = self.notes.entry(status.as_u16()).or_default();
+        if !entry.contains(&note) {
+            entry.push(note);
+        }
+        self
+    }
+
+    /// A body with an email field (`userEmail`, `googleEmail`; schemas::UserEmail).
+    fn email_field(self) -> Self {
+        self.with(StatusCode::BAD_REQUEST, &["invalid_email"]).note(
+            StatusCode::BAD_REQUEST,
+            "`invalid_email`: not an address the mailer can deliver to: a quoted local part \
+             (`\"...\"@`), a non-ASCII local part, a domain literal (`a@[10.0.0.5]`) or a domain \
+             that is not a valid IDNA name; an internationalized domain (`user@bücher.example`) \
+             is accepted and mailed to its ASCII form.",
+        )
     }
 
     /// A header every answer carries, failures included.
@@ -488,10 +510,20 @@ impl Failures {
                 "invalid_field",
             ],
         )
+        .note(
+            StatusCode::BAD_REQUEST,
+            "The body must be one JSON object: an array or any other value is `invalid_field` \
+             (`details.field` null).",
+        )
         .with(StatusCode::PAYLOAD_TOO_LARGE, &["payload_too_large"])
         .with(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &["unsupported_media_type"],
+        )
+        .note(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "`Content-Type` is not `application/json` (or `application/*+json`), or names a \
+             `charset` other than `utf-8`.",
         )
     }
 
@@ -531,8 +563,13 @@ impl Failures {
             .map(|code| format!("`{code}`"))
             .collect::<Vec<_>>()
             .join(", ");
+        let mut description = format!("{reason}; `error.code`: {listed}.");
+        for note in self.notes.get(&status).into_iter().flatten() {
+            description.push(' ');
+            description.push_str(note);
+        }
         let mut response = ResponseBuilder::new()
-            .description(format!("{reason}; `error.code`: {listed}."))
+            .description(description)
             .content(
                 "application/json",
                 Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorResponse")))),
@@ -604,6 +641,7 @@ endpoint_failures! {
         .user_token()
         .subaccount_path()
         .json_body()
+        .email_field()
         .user_forbidden()
         // Emailing the link to another address without `connectors:invite`.
         .with(StatusCode::FORBIDDEN, &["invite_not_permitted"])
@@ -644,11 +682,12 @@ endpoint_failures! {
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
         .database();
 
-    /// Both disconnects: `invalid_field` also for a connector other than `google-calendar`
-    /// and a `{googleEmail}` that is not an address.
+    /// Both disconnects: `invalid_field` also for a connector other than `google-calendar`,
+    /// `invalid_email` for a `{googleEmail}` that is not an address.
     DisconnectFailures = Failures::new()
         .user_token()
         .connector_path()
+        .email_field()
         .user_forbidden()
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
         .database()
@@ -710,6 +749,7 @@ endpoint_failures! {
         .service_token()
         .subaccount_path()
         .json_body()
+        .email_field()
         .with(StatusCode::FORBIDDEN, &["insufficient_permission"])
         .with(StatusCode::NOT_FOUND, &["connector_not_found"])
         // metadata_update_per_caller.

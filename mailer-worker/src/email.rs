@@ -4,11 +4,11 @@
 //! link. Pure: no I/O, so its wording and escaping are tested without an SMTP server.
 
 use chrono::{DateTime, Utc};
-use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
-use schemas::Envelope;
+use lettre::{Address, Message};
 use schemas::events::AuthLinkIssued;
 use service_kit::consent::{self, ConsentNotice};
+use schemas::{Envelope, UserEmail};
 
 pub const SUBJECT: &str = "Connect your Google Calendar";
 
@@ -31,12 +31,7 @@ pub fn auth_link_email(
     event: &Envelope<AuthLinkIssued>,
 ) -> Result<Message, EmailError> {
     let link = checked_link(&event.payload.auth_url)?;
-    let to: Mailbox = event
-        .payload
-        .user_email
-        .as_str()
-        .parse()
-        .map_err(|e: lettre::address::AddressError| EmailError::Recipient(e.to_string()))?;
+    let to = recipient(&event.payload.user_email)?;
     let content = Content::of(event);
     let domain = from.email.domain();
     Message::builder()
@@ -49,6 +44,17 @@ pub fn auth_link_email(
             html_body(link, &content),
         ))
         .map_err(|e| EmailError::Build(e.to_string()))
+}
+
+/// The mailbox for `email`: its SMTP form (domain in IDNA A-labels), built as a lettre
+/// `Address` rather than parsed as a header mailbox. The api accepts only addresses this
+/// succeeds for (`UserEmail::parse`); an error here means an event from an older version.
+pub fn recipient(email: &UserEmail) -> Result<Mailbox, EmailError> {
+    let address: Address = email
+        .smtp_address()
+        .parse()
+        .map_err(|e: lettre::address::AddressError| EmailError::Recipient(e.to_string()))?;
+    Ok(Mailbox::new(None, address))
 }
 
 /// The link, if it is an absolute http(s) URL.
@@ -156,7 +162,7 @@ pub fn escape_html(text: &str) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use schemas::{DisplayName, SubaccountId, UserEmail};
+    use schemas::{DisplayName, SubaccountId};
 
     fn event(url: &str) -> Envelope<AuthLinkIssued> {
         let mut event = Envelope::new(
@@ -263,6 +269,55 @@ mod tests {
             "{raw}"
         );
         assert!(raw.contains(&format!("Subject: {SUBJECT}")), "{raw}");
+    }
+
+    #[test]
+    fn every_address_the_api_accepts_is_one_smtp_can_send_to() {
+        // Every printable ASCII character in a local part, internationalized domains, and
+        // what the api must refuse: whatever `UserEmail::parse` accepts becomes an ASCII
+        // envelope recipient and a message that builds.
+        let mut candidates: Vec<String> = (0x20u8..0x7f)
+            .map(|c| format!("a{}b@example.com", char::from(c)))
+            .collect();
+        candidates.extend(
+            [
+                "user@bücher.example",
+                "ÄÖÜ@example.com",
+                "user@ＥＸＡＭＰＬＥ.com",
+                r#""<script>"@example.com"#,
+                "a@[10.0.0.5]",
+                "first.last+tag@sub.example.co.uk",
+            ]
+            .map(str::to_owned),
+        );
+        let mut accepted = 0;
+        for candidate in &candidates {
+            let Ok(email) = UserEmail::parse(candidate) else {
+                continue;
+            };
+            accepted += 1;
+            let mut e = event("https://accounts.example/auth?state=S");
+            e.payload.user_email = email.clone();
+            let message = auth_link_email(&from(), &e)
+                .unwrap_or_else(|err| panic!("{candidate:?} accepted but not sendable: {err}"));
+            let to = message.envelope().to()[0].to_string();
+            assert!(to.is_ascii(), "{candidate:?} → {to}");
+            assert_eq!(to, email.smtp_address());
+        }
+        assert!(accepted > 20, "only {accepted} accepted");
+    }
+
+    #[test]
+    fn an_internationalized_domain_is_addressed_in_punycode() {
+        let mut e = event("https://accounts.example/auth?state=S");
+        e.payload.user_email = UserEmail::parse("user@bücher.example").expect("IDN");
+        let message = auth_link_email(&from(), &e).expect("builds");
+        assert_eq!(
+            message.envelope().to()[0].to_string(),
+            "user@xn--bcher-kva.example"
+        );
+        let raw = String::from_utf8(message.formatted()).expect("utf-8");
+        assert!(raw.contains("To: user@xn--bcher-kva.example"), "{raw}");
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub enum IdError {
     SubaccountId(String),
     #[error("connectorId must be 1-64 characters of a-z, 0-9 and '-', got {0:?}")]
     ConnectorId(String),
-    #[error("{0:?} is not a valid email address")]
-    UserEmail(String),
+    #[error("{value:?} is not a valid email address: {reason}")]
+    UserEmail { value: String, reason: String },
     #[error(
         "a display name must be 1 to {max} characters without control or bidirectional-override characters, got {0:?}",
         max = DisplayName::MAX_CHARS
@@ -77,27 +77,88 @@ impl ConnectorId {
 }
 
 /// The platform user's email address: who asked for the connection and receives the link.
-/// Validated by the `email_address` crate (RFC 5321/5322 rules), never by a home-made regex.
+/// Syntax is checked by the `email_address` crate (RFC 5321/5322 rules), never by a home-made
+/// regex; on top of that only addresses the mailer can deliver over plain SMTP are accepted, so
+/// an answer of `emailSent: true` is never a promise the mailer cannot keep:
+///
+/// - the local part (before `@`) is an unquoted ASCII dot-atom: no `"..."@`, no non-ASCII
+///   characters (SMTPUTF8 is not used);
+/// - the domain is a name, not a literal (`[10.0.0.5]`), with at least one dot, and a valid
+///   IDNA name: `bücher.example` is accepted and mailed to its A-label form
+///   `xn--bcher-kva.example` ([`UserEmail::smtp_address`]).
+///
+/// The address is kept as given (trimmed), so answers and stored documents echo what the
+/// caller sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String", extend("format" = "email"))]
-pub struct UserEmail(String);
+pub struct UserEmail(
+    String,
+    /// The same address with its domain in ASCII (IDNA A-labels), as SMTP sends it.
+    String,
+);
 
 impl UserEmail {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
         let trimmed = raw.trim();
+        let refuse = |reason: &str| IdError::UserEmail {
+            value: truncate_for_message(raw),
+            reason: reason.to_owned(),
+        };
         // `email_address` accepts display-name forms ("A <a@b>"); we want the bare address.
-        match email_address::EmailAddress::parse_with_options(
+        let parsed = email_address::EmailAddress::parse_with_options(
             trimmed,
             email_address::Options::default().without_display_text(),
-        ) {
-            Ok(parsed) if parsed.domain().contains('.') => Ok(Self(parsed.email().to_owned())),
-            _ => Err(IdError::UserEmail(truncate_for_message(raw))),
+        )
+        .map_err(|e| {
+            refuse(&format!(
+                "it must be a bare address like name@example.com ({e})"
+            ))
+        })?;
+        let local = parsed.local_part();
+        let domain = parsed.domain();
+        if local.starts_with('"') {
+            return Err(refuse(
+                "a quoted local part (\"...\"@) cannot be delivered; use an address without quotes",
+            ));
         }
+        if !local.is_ascii() {
+            return Err(refuse(
+                "the part before @ must be ASCII (internationalized local parts cannot be delivered)",
+            ));
+        }
+        if domain.starts_with('[') {
+            return Err(refuse(
+                "a domain literal ([...]) cannot be delivered; use a domain name",
+            ));
+        }
+        if !domain.contains('.') {
+            return Err(refuse("the domain must be a full name like example.com"));
+        }
+        let ascii_domain = idna::domain_to_ascii_strict(domain)
+            .ok()
+            .filter(|ascii| email_address::EmailAddress::is_valid_domain(ascii))
+            .ok_or_else(|| refuse("the domain is not a valid (internationalized) domain name"))?;
+        // No top-level domain is numeric: `a@10.0.0.5` is an IP address without its brackets.
+        let top_level = ascii_domain.rsplit('.').next().unwrap_or_default();
+        if top_level.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse(
+                "the domain must be a domain name, not an IP address",
+            ));
+        }
+        let smtp = format!("{local}@{ascii_domain}");
+        Ok(Self(parsed.email().to_owned(), smtp))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The address as the mailer hands it to SMTP (`RCPT TO`, `To:`): the local part as given
+    /// (ASCII by construction) and the domain in ASCII, IDNA A-labels for an internationalized
+    /// name (`user@xn--bcher-kva.example` for `user@bücher.example`).
+    pub fn smtp_address(&self) -> &str {
+        &self.1
     }
 }
 
@@ -246,6 +307,69 @@ mod tests {
         ] {
             assert!(DisplayName::parse(&bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn user_email_refuses_what_smtp_cannot_deliver() {
+        for (bad, why) in [
+            (r#""<script>"@example.com"#, "quoted"),
+            (r#""john doe"@example.com"#, "quoted"),
+            ("jöhn@example.com", "ASCII"),
+            ("用户@例子.广告", "ASCII"),
+            ("a@[10.0.0.5]", "domain literal"),
+            ("a@[IPv6:2001:db8::1]", "domain literal"),
+            ("a@ex_ample.com", "domain name"),
+            ("a@exa+mple.com", "domain name"),
+            ("a@-example.com", "bare address"),
+            ("a@ab--cd.example", "domain name"),
+            ("a@10.0.0.5", "domain name"),
+        ] {
+            match UserEmail::parse(bad) {
+                Err(IdError::UserEmail { reason, .. }) => {
+                    assert!(reason.contains(why), "{bad:?}: {reason}");
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn internationalized_domains_are_sent_in_their_ascii_form() {
+        let email = UserEmail::parse("user@bücher.example").expect("IDN domain");
+        assert_eq!(email.as_str(), "user@bücher.example");
+        assert_eq!(email.smtp_address(), "user@xn--bcher-kva.example");
+        let email = UserEmail::parse("User.Name+tag@Example.COM").expect("ascii");
+        assert_eq!(email.as_str(), "User.Name+tag@Example.COM");
+        assert_eq!(email.smtp_address(), "User.Name+tag@example.com");
+        let email = UserEmail::parse("a@xn--bcher-kva.example").expect("A-label");
+        assert_eq!(email.smtp_address(), "a@xn--bcher-kva.example");
+    }
+
+    #[test]
+    fn the_smtp_address_is_always_ascii() {
+        // Every printable ASCII character inside a local part, and a few Unicode domains.
+        let mut candidates: Vec<String> = (0x20u8..0x7f)
+            .map(|c| format!("a{}b@example.com", char::from(c)))
+            .collect();
+        for domain in [
+            "bücher.example",
+            "ÄÖÜ.example",
+            "例子.广告",
+            "ｅｘａｍｐｌｅ.com",
+        ] {
+            candidates.push(format!("user@{domain}"));
+        }
+        let mut accepted = 0;
+        for candidate in &candidates {
+            if let Ok(email) = UserEmail::parse(candidate) {
+                accepted += 1;
+                assert!(email.smtp_address().is_ascii(), "{candidate:?}");
+                let (local, domain) = email.smtp_address().rsplit_once('@').expect("@");
+                assert!(email.as_str().starts_with(local), "{candidate:?}");
+                assert!(email_address::EmailAddress::is_valid_domain(domain));
+            }
+        }
+        assert!(accepted > 20, "only {accepted} accepted");
     }
 
     #[test]

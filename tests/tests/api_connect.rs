@@ -251,7 +251,7 @@ async fn tokens_without_the_subaccount_or_the_permission_get_403_and_admins_pass
         &json!({ "userEmail": "nope" }),
     )
     .await
-    .assert_error(400, "invalid_field");
+    .assert_error(400, "invalid_email");
 
     let mut admin = claims(OTHER_SUBACCOUNT);
     admin.subaccount_ids.clear();
@@ -292,7 +292,7 @@ async fn invalid_input_gets_400_413_or_415_naming_the_problem_and_nothing_is_sen
             &json!({ "userEmail": "user@@example" }),
         )
         .await;
-    reply.assert_error(400, "invalid_field");
+    reply.assert_error(400, "invalid_email");
     assert_eq!(reply.body["error"]["details"]["field"], "userEmail");
     assert!(reply.message().contains("userEmail"), "{}", reply.body);
 
@@ -488,4 +488,163 @@ async fn worker_refusals_and_nonsense_become_clear_errors_never_a_200() {
         );
         assert_eq!(worker.received().len(), i + 1, "{behaviour:?}");
     }
+}
+
+#[tokio::test]
+async fn addresses_the_mailer_cannot_deliver_are_400_invalid_email_and_nothing_is_sent() {
+    let api = Api::start(&[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let worker = Responder::start(&api, Behaviour::Reply(issued(AUTH_URL, true))).await;
+    let path = connect_path(SUBACCOUNT);
+    let token = token(SUBACCOUNT);
+
+    for (address, why) in [
+        (r#""<script>"@example.com"#, "quoted"),
+        ("jöhn@example.com", "ASCII"),
+        ("a@[10.0.0.5]", "domain literal"),
+        ("a@[IPv6:2001:db8::1]", "domain literal"),
+        ("a@10.0.0.5", "IP address"),
+        ("a@ex_ample.com", "domain name"),
+    ] {
+        let reply = api
+            .post(&path, Some(&token), &json!({ "userEmail": address }))
+            .await;
+        reply.assert_error(400, "invalid_email");
+        assert_eq!(reply.body["error"]["details"]["field"], "userEmail");
+        assert!(reply.message().contains(why), "{address}: {}", reply.body);
+    }
+    assert!(worker.received().is_empty(), "nothing reached the worker");
+
+    // An internationalized domain is deliverable: accepted, and passed on as given.
+    let reply = api
+        .post(
+            &path,
+            Some(&token),
+            &json!({ "userEmail": "user@bücher.example" }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["data"]["userEmail"], "user@bücher.example");
+    let received = worker.received();
+    assert_eq!(received.len(), 1);
+    let envelope = received[0].envelope.as_ref().expect("decodes");
+    assert_eq!(envelope.payload.user_email.as_str(), "user@bücher.example");
+}
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_json_route_takes_one_object_in_utf8_only() {
+    const WRITER: &str = "gcal_svc_bodies-writer-token-for-tests";
+    let tokens = format!(
+        "database-server:{}:connectors:metadata:write",
+        sha256_hex(WRITER)
+    );
+    let api = Api::start(&[
+        ("SERVICE_TOKENS", tokens.as_str()),
+        ("API_DEV_MODE", "true"),
+    ])
+    .await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    let worker = Responder::start(&api, Behaviour::Reply(issued(AUTH_URL, true))).await;
+    let user = token(SUBACCOUNT);
+    // Each JSON route, its caller, and a body it accepts as an object, written as an array of
+    // the same values: serde alone reads such an array into the fields, in order.
+    let routes = [
+        (
+            connect_path(SUBACCOUNT),
+            Some(user.as_str()),
+            json!(["user@example.com", true]),
+        ),
+        (
+            format!("/api/connectors/{OTHER_SUBACCOUNT}"),
+            Some(user.as_str()),
+            json!(["google-calendar"]),
+        ),
+        (
+            format!("/api/connectors/{SUBACCOUNT}/metadata/update"),
+            Some(WRITER),
+            json!([{
+                "calendarId": "507f1f77bcf86cd799439011", "userEmail": "user@example.com",
+                "googleEmail": "googleuser@gmail.com", "connectedAt": "2025-10-05T12:00:00.000Z",
+                "isConnected": true,
+            }]),
+        ),
+        (
+            format!("/api/connectors/{SUBACCOUNT}/webhooks"),
+            Some(user.as_str()),
+            json!(["https://hooks.example.com/calendar"]),
+        ),
+        ("/dev/token".to_owned(), None, json!([SUBACCOUNT])),
+    ];
+    for (path, caller, array) in &routes {
+        let reply = api
+            .send(
+                reqwest::Method::POST,
+                path,
+                *caller,
+                Some(("application/json", array.to_string().into_bytes())),
+            )
+            .await;
+        reply.assert_error(400, "invalid_field");
+        assert!(
+            reply
+                .message()
+                .contains("expected a JSON object, got an array"),
+            "{path}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["details"]["field"], json!(null));
+        for scalar in ["\"user@example.com\"", "42", "null"] {
+            api.send(
+                reqwest::Method::POST,
+                path,
+                *caller,
+                Some(("application/json", scalar.as_bytes().to_vec())),
+            )
+            .await
+            .assert_error(400, "invalid_field");
+        }
+        for content_type in [
+            "application/json; charset=iso-8859-1",
+            "application/json;charset=UTF-16",
+        ] {
+            let reply = api
+                .send(
+                    reqwest::Method::POST,
+                    path,
+                    *caller,
+                    Some((content_type, b"{}".to_vec())),
+                )
+                .await;
+            reply.assert_error(415, "unsupported_media_type");
+            assert!(reply.message().contains("utf-8"), "{}", reply.body);
+        }
+    }
+    assert!(worker.received().is_empty(), "nothing reached the worker");
+    assert!(
+        api.stored_connectors(OTHER_SUBACCOUNT).await.is_empty(),
+        "no connector added"
+    );
+
+    // UTF-8 named in any case is JSON as usual.
+    let reply = api
+        .send(
+            reqwest::Method::POST,
+            &connect_path(SUBACCOUNT),
+            Some(&user),
+            Some((
+                "application/json; charset=UTF-8",
+                br#"{"userEmail": "user@example.com"}"#.to_vec(),
+            )),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(worker.received().len(), 1);
 }

@@ -741,7 +741,7 @@ async fn bad_bodies_get_400_naming_the_field_and_nothing_is_published() {
         (
             "userEmail not an address",
             with("userEmail", json!("user")),
-            "invalid_field",
+            "invalid_email",
             "metadata.userEmail",
         ),
         (

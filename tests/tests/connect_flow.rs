@@ -127,6 +127,48 @@ async fn connect_returns_auth_url_and_emails_it() {
 }
 
 #[tokio::test]
+async fn an_internationalized_domain_is_emailed_to_its_ascii_form() {
+    let ctx = TestContext::new();
+    let sink = SmtpSink::start();
+    let smtp_url = sink.url();
+    let mailer_config: MailerWorkerConfig = ctx.config(&[("SMTP_URL", smtp_url.as_str())]);
+    let mut mailer = RunningService::start(mailer_worker::SERVICE, |l, s| {
+        mailer_worker::run(mailer_config, l, s)
+    })
+    .await;
+    mailer.wait_ready(Duration::from_secs(30)).await;
+    let worker = oauth_worker(&ctx, "client-e2e").await;
+    let api = Api::start_in(ctx.clone(), &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+
+    let reply = api
+        .post(
+            &connect_path(SUBACCOUNT),
+            Some(&token(SUBACCOUNT)),
+            &json!({"userEmail": "user@bücher.example"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["data"]["emailSent"], true, "{:?}", reply.body);
+    assert_eq!(reply.body["data"]["userEmail"], "user@bücher.example");
+
+    // SMTP without SMTPUTF8 can carry only ASCII: the domain goes as its A-label.
+    let mail = sink.wait_for_messages(1, Duration::from_secs(30)).await;
+    assert_eq!(mail[0].to, vec!["user@xn--bcher-kva.example".to_owned()]);
+    assert!(
+        mail[0]
+            .header("To")
+            .unwrap_or_default()
+            .contains("user@xn--bcher-kva.example"),
+        "{}",
+        mail[0].raw()
+    );
+    for service in [mailer, worker, api.service] {
+        service.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test]
 async fn two_oauth_workers_share_requests_and_losing_one_mid_load_never_hangs() {
     let ctx = TestContext::new();
     let a = oauth_worker(&ctx, "replica-a").await;

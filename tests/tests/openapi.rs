@@ -417,7 +417,7 @@ fn table(degraded_token: &str) -> Vec<Case> {
             connection(sub, gc, "not-an-address"),
             400,
         )
-        .code("invalid_field"),
+        .code("invalid_email"),
         case(M::DELETE, CONNECTION, connection(sub, gc, email), 401)
             .auth(Auth::None)
             .code("missing_token"),

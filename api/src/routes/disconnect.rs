@@ -87,8 +87,8 @@ pub async fn disconnect_one(
     path: ConnectorPath,
     Path((_, _, google_email)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let email = UserEmail::parse(&google_email).map_err(|e| ApiError::InvalidField {
-        field: Some("googleEmail".into()),
+    let email = UserEmail::parse(&google_email).map_err(|e| ApiError::InvalidEmail {
+        field: "googleEmail".into(),
         reason: e.to_string(),
     })?;
     disconnect(

@@ -40,7 +40,9 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConnectBody {
-    /// Who asked for the connection; receives the link when `sendEmail` is true.
+    /// Who asked for the connection; receives the link when `sendEmail` is true. Only an
+    /// address the mailer can deliver to (else 400 `invalid_email`); an internationalized
+    /// domain is mailed to its ASCII form.
     #[schema(value_type = String, format = "email", example = "user@example.com")]
     user_email: UserEmail,
     /// Email the link to `userEmail` (default `true`).

@@ -325,7 +325,9 @@ mod tests {
     fn problems_name_their_field() {
         let field_of = |error: ApiError| match error {
             ApiError::InvalidField { field, .. } => field.unwrap_or_default(),
-            ApiError::UnknownField { field, .. } | ApiError::MissingField { field, .. } => field,
+            ApiError::UnknownField { field, .. }
+            | ApiError::MissingField { field, .. }
+            | ApiError::InvalidEmail { field, .. } => field,
             other => panic!("{other:?}"),
         };
         for (change, field) in [
