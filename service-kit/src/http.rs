@@ -1,6 +1,6 @@
 //! Serving HTTP: binding a configured address, and running a router until shutdown with the
 //! layers every service wants (request id and trace context, request metrics, request
-//! tracing).
+//! tracing, `X-Content-Type-Options: nosniff` on every answer).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -100,6 +100,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// `X-Content-Type-Options: nosniff` on every answer (404s, 405s, 401s, probes and metrics
+/// included): a browser renders a body only as its declared type, so a JSON error that echoes
+/// input can never be sniffed into HTML or script.
+pub async fn no_sniffing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 /// Binds `addr`; a failure names the setting it came from.
 pub async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
@@ -127,7 +138,8 @@ pub async fn serve(
         }))
         // The request's span is `request_context`'s: the trace layer only logs in it.
         .layer(TraceLayer::new_for_http().make_span_with(|_: &Request| tracing::Span::current()))
-        .layer(axum::middleware::from_fn(request_context));
+        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::map_response(no_sniffing));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(service, %addr, "listening");
     }

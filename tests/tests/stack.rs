@@ -84,6 +84,66 @@ async fn all_four_services_become_ready_on_real_infrastructure_and_stop_cleanly(
 }
 
 #[tokio::test]
+async fn every_answer_of_every_service_says_nosniff() {
+    let ctx = TestContext::new();
+    let mut services = start_all(&ctx, &[]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for service in &mut services {
+        service.wait_ready(READY).await;
+        let mut requests = vec![
+            (reqwest::Method::GET, "/healthz", 200),
+            (reqwest::Method::GET, "/readyz", 200),
+            (reqwest::Method::GET, "/metrics", 200),
+            (reqwest::Method::GET, "/no/such/path", 404),
+            (reqwest::Method::DELETE, "/healthz", 405),
+        ];
+        match service.name {
+            "api" => requests.extend([
+                (
+                    reqwest::Method::GET,
+                    "/api/connectors/68cf05f060d294db17c0685e",
+                    401,
+                ),
+                (reqwest::Method::GET, "/openapi.json", 200),
+                (reqwest::Method::GET, "/docs/", 200),
+            ]),
+            "oauth-worker" => {
+                requests.push((reqwest::Method::GET, oauth_worker::callback::PATH, 400));
+            }
+            _ => {}
+        }
+        for (method, path, status) in requests {
+            let response = http
+                .request(method.clone(), format!("{}{path}", service.base_url))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{} {method} {path}: {e}", service.name));
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "{} {method} {path}",
+                service.name
+            );
+            assert_eq!(
+                response
+                    .headers()
+                    .get("x-content-type-options")
+                    .and_then(|v| v.to_str().ok()),
+                Some("nosniff"),
+                "{} {method} {path}",
+                service.name
+            );
+        }
+    }
+    for service in services {
+        service.stop().await.expect("clean stop");
+    }
+}
+
+#[tokio::test]
 async fn readyz_turns_red_naming_nats_when_it_stops_and_green_when_it_returns() {
     let ctx = TestContext::new();
     let mut nats = NatsServer::start();
