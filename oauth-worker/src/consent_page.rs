@@ -22,7 +22,7 @@ use schemas::DisplayName;
 use serde::Deserialize;
 use service_kit::consent::{self, ConsentNotice};
 
-use crate::callback::page::{Outcome, secure};
+use crate::callback::page::{Outcome, STYLE, secure};
 use crate::state_store::StateStore;
 
 /// The page's path, next to [`crate::callback::PATH`].
@@ -129,10 +129,7 @@ fn render(notice: &ConsentNotice<'_>, auth_url: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Connect your Google Calendar</title><style>body{{font-family:system-ui,sans-serif;\
-         max-width:36rem;margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}\
-         h1{{font-size:1.5rem}}a.button{{display:inline-block;padding:.6rem 1.2rem;\
-         background:#1a73e8;color:#fff;border-radius:.3rem;text-decoration:none}}</style></head>\
+         <title>Connect your Google Calendar</title><style>{STYLE}</style></head>\
          <body><main><h1>Connect your Google Calendar</h1>\
          <p id=\"who\">{who}</p>\
          <p>If you allow it, {tenant} will be able to:</p><ul id=\"access\">{access}</ul>\

@@ -3,7 +3,8 @@
 //! api's `/`, the metadata-worker, the mailer-worker with a real SMTP server whose mailbox is
 //! served like `dev-smtp-sink`'s. A person fills the form, presses Connect, allows at the
 //! consent page and comes back to the page, which shows the metadata live, the email and the
-//! event trail. With dev mode off, none of it exists.
+//! event trail. With dev mode off, none of it exists. The api's other page, Swagger UI at
+//! `/docs`, renders in the same browser under its Content-Security-Policy.
 
 mod api_support;
 mod oauth_support;
@@ -342,4 +343,55 @@ async fn dev_mode_helpers_answer_in_the_house_shape() {
     api.get("/dev/events?correlationId=nope", None)
         .await
         .assert_error(400, "invalid_field");
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_in_chromium_under_its_policy() {
+    let api = Api::start(&[]).await;
+    let page = reqwest::get(format!("{}/docs/", api.service.base_url))
+        .await
+        .expect("docs");
+    assert_eq!(page.status(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let csp = header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing: {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header("referrer-policy"), "no-referrer");
+
+    // Scripts from this origin ran and fetched the document (script-src, connect-src), and the
+    // stylesheet applied (style-src): under a policy that broke the page, none of this shows.
+    let browser = Browser::start().await.expect("browser");
+    browser
+        .goto(&format!("{}/docs/", api.service.base_url))
+        .await
+        .expect("opens");
+    browser
+        .wait_for(".opblock", PAGE)
+        .await
+        .expect("operations rendered");
+    let title = browser.text(".info .title").await.expect("title");
+    assert!(title.contains("Google Calendar connector API"), "{title}");
+    let font_size = browser
+        .client()
+        .execute(
+            "return getComputedStyle(document.querySelector('.swagger-ui .info .title')).fontSize",
+            vec![],
+        )
+        .await
+        .expect("computed style");
+    assert_eq!(font_size, json!("36px"), "swagger-ui.css applied");
+    browser.close().await.expect("browser closes");
 }

@@ -5,6 +5,8 @@
 //! framed, and is never cached. `Referrer-Policy: no-referrer` matters most: the callback URL
 //! carries the authorization code. No token ever reaches a page or a redirect.
 
+use std::sync::LazyLock;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schemas::events::FailureReason;
@@ -143,10 +145,7 @@ impl Outcome {
         let html = format!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:36rem;\
-             margin:4rem auto;padding:0 1rem;line-height:1.5;color:#1f2328}}h1{{font-size:1.5rem}}\
-             .button{{display:inline-block;padding:.6rem 1.2rem;border-radius:6px;background:#1a73e8;\
-             color:#fff;text-decoration:none}}</style></head><body><main><h1 id=\"outcome\" data-status=\"{state}\">{title}</h1>{body}\
+             <title>{title}</title><style>{STYLE}</style></head><body><main><h1 id=\"outcome\" data-status=\"{state}\">{title}</h1>{body}\
              </main></body></html>\n",
             title = html_escape::encode_text(title),
             state = if matches!(self, Self::Connected { .. }) {
@@ -164,16 +163,33 @@ impl Outcome {
     }
 }
 
+/// The only style of this worker's pages (the callback's outcome and the consent page), inline;
+/// the policy allows exactly this text by its hash.
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;\
+                     padding:0 1rem;line-height:1.5;color:#1f2328}h1{font-size:1.5rem}\
+                     .button{display:inline-block;padding:.6rem 1.2rem;border-radius:6px;\
+                     background:#1a73e8;color:#fff;text-decoration:none}";
+
+/// Nothing but [`STYLE`]: no script, no other style, no image, no form, never framed.
+fn content_security_policy() -> HeaderValue {
+    static POLICY: LazyLock<HeaderValue> = LazyLock::new(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+    });
+    POLICY.clone()
+}
+
 /// The headers every page of this worker carries: no script, no framing, no referrer (the URL
 /// carries a code or a state), no sniffing, no caching.
 pub(crate) fn secure(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, content_security_policy());
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -262,5 +278,42 @@ mod tests {
             location,
             "https://app.example/connected?from=gcal&status=error&reason=scope_not_granted"
         );
+    }
+
+    #[tokio::test]
+    async fn the_policy_allows_the_pages_own_style_by_hash_and_nothing_inline_else() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let response = Outcome::failed(
+            StatusCode::BAD_REQUEST,
+            "access_denied",
+            "Access denied",
+            "detail",
+        )
+        .respond(None);
+        let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(!csp.contains("unsafe"), "{csp}");
+        for directive in [
+            "default-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{directive} missing: {csp}");
+        }
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&body);
+        let style = body
+            .split_once("<style>")
+            .and_then(|(_, rest)| rest.split_once("</style>"))
+            .map(|(style, _)| style)
+            .expect("one inline style");
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(style));
+        assert!(csp.contains(&format!("style-src 'sha256-{hash}'")), "{csp}");
     }
 }
