@@ -61,7 +61,9 @@ manage its connectors, disconnect accounts, register webhooks. Every answer is J
 \"data\"}` on success, `{\"success\": false, \"message\", \"error\": {\"code\", \"details\"}}` on failure, \
 where `error.code` is stable and each failure response lists the codes it can carry. Checks run in \
 this order: authentication (401/503), input (400/413/415), permission (403), existence (404); a \
-refused request changes nothing. Health probes (`/healthz`, `/readyz`, `/metrics`) are not part \
+refused request changes nothing. A request body is one JSON object sent as `application/json` in \
+UTF-8 (a `charset` other than `utf-8` is a 415). Every answer carries \
+`X-Content-Type-Options: nosniff`. Health probes (`/healthz`, `/readyz`, `/metrics`) are not part \
 of this document."
     ),
     paths(
