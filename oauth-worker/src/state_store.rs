@@ -179,7 +179,9 @@ impl StateStore {
         emailed: bool,
     ) -> Result<Put, StateStoreError> {
         let subaccount = attempt.subaccount_id.as_str();
-        let recipient = rate_limit::recipient_subject(attempt.user_email.as_str());
+        // The SMTP form: every spelling of a domain that IDNA maps to the same name
+        // (`ＥＸＡＭＰＬＥ.com`, `bücher` / `xn--bcher-kva`) reaches the same mailbox.
+        let recipient = rate_limit::recipient_subject(attempt.user_email.smtp_address());
         let mut limits = vec![(
             ConnectLimit::ConnectPerSubaccount,
             Check {

@@ -148,6 +148,10 @@ async fn email_limits_hold_per_subaccount_and_per_recipient_across_subaccounts()
         (1700..=1800).contains(&wait),
         "2 per hour refill one every 30 min: {wait}"
     );
+    // Or with a domain spelled in letters IDNA maps to the same name (the mail goes to
+    // person@example.com all the same).
+    let refused = connect(&api, SUB_B, "person@ＥＸＡＭＰＬＥ.com", true).await;
+    assert_limited(&refused, "emails_per_recipient");
     // The link alone (no email) is not an email.
     assert_eq!(
         connect(&api, SUB_B, "person@example.com", false)
