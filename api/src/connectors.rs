@@ -463,7 +463,11 @@ mod tests {
     fn nested(depth: usize, array: bool) -> Map<String, Value> {
         let mut value = json!(1);
         for _ in 1..depth {
-            value = if array { json!([value]) } else { json!({ "a": value }) };
+            value = if array {
+                json!([value])
+            } else {
+                json!({ "a": value })
+            };
         }
         let mut top = Map::new();
         top.insert("a".into(), value);

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{Address, Message};
 use schemas::events::AuthLinkIssued;
-use service_kit::consent::{self, ConsentNotice};
 use schemas::{Envelope, UserEmail};
+use service_kit::consent::{self, ConsentNotice};
 
 pub const SUBJECT: &str = "Connect your Google Calendar";
 

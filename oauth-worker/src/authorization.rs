@@ -67,7 +67,13 @@ pub fn issue_retry_link(
     scopes: &[String],
     login_hint: Option<&str>,
 ) -> IssuedLink {
-    build_link(client, profile, scopes, login_hint, "select_account consent")
+    build_link(
+        client,
+        profile,
+        scopes,
+        login_hint,
+        "select_account consent",
+    )
 }
 
 fn build_link(
@@ -182,7 +188,12 @@ mod tests {
     fn retry_links_offer_the_account_chooser() {
         let config = config();
         let client = provider_client(&config);
-        let link = issue_retry_link(&client, ProviderProfile::Google, &config.scopes.0, Some("user@example.com"));
+        let link = issue_retry_link(
+            &client,
+            ProviderProfile::Google,
+            &config.scopes.0,
+            Some("user@example.com"),
+        );
         let q: HashMap<String, String> = link.url.query_pairs().into_owned().collect();
         assert_eq!(q["prompt"], "select_account consent");
         assert_eq!(q["login_hint"], "user@example.com");

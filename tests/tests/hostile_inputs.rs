@@ -278,6 +278,7 @@ impl Stack {
             ConnectRequested {
                 user_email: UserEmail::parse(user_email).expect("email"),
                 send_email: false,
+                tenant_name: None,
             },
         );
         let reply = self
@@ -382,10 +383,9 @@ impl Findings {
     }
 }
 
-/// The code of a bad email address. Issue 14 §3 (branch `honest`) answers `invalid_email`
-/// for every problem with an email field (`userEmail`, `googleEmail`): change this one line
-/// when it lands.
-const BAD_EMAIL: &str = "invalid_field";
+/// The code of a bad email address: every problem with an email field (`userEmail`,
+/// `googleEmail`) is `invalid_email`.
+const BAD_EMAIL: &str = "invalid_email";
 
 fn bad_email_code(op: Op) -> Expect {
     api_error(400, BAD_EMAIL, op)
@@ -583,14 +583,12 @@ async fn hostile_requests_are_refused_with_their_documented_code_and_change_noth
 }
 
 // ---------------------------------------------------------------------------------------------
-// What other parts of issue 14 change: written with the behaviour they bring, ignored until
-// they land.
+// Issue 14's honest answers and reads that create nothing.
 
 /// Issue 14 §3: an address the mailer cannot deliver is refused with `invalid_email`; a body
 /// that is not a JSON object is refused instead of being read positionally into the fields;
 /// a charset other than UTF-8 is a 415; every answer carries `X-Content-Type-Options: nosniff`.
 #[tokio::test]
-#[ignore = "issue 14 §3, lands with honest"]
 async fn answers_tell_the_truth_about_hostile_input() {
     let stack = Stack::start().await;
     for subaccount in [SUB_A, SUB_B, SUB_C] {

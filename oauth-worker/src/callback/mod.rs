@@ -453,7 +453,8 @@ impl Callback {
             .as_deref()
             .unwrap_or(&tokens.access_token);
         let outcome = match self.provider.revoke(token).await {
-            Ok(()) => "revoked",
+            Ok(crate::provider::Revocation::Revoked) => "revoked",
+            Ok(crate::provider::Revocation::AlreadyInvalid) => "already_invalid",
             Err(error) => {
                 tracing::warn!(%error, reason, "could not revoke a refused account's grant");
                 "failed"
