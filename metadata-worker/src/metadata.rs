@@ -25,6 +25,15 @@
 //!
 //! Documents written before several accounts were supported have the spec's fields but no
 //! `connections`; the first event turns those fields into the list's first entry.
+//!
+//! An account is keyed by [`schemas::google_account_key`] (trimmed, lower-case), the key the
+//! oauth-worker stores tokens under and disconnect looks up. Every event's email is normalized
+//! here, so an event published before the deprecated metadata endpoint normalized (still in the
+//! stream, or parked and replayed) writes the same key. Entries such an event already stored
+//! (`GoogleUser@Gmail.com`) are matched case-insensitively and rewritten under the normalized key
+//! by the next event of their account; two spellings of one account become one entry. No
+//! migration at start-up: the match covers every tenant at once, costs nothing when there is
+//! nothing to fix, and cannot race the workers' own writes.
 
 use bson::{Bson, Document, doc};
 use mongodb::Collection;
@@ -32,7 +41,7 @@ use schemas::documents::connector_subaccount::{COLLECTION, GOOGLE_CALENDAR_CONNE
 use schemas::events::{
     ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
 };
-use schemas::{Envelope, SubaccountId};
+use schemas::{Envelope, SubaccountId, google_account_key};
 use service_kit::mongo::TenantDatabases;
 
 /// What a write did.
@@ -95,7 +104,8 @@ pub async fn apply_succeeded(
 pub fn succeeded_write(event: &Envelope<ConnectionSucceeded>) -> Write {
     let p = &event.payload;
     let at = p.connected_at.as_str();
-    let email = p.google_email.as_str();
+    let email = google_account_key(&p.google_email);
+    let email = email.as_str();
     let entry = doc! {
         "calendarId": &p.calendar_id,
         "userEmail": &p.user_email,
@@ -125,6 +135,8 @@ pub async fn apply_failed(
     else {
         return Ok(Applied::Unchanged);
     };
+    let email = google_account_key(email);
+    let email = email.as_str();
     let at = iso_millis(event.occurred_at);
     let older_connection = doc! {
         "connectedAt": { "$lt": &at },
@@ -135,7 +147,12 @@ pub async fn apply_failed(
     };
     let marked = doc! { "$mergeObjects": [
         "$$entry",
-        { "isConnected": false, "reason": "reauth_required", "reauthRequiredAt": { "$literal": &at } },
+        {
+            "googleEmail": { "$literal": email },
+            "isConnected": false,
+            "reason": "reauth_required",
+            "reauthRequiredAt": { "$literal": &at },
+        },
     ] };
     Write::new(
         &event.subaccount_id,
@@ -151,14 +168,19 @@ pub async fn apply_disconnected(
     event: &Envelope<ConnectionDisconnected>,
 ) -> mongodb::error::Result<Applied> {
     let at = event.payload.disconnected_at.as_str();
-    let email = event.payload.google_email.as_str();
+    let email = google_account_key(&event.payload.google_email);
+    let email = email.as_str();
     let newer_recorded = doc! { "$or": [
         { "connectedAt": { "$gte": at } },
         { "disconnectedAt": { "$gte": at } },
     ] };
     let marked = doc! { "$mergeObjects": [
         "$$entry",
-        { "isConnected": false, "disconnectedAt": { "$literal": at } },
+        {
+            "googleEmail": { "$literal": email },
+            "isConnected": false,
+            "disconnectedAt": { "$literal": at },
+        },
     ] };
     let tombstone = doc! { "$literal": {
         "googleEmail": email,
@@ -214,13 +236,14 @@ impl Write {
 }
 
 /// A filter: the account's entry matches `condition`. Documents without `connections` (written
-/// before several accounts) are read through their top-level fields.
+/// before several accounts) are read through their top-level fields. The entry's email is
+/// compared ignoring case (see the module docs).
 fn recorded(email: &str, condition: Document) -> Document {
-    let mut listed = doc! { "googleEmail": email };
+    let mut listed = doc! { "googleEmail": same_account(email) };
     listed.extend(condition.clone());
     let mut legacy = doc! {
         "metadata.connections": { "$exists": false },
-        "metadata.googleEmail": email,
+        "metadata.googleEmail": same_account(email),
     };
     for (field, value) in prefixed(condition) {
         legacy.insert(field, value);
@@ -229,6 +252,21 @@ fn recorded(email: &str, condition: Document) -> Document {
         { "metadata.connections": { "$elemMatch": listed } },
         legacy,
     ] }
+}
+
+/// A query condition: a stored `googleEmail` that is `key` (normalized) in any case. Every
+/// ASCII punctuation character is escaped, so the address is matched literally.
+fn same_account(key: &str) -> Document {
+    let mut pattern = String::with_capacity(key.len() * 2 + 2);
+    pattern.push('^');
+    for c in key.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('$');
+    doc! { "$regex": pattern, "$options": "i" }
 }
 
 /// The same conditions on `metadata.<field>` instead of an array element's `<field>`.
@@ -269,22 +307,40 @@ fn current_connections() -> Bson {
     ] })
 }
 
-/// The new list: the account's entry replaced by `replace` (an expression over `$$entry`), or,
-/// when the account is not listed, `insert` appended (if given).
+/// The new list: the account's entry replaced by `replace` (an expression over `$$entry` that
+/// writes the normalized `googleEmail`), or, when the account is not listed, `insert` appended
+/// (if given). Entries are the account's whatever the case of their `googleEmail`; when one
+/// account has two (written before emails were normalized), the first is replaced and the
+/// others dropped.
 fn upsert_entry(email: &str, replace: Bson, insert: Option<Bson>) -> Document {
     // In an aggregation expression a string starting with `$` is a field path; an email's local
     // part may start with one.
     let email = doc! { "$literal": email };
-    let replaced = doc! { "$map": {
+    let is_account = |entry: &str| doc! { "$eq": [{ "$toLower": entry }, &email] };
+    let kept_emails =
+        doc! { "$map": { "input": "$$value", "as": "kept", "in": "$$kept.googleEmail" } };
+    let replaced = doc! { "$reduce": {
         "input": "$$list",
-        "as": "entry",
-        "in": { "$cond": [{ "$eq": ["$$entry.googleEmail", &email] }, replace, "$$entry"] },
+        "initialValue": [],
+        "in": { "$cond": [
+            is_account("$$this.googleEmail"),
+            { "$cond": [
+                { "$in": [&email, kept_emails] },
+                "$$value",
+                { "$concatArrays": ["$$value", [{ "$let": { "vars": { "entry": "$$this" }, "in": replace } }]] },
+            ] },
+            { "$concatArrays": ["$$value", ["$$this"]] },
+        ] },
     } };
     let not_listed = match insert {
         Some(entry) => Bson::Document(doc! { "$concatArrays": ["$$list", [entry]] }),
         None => Bson::String("$$list".into()),
     };
-    let emails = doc! { "$map": { "input": "$$list", "as": "entry", "in": "$$entry.googleEmail" } };
+    let emails = doc! { "$map": {
+        "input": "$$list",
+        "as": "entry",
+        "in": { "$toLower": "$$entry.googleEmail" },
+    } };
     doc! { "$let": {
         "vars": { "list": current_connections() },
         "in": { "$cond": [{ "$in": [email, emails] }, replaced, not_listed] },
@@ -335,4 +391,19 @@ fn described_account() -> Document {
             } },
         } },
     } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_is_matched_literally_in_any_case() {
+        let condition = same_account("first.last+tag@gmail.com");
+        assert_eq!(
+            condition.get_str("$regex"),
+            Ok(r"^first\.last\+tag\@gmail\.com$")
+        );
+        assert_eq!(condition.get_str("$options"), Ok("i"));
+    }
 }

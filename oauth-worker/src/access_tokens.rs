@@ -100,7 +100,7 @@ impl crate::rpc::Responder for AccessTokens {
                 message: format!("access token request not understood: {error}"),
             },
             Ok(request) => {
-                let email = request.payload.google_email.to_lowercase();
+                let email = schemas::google_account_key(&request.payload.google_email);
                 match self.get(&request.subaccount_id, &email).await {
                     Ok(issued) => AccessTokenReply::Issued {
                         access_token: issued.access_token,

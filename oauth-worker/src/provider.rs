@@ -223,7 +223,7 @@ impl Provider {
             .await?;
         match (info.email, info.email_verified) {
             (Some(email), Some(true)) if !email.is_empty() => Ok(Identity {
-                email: email.to_lowercase(),
+                email: schemas::google_account_key(&email),
                 // Fail closed: only an explicit `email_verified: true` gets here.
                 email_verified: true,
             }),

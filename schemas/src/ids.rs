@@ -195,6 +195,22 @@ impl DisplayName {
     }
 }
 
+/// How a Google account's email is written wherever it is a key: the stored tokens, the
+/// calendar entries, `metadata.connections` and every lookup of them (disconnect, access
+/// tokens). Google treats the address case-insensitively, so one account must have one key
+/// whichever way a caller spelled it; the callback, the deprecated metadata endpoint, the
+/// disconnect routes and the workers all go through this one function.
+pub fn google_account_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+impl UserEmail {
+    /// This address as a Google account's key ([`google_account_key`]).
+    pub fn google_account_key(&self) -> String {
+        google_account_key(&self.0)
+    }
+}
+
 macro_rules! string_newtype_impls {
     ($($ty:ident),*) => {$(
         impl TryFrom<String> for $ty {
@@ -240,6 +256,16 @@ fn truncate_for_message(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_google_account_has_one_key_however_it_is_spelled() {
+        assert_eq!(
+            google_account_key(" GoogleUser@Gmail.com "),
+            "googleuser@gmail.com"
+        );
+        let parsed = UserEmail::parse("GoogleUser@Gmail.com ").expect("valid");
+        assert_eq!(parsed.google_account_key(), "googleuser@gmail.com");
+    }
 
     #[test]
     fn subaccount_id_accepts_object_ids_and_normalises_case() {

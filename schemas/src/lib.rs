@@ -17,4 +17,4 @@ pub mod json_schema;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Envelope, Event, RawEnvelope, StreamEvent};
-pub use ids::{ConnectorId, DisplayName, IdError, SubaccountId, UserEmail};
+pub use ids::{ConnectorId, DisplayName, IdError, SubaccountId, UserEmail, google_account_key};

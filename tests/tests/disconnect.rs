@@ -24,9 +24,17 @@ const EMAIL: &str = "person@gmail.example";
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn setup(worker: &[(&str, &str)]) -> (OAuthStack, Api, RunningService) {
+    setup_with(worker, &[]).await
+}
+
+/// As [`setup`], with settings for the api too.
+async fn setup_with(
+    worker: &[(&str, &str)],
+    api: &[(&str, &str)],
+) -> (OAuthStack, Api, RunningService) {
     let ctx = TestContext::new();
     let stack = OAuthStack::start(ctx.clone(), worker).await;
-    let api = Api::start_in(ctx.clone(), &[]).await;
+    let api = Api::start_in(ctx.clone(), api).await;
     api.seed_google_calendar(SUBACCOUNT).await;
     let config: MetadataWorkerConfig = ctx.config(&[]);
     let mut metadata = RunningService::start(metadata_worker::SERVICE, |l, s| {
@@ -288,11 +296,32 @@ async fn several_accounts_disconnected_one_at_a_time_and_capped() {
 
 /// DELETE of every account, then the settled operation.
 async fn disconnect_all(api: &Api) -> Value {
-    let reply = delete(
-        api,
-        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
-    )
-    .await;
+    disconnected(api, &format!("/api/connectors/{SUBACCOUNT}/google-calendar")).await
+}
+
+/// A service token the api accepts for the deprecated metadata endpoint.
+const REPORTER_TOKEN: &str = "gcal_svc_disconnect-test-reporter-token";
+
+fn reporter_tokens() -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(REPORTER_TOKEN.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("database-server:{hex}:connectors:metadata:write")
+}
+
+/// `connectedAt` of the stored metadata, one millisecond later (still in the past, so a
+/// disconnect requested now is newer).
+fn just_after(metadata: &Value) -> String {
+    let at = chrono::DateTime::parse_from_rfc3339(metadata["connectedAt"].as_str().expect("at"))
+        .expect("ISO 8601");
+    (at + chrono::Duration::milliseconds(1))
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Waits for the disconnect requested at `path` to finish, and returns its operation.
+async fn disconnected(api: &Api, path: &str) -> Value {
+    let reply = delete(api, path).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     settled(api, reply.body["data"]["operationId"].as_str().expect("id")).await
 }
@@ -380,4 +409,132 @@ async fn a_revocation_refused_for_good_still_disconnects_and_says_so() {
         "{metrics}"
     );
     assert!(!stack.google.is_revoked(&refresh));
+
+/// Every account of the metadata: (googleEmail, isConnected).
+fn accounts(metadata: &Value) -> Vec<(String, bool)> {
+    metadata["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| {
+            (
+                c["googleEmail"].as_str().expect("email").to_owned(),
+                c["isConnected"] == true,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deprecated_report_is_stored_normalized_and_disconnect_finds_it() {
+    let (_stack, api, _metadata) =
+        setup_with(&[], &[("SERVICE_TOKENS", reporter_tokens().as_str())]).await;
+    let connected = metadata_until(&api, |m| m["isConnected"] == true).await;
+
+    // Another service reports the same account, spelled its own way.
+    let reported = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/connectors/{SUBACCOUNT}/metadata/update"),
+        )
+        .header("x-service-token", REPORTER_TOKEN)
+        .json(&serde_json::json!({ "metadata": {
+            "calendarId": "507f1f77bcf86cd799439011",
+            "userEmail": "user@example.com",
+            "googleEmail": "PERSON@Gmail.Example ",
+            "connectedAt": just_after(&connected),
+            "isConnected": true,
+        } }))
+        .send()
+        .await
+        .expect("metadata update");
+    assert_eq!(reported.status(), 202);
+    let stored = metadata_until(&api, |m| m["calendarId"] == "507f1f77bcf86cd799439011").await;
+    assert_eq!(stored["googleEmail"], EMAIL, "{stored}");
+    assert_eq!(
+        accounts(&stored),
+        [(EMAIL.to_owned(), true)],
+        "one account, one entry"
+    );
+
+    let done = disconnected(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/Person@GMAIL.example"),
+    )
+    .await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
+    let after = metadata_until(&api, |m| m["isConnected"] == false).await;
+    assert_eq!(accounts(&after), [(EMAIL.to_owned(), false)]);
+}
+
+#[tokio::test]
+async fn entries_stored_before_emails_were_normalized_are_found_by_disconnect() {
+    let (stack, api, _metadata) = setup(&[]).await;
+    let connectors = api
+        .tenant_db(SUBACCOUNT)
+        .await
+        .collection::<bson::Document>(schemas::documents::connector_subaccount::COLLECTION);
+    let old_spelling = "Person@Gmail.Example";
+
+    // As the deprecated endpoint left it: the callback's entry, and the same account reported
+    // later under another spelling, which the top-level fields describe.
+    let connected = metadata_until(&api, |m| m["isConnected"] == true).await;
+    let reported = bson::doc! {
+        "calendarId": "507f1f77bcf86cd799439011",
+        "userEmail": "user@example.com",
+        "googleEmail": old_spelling,
+        "connectedAt": just_after(&connected),
+        "isConnected": true,
+    };
+    let callback_entry =
+        bson::to_document(&connected["connections"][0]).expect("the callback's entry");
+    let mut metadata = reported.clone();
+    metadata.insert("connections", vec![callback_entry, reported.clone()]);
+    connectors
+        .update_one(
+            bson::doc! {},
+            bson::doc! { "$set": { "metadata": metadata } },
+        )
+        .await
+        .expect("old-form metadata");
+    let done = disconnected(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await;
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]), "{done}");
+    let after = metadata_until(&api, |m| m["isConnected"] == false).await;
+    assert_eq!(
+        accounts(&after),
+        [(EMAIL.to_owned(), false)],
+        "both spellings are the one account, disconnected"
+    );
+
+    // Older still: one account in the spec's top-level fields, no `connections`.
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            Decision::Allow {
+                account: Some(EMAIL.into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let connected = metadata_until(&api, |m| m["isConnected"] == true).await;
+    let mut legacy = reported;
+    legacy.insert("connectedAt", just_after(&connected));
+    connectors
+        .update_one(bson::doc! {}, bson::doc! { "$set": { "metadata": legacy } })
+        .await
+        .expect("legacy metadata");
+    let done = disconnected(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
+    )
+    .await;
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]), "{done}");
+    let after = metadata_until(&api, |m| m["isConnected"] == false).await;
+    assert_eq!(accounts(&after), [(EMAIL.to_owned(), false)]);
 }

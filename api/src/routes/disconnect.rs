@@ -96,7 +96,7 @@ pub async fn disconnect_one(
         request_id,
         &user,
         path,
-        Some(email.as_str().to_lowercase()),
+        Some(email.google_account_key()),
     )
     .await
 }

@@ -211,7 +211,9 @@ async fn accept(
     let payload = ConnectionSucceeded {
         calendar_id: metadata.calendar_id.0,
         user_email: metadata.user_email.to_string(),
-        google_email: metadata.google_email.to_string(),
+        // The key every other writer and every lookup uses: stored as the caller spelled it,
+        // disconnect could not find it.
+        google_email: metadata.google_email.google_account_key(),
         connected_at: metadata.connected_at.canonical(),
     };
     let mut event = Envelope::new(subaccount.clone(), correlation_id, payload);

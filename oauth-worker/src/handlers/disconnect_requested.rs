@@ -74,7 +74,7 @@ impl DisconnectHandler {
     ) -> Result<Vec<AccountRevocation>, HandlerError> {
         let subaccount = &event.subaccount_id;
         let emails = match &event.payload.google_email {
-            Some(email) => vec![email.to_lowercase()],
+            Some(email) => vec![schemas::google_account_key(email)],
             None => self.tokens.accounts(subaccount).await.map_err(storage)?,
         };
         let mut done = Vec::new();
