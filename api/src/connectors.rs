@@ -14,6 +14,11 @@
 //! request. Connectors are never removed through this api, so a remembered "exists" can only
 //! be wrong after another system deletes the document, for at most that long.
 //!
+//! Reads never create anything: they use the tenant database as it is
+//! ([`service_kit::mongo::TenantDatabases::existing`]), so a read of a subaccount that has no
+//! database (a typo, a probe, a tenant that never connected) leaves none behind. Only
+//! [`ConnectorStore::create`] ensures the tenant's indexes, and so creates its database.
+//!
 //! Documents are returned as the platform's Node services return them (Mongoose's JSON):
 //! `_id` and other ObjectIds as hex strings, dates as ISO 8601 strings with milliseconds,
 //! `config` and `metadata` as objects, and any field written by another system kept as is.
@@ -134,8 +139,8 @@ impl ConnectorStore {
         if let Some(Value::Array(cached)) = self.cache_get(&key).await {
             return Ok(cached);
         }
-        let collection = self.collection(subaccount).await?;
-        let documents: Vec<Document> = collection
+        let documents: Vec<Document> = self
+            .existing(subaccount)
             .find(doc! { "subaccountId": subaccount.as_str() })
             .sort(doc! { "createdAt": 1, "_id": 1 })
             .await
@@ -163,8 +168,7 @@ impl ConnectorStore {
             return Ok(Some(cached));
         }
         let found = self
-            .collection(subaccount)
-            .await?
+            .existing(subaccount)
             .find_one(
                 doc! { "subaccountId": subaccount.as_str(), "connectorId": connector.as_str() },
             )
@@ -200,7 +204,7 @@ impl ConnectorStore {
         let raw = bson::to_document(&document)
             .map_err(|e| ApiError::Internal(format!("connector document: {e}")))?;
         let inserted = self
-            .collection(subaccount)
+            .for_writing(subaccount)
             .await?
             .insert_one(raw.clone())
             .await;
@@ -239,7 +243,17 @@ impl ConnectorStore {
         }
     }
 
-    async fn collection(
+    /// For reads: the collection as it is, creating nothing.
+    fn existing(&self, subaccount: &SubaccountId) -> mongodb::Collection<Document> {
+        self.infra
+            .mongo
+            .existing(subaccount)
+            .collection::<Document>(COLLECTION)
+    }
+
+    /// For adding a connector: the tenant's indexes ensured first (the unique
+    /// `(subaccountId, connectorId)` decides conflicts).
+    async fn for_writing(
         &self,
         subaccount: &SubaccountId,
     ) -> Result<mongodb::Collection<Document>, ApiError> {

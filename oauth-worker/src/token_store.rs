@@ -150,9 +150,13 @@ impl TokenStore {
         subaccount: &SubaccountId,
         google_email: &str,
     ) -> Result<Option<StoredAuth>, TokenStoreError> {
+        // A read creates nothing: an access-token request for an unknown subaccount leaves no
+        // database behind.
         let found = self
-            .collection(subaccount)
-            .await?
+            .infra
+            .mongo
+            .existing(subaccount)
+            .collection::<GoogleAuth>(COLLECTION)
             .find_one(doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email })
             .await?;
         let Some(document) = found else {
@@ -255,12 +259,8 @@ impl TokenStore {
         subaccount: &SubaccountId,
     ) -> Result<Vec<String>, TokenStoreError> {
         use futures::TryStreamExt;
-        let raw: Collection<Document> = self
-            .infra
-            .mongo
-            .connection_for(subaccount)
-            .await?
-            .collection(COLLECTION);
+        let raw: Collection<Document> =
+            self.infra.mongo.existing(subaccount).collection(COLLECTION);
         let documents: Vec<Document> = raw
             .find(doc! { "subaccountId": subaccount.as_str() })
             .projection(doc! { "googleEmail": 1 })

@@ -170,9 +170,12 @@ impl TenantDatabases {
         Ok(db)
     }
 
-    /// The tenant's database without ensuring its indexes: for services that only update
-    /// documents that already exist (whoever created them ensured the indexes), so a worker
-    /// meeting thousands of tenants does not issue three `createIndexes` for each.
+    /// The tenant's database without ensuring its indexes: for every read (a read creates
+    /// nothing: creating an index creates the database, so a read of an unknown subaccount
+    /// through [`Self::connection_for`] would leave an empty tenant database behind), and for
+    /// services that only update documents that already exist (whoever created them ensured
+    /// the indexes), so a worker meeting thousands of tenants does not issue three
+    /// `createIndexes` for each.
     pub fn existing(&self, subaccount: &SubaccountId) -> Database {
         self.client
             .database(&self.template.database_for(subaccount))

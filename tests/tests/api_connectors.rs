@@ -366,3 +366,71 @@ async fn a_redis_outage_degrades_reads_to_mongodb_and_never_fails_a_request() {
     let list = api.get(&list_path(SUBACCOUNT), Some(&token)).await;
     assert_eq!(list.body["data"].as_array().map(Vec::len), Some(2));
 }
+
+/// The tenant databases of this test's context on the server.
+async fn tenant_databases(api: &Api) -> Vec<String> {
+    let client = mongodb::Client::with_uri_str(&api.ctx.mongodb_uri)
+        .await
+        .expect("mongo client");
+    let prefix = format!("{}_", api.ctx.id);
+    client
+        .list_database_names()
+        .await
+        .expect("list databases")
+        .into_iter()
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn reads_of_an_unknown_subaccount_create_no_database() {
+    let api = Api::start(&[]).await;
+    const UNKNOWN: &str = "68cf05f060d294db17c06800";
+    let token = token(UNKNOWN);
+    let webhook = "0190a8c2-6d6e-7cc3-8f4e-4f1f4f7a1b2c";
+    for (path, status) in [
+        (list_path(UNKNOWN), 200),
+        (one_path(UNKNOWN, "google-calendar"), 404),
+        (one_path(UNKNOWN, "outlook"), 404),
+        (format!("/api/connectors/{UNKNOWN}/operations/nope"), 404),
+        (format!("/api/connectors/{UNKNOWN}/webhooks"), 200),
+        (
+            format!("/api/connectors/{UNKNOWN}/webhooks/{webhook}/deliveries"),
+            404,
+        ),
+    ] {
+        let reply = api.get(&path, Some(&token)).await;
+        assert_eq!(reply.status, status, "GET {path}: {}", reply.body);
+    }
+    // Requests refused because the connector does not exist read, and so create nothing either.
+    api.post(
+        &connect_path(UNKNOWN),
+        Some(&token),
+        &json!({ "userEmail": "user@example.com" }),
+    )
+    .await
+    .assert_error(404, "connector_not_found");
+    api.send(
+        reqwest::Method::DELETE,
+        &one_path(UNKNOWN, "google-calendar"),
+        Some(&token),
+        None,
+    )
+    .await
+    .assert_error(404, "connector_not_found");
+    assert_eq!(tenant_databases(&api).await, Vec::<String>::new());
+
+    // Adding a connector is a write: it creates the database (and shows the check above sees one).
+    let created = api
+        .post(
+            &list_path(UNKNOWN),
+            Some(&token),
+            &json!({ "connectorId": "google-calendar" }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(
+        tenant_databases(&api).await,
+        [format!("{}_{UNKNOWN}", api.ctx.id)]
+    );
+}

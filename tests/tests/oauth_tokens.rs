@@ -297,3 +297,23 @@ async fn the_connection_event_survives_a_nats_outage_during_the_callback() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_access_token_request_for_an_unknown_subaccount_creates_no_database() {
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
+    let unknown = schemas::SubaccountId::parse("68cf05f060d294db17c06801").expect("id");
+    match access_token_via(&stack.nats, &stack.ns, &unknown, EMAIL).await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::NotConnected)
+        }
+        other => panic!("{other:?}"),
+    }
+    let names = mongodb::Client::with_uri_str(&stack.ctx.mongodb_uri)
+        .await
+        .expect("mongo")
+        .list_database_names()
+        .await
+        .expect("list databases");
+    let database = format!("{}_{unknown}", stack.ctx.id);
+    assert!(!names.contains(&database), "{names:?}");
+}

@@ -210,8 +210,12 @@ pub async fn get_operation(
     Path((_, operation_id)): Path<(String, String)>,
 ) -> Result<Json<Success<serde_json::Value>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
-    let found = operations(&state, &subaccount)
-        .await?
+    // A read creates nothing: no TTL index, no database for an unknown subaccount.
+    let found = state
+        .infra
+        .mongo
+        .existing(&subaccount)
+        .collection::<Operation>(COLLECTION)
         .find_one(doc! { "_id": &operation_id })
         .await
         .map_err(|e| ApiError::database(e, "reading the operation"))?;
