@@ -45,6 +45,9 @@ struct AuthState {
     tokens: Arc<HashMap<String, (String, Vec<String>)>>,
     mode: Arc<Mutex<AuthMode>>,
     hits: Arc<AtomicUsize>,
+    /// Calls being answered now, and the most there ever were at once.
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
 
@@ -76,6 +79,8 @@ impl AuthServer {
             ),
             mode: Arc::new(Mutex::new(AuthMode::Answer)),
             hits: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            most_in_flight: Arc::new(AtomicUsize::new(0)),
             bodies: Arc::new(Mutex::new(Vec::new())),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -108,6 +113,10 @@ impl AuthServer {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    fn most_in_flight(&self) -> usize {
+        self.state.most_in_flight.load(Ordering::SeqCst)
+    }
+
     fn set_mode(&self, mode: AuthMode) {
         *self.state.mode.lock().expect("mode") = mode;
     }
@@ -123,8 +132,20 @@ impl AuthServer {
     }
 }
 
+/// Counts a call in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn validate(State(state): State<AuthState>, body: axum::body::Bytes) -> Response {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.most_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _in_flight = InFlight(state.in_flight.clone());
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     state.bodies.lock().expect("bodies").push(body.clone());
     let mode = *state.mode.lock().expect("mode");
@@ -882,4 +903,96 @@ async fn without_the_event_stream_the_update_is_503_event_stream_unavailable() {
         started.elapsed()
     );
     assert!(published(&api).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_unknown_token_make_one_auth_server_call() {
+    let auth = AuthServer::start(&[("db-token", "database-server", &[WRITE])]).await;
+    // Slow enough that every request arrives while the first call is still out.
+    auth.set_mode(AuthMode::Slow(Duration::from_millis(500)));
+    let api = api_with(&auth, &[]).await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    provision_streams(&api).await;
+
+    let body = metadata();
+    let replies = futures::future::join_all((0..50).map(|_| {
+        update(
+            &api,
+            SUBACCOUNT,
+            &[("x-service-token", "unknown-token")],
+            &body,
+        )
+    }))
+    .await;
+    for reply in &replies {
+        reply.assert_error(401, "invalid_service_token");
+    }
+    assert_eq!(auth.hits(), 1, "one call for the fifty");
+
+    // Within SERVICE_TOKEN_NEGATIVE_CACHE_TTL the refusal is remembered: no call at all.
+    update(
+        &api,
+        SUBACCOUNT,
+        &[("x-service-token", "unknown-token")],
+        &metadata(),
+    )
+    .await
+    .assert_error(401, "invalid_service_token");
+    assert_eq!(auth.hits(), 1);
+    assert!(published(&api).await.is_empty(), "nothing published");
+}
+
+#[tokio::test]
+async fn random_tokens_never_have_more_auth_server_calls_in_flight_than_the_bound() {
+    let auth = AuthServer::start(&[("db-token", "database-server", &[WRITE])]).await;
+    auth.set_mode(AuthMode::Slow(Duration::from_millis(200)));
+    let api = api_with(
+        &auth,
+        &[
+            ("SERVICE_AUTH_MAX_IN_FLIGHT", "2"),
+            ("SERVICE_AUTH_TIMEOUT", "500ms"),
+        ],
+    )
+    .await;
+    api.seed_google_calendar(SUBACCOUNT).await;
+    provision_streams(&api).await;
+
+    let tokens: Vec<String> = (0..30).map(|n| format!("random-token-{n}")).collect();
+    let body = metadata();
+    let headers: Vec<[(&str, &str); 1]> = tokens
+        .iter()
+        .map(|token| [("x-service-token", token.as_str())])
+        .collect();
+    let replies = futures::future::join_all(
+        headers
+            .iter()
+            .map(|header| update(&api, SUBACCOUNT, header, &body)),
+    )
+    .await;
+    assert!(
+        auth.most_in_flight() <= 2,
+        "{} calls at once",
+        auth.most_in_flight()
+    );
+    // Those that could not get a turn in time are told to come back, not refused as invalid.
+    let mut unavailable = 0;
+    for reply in &replies {
+        match reply.status {
+            401 => reply.assert_error(401, "invalid_service_token"),
+            _ => {
+                reply.assert_error(503, "service_auth_unavailable");
+                assert!(header(reply, "retry-after").is_some());
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "30 calls of 200 ms, 2 at a time, cannot all fit in 500 ms"
+    );
+    assert_eq!(
+        auth.hits() + unavailable,
+        30,
+        "a refused turn makes no call"
+    );
 }

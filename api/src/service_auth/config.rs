@@ -136,6 +136,10 @@ pub struct ServiceAuthConfig {
     /// How long an "invalid" answer is reused from Redis, so a caller retrying a bad token
     /// does not turn into a flood on the auth server. Zero: not cached.
     pub negative_cache_ttl: Duration,
+    /// Calls to the auth server outstanding at once, per api replica: unknown tokens, all
+    /// different (a flood of random ones), cannot turn into more than this many calls in
+    /// flight. A verification that waits longer than `timeout` for its turn is 503.
+    pub max_in_flight: usize,
     /// Used only without an auth server.
     pub static_tokens: StaticServiceTokens,
 }
@@ -182,6 +186,14 @@ impl ServiceAuthConfig {
                 "must be at most 10m: a newly issued token is refused this long",
             );
         }
+        let max_in_flight: usize = env.value(
+            "SERVICE_AUTH_MAX_IN_FLIGHT",
+            "16",
+            "Calls to SERVICE_AUTH_URL one api replica has outstanding at once (1 to 1024); a token whose verification waits longer than SERVICE_AUTH_TIMEOUT for a free one gets 503 service_auth_unavailable.",
+        );
+        if !(1..=1024).contains(&max_in_flight) {
+            env.problem("SERVICE_AUTH_MAX_IN_FLIGHT", "must be between 1 and 1024");
+        }
         let static_tokens: StaticServiceTokens = env
             .optional(
                 "SERVICE_TOKENS",
@@ -199,6 +211,7 @@ impl ServiceAuthConfig {
             timeout,
             cache_ttl,
             negative_cache_ttl,
+            max_in_flight,
             static_tokens,
         }
     }

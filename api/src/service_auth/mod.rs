@@ -28,6 +28,10 @@
 //!   as the reference spec does; a revoked token keeps working that long), invalid ones for
 //!   `SERVICE_TOKEN_NEGATIVE_CACHE_TTL`. "Unavailable" is never cached. When Redis fails the
 //!   auth server is asked (and the failure logged); a request never fails because of the cache.
+//!   Per replica, concurrent verifications of one token share one lookup, invalid verdicts are
+//!   also kept in memory (bounded) for `SERVICE_TOKEN_NEGATIVE_CACHE_TTL`, and at most
+//!   `SERVICE_AUTH_MAX_IN_FLIGHT` auth-server calls are outstanding: one that waits longer than
+//!   `SERVICE_AUTH_TIMEOUT` for its turn is "unavailable" (503).
 //! - **Static list** (`SERVICE_TOKENS`, without an auth server): comma-separated
 //!   `service:sha256hex:perm1|perm2` entries, where `sha256hex` is the SHA-256 of the token
 //!   (`printf %s "$TOKEN" | sha256sum`); the token's hash is compared with every entry in

@@ -1,8 +1,18 @@
 //! Deciding whether a service token is valid, and what it may do: by asking the auth server
 //! (answers cached in Redis under the token's SHA-256), or by the static hashed list.
+//!
+//! In front of Redis and the auth server, each replica keeps the verdicts in process
+//! ([`AuthServer::verdicts`], bounded): concurrent verifications of one token share one
+//! lookup (single flight: 50 requests with the same unknown token are one auth-server call),
+//! and an "invalid" verdict is answered from memory for `SERVICE_TOKEN_NEGATIVE_CACHE_TTL`.
+//! A "valid" one is not kept past its lookup: Redis holds it, shared by the replicas. Distinct
+//! unknown tokens cannot share anything, so the calls to the auth server are also bounded in
+//! number: at most `SERVICE_AUTH_MAX_IN_FLIGHT` outstanding per replica; a verification that
+//! cannot get its turn within `SERVICE_AUTH_TIMEOUT` is "unavailable" (503, never cached), so a
+//! flood of random tokens slows down with the auth server instead of multiplying its load.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use redis::AsyncCommands;
@@ -21,6 +31,9 @@ const MAX_TOKEN_BYTES: usize = 4096;
 const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 /// The longest `service` name accepted from the auth server.
 const MAX_SERVICE_NAME: usize = 128;
+/// Verdicts (and lookups in flight) kept in process, per replica: about 100 bytes each, so
+/// random tokens cannot grow memory past a few megabytes; the least recently used go first.
+const VERDICTS_CAPACITY: u64 = 20_000;
 
 /// Who called, as the token's issuer vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +59,34 @@ struct AuthServer {
     infra: Infrastructure,
     cache_ttl: Duration,
     negative_cache_ttl: Duration,
+    /// Verdicts by token hash: one lookup per token at a time, invalid ones remembered.
+    verdicts: moka::future::Cache<[u8; 32], Verdict>,
+    /// Turns to call the auth server (`SERVICE_AUTH_MAX_IN_FLIGHT`).
+    calls: Arc<tokio::sync::Semaphore>,
+    /// How long a verification waits for a turn (`SERVICE_AUTH_TIMEOUT`).
+    turn_wait: Duration,
+}
+
+/// How long an in-process verdict lives: an "invalid" one for the negative TTL, a "valid" one
+/// only while its lookup is shared (Redis keeps it for the replicas, and a token revoked at the
+/// auth server must not outlive `SERVICE_TOKEN_CACHE_TTL` here because Redis was flushed).
+struct VerdictExpiry {
+    invalid: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Verdict> for VerdictExpiry {
+    fn expire_after_create(
+        &self,
+        _token_hash: &[u8; 32],
+        verdict: &Verdict,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if verdict.valid {
+            Duration::ZERO
+        } else {
+            self.invalid
+        })
+    }
 }
 
 impl std::fmt::Debug for ServiceTokenVerifier {
@@ -114,6 +155,14 @@ impl ServiceTokenVerifier {
                     infra: infra.clone(),
                     cache_ttl: config.cache_ttl,
                     negative_cache_ttl: config.negative_cache_ttl,
+                    verdicts: moka::future::Cache::builder()
+                        .max_capacity(VERDICTS_CAPACITY)
+                        .expire_after(VerdictExpiry {
+                            invalid: config.negative_cache_ttl,
+                        })
+                        .build(),
+                    calls: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                    turn_wait: config.timeout,
                 })
             }
             None if !config.static_tokens.0.is_empty() => {
@@ -196,10 +245,25 @@ impl AuthServer {
         token: &str,
         digest: &[u8; 32],
     ) -> Result<ServiceIdentity, ServiceAuthError> {
+        // Concurrent callers with the same token wait for the first one's lookup; an error
+        // (unavailable) is shared with them but not kept.
+        self.verdicts
+            .try_get_with(*digest, self.look_up(token, digest))
+            .await
+            .map_err(|shared| (*shared).clone())?
+            .into_identity()
+    }
+
+    /// The verdict from Redis, else from the auth server (then cached in Redis).
+    async fn look_up(&self, token: &str, digest: &[u8; 32]) -> Result<Verdict, ServiceAuthError> {
         let key = self.infra.keys.service_token(&hex(digest));
         if let Some(cached) = self.cache_get(&key).await {
-            return cached.into_identity();
+            return Ok(cached);
         }
+        let Ok(Ok(_turn)) = tokio::time::timeout(self.turn_wait, self.calls.acquire()).await else {
+            tracing::warn!(wait = ?self.turn_wait, "service token not verified: every call to the auth server is taken (SERVICE_AUTH_MAX_IN_FLIGHT)");
+            return Err(ServiceAuthError::Unavailable);
+        };
         let verdict = self.ask(token).await?;
         let ttl = if verdict.valid {
             self.cache_ttl
@@ -207,7 +271,7 @@ impl AuthServer {
             self.negative_cache_ttl
         };
         self.cache_put(&key, &verdict, ttl).await;
-        verdict.into_identity()
+        Ok(verdict)
     }
 
     /// One validation request. Only a clear answer is a verdict; anything else means the
