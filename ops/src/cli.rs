@@ -39,12 +39,25 @@ pub struct GlobalArgs {
     /// How long to keep trying to reach NATS before giving up
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s")]
     pub connect_timeout: HumanDuration,
+    /// Overall bound on a replay: at the deadline it stops, reports what it did and what it
+    /// did not, and exits 75
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = parse_deadline)]
+    pub deadline: HumanDuration,
 }
 
 impl GlobalArgs {
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout.0
     }
+}
+
+/// `--deadline`: a duration, not zero.
+fn parse_deadline(raw: &str) -> Result<HumanDuration, String> {
+    let parsed: HumanDuration = raw.parse().map_err(|e| format!("{e}"))?;
+    if parsed.0.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(parsed)
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod config;
 mod dead_letter;
+mod deadline;
 mod output;
 mod reader;
 pub mod secrets;
@@ -29,6 +30,7 @@ pub use cli::{
     EventsReplayArgs, GlobalArgs, SecretsCommand,
 };
 pub use dead_letter::{Detail, Summary};
+pub use deadline::DeadlineReached;
 pub use output::{Action, Outcome, SomeFailed};
 pub use subject::{ConsumerName, SubjectFilter};
 
@@ -42,6 +44,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code for a command line that does not make sense (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when a replay stopped at its `--deadline` (sysexits' EX_TEMPFAIL: running it
+/// again goes on where it stopped). The report lists what was done, what was interrupted and
+/// what was not attempted.
+pub const EXIT_DEADLINE: u8 = 75;
 /// Exit code for invalid configuration, as the services use (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = service_kit::service::EXIT_CONFIG;
 
@@ -61,6 +67,7 @@ pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Re
         secrets::generate(chrono::Utc::now(), out)?;
         return Ok(());
     }
+    let deadline = deadline::Deadline::start(cli.global.deadline.0);
     let settings = config::resolve(&cli.global, env)?;
     commands::check(&cli.command, &settings.namespace)?;
     let client = config::connect(&settings, cli.global.connect_timeout()).await?;
@@ -68,6 +75,7 @@ pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Re
         js: async_nats::jetstream::new(client.clone()),
         ns: settings.namespace,
         json: cli.global.json,
+        deadline,
     };
     let result = commands::dispatch(&ops, cli.command, out).await;
     // Everything that matters was acknowledged already; this only sends what is buffered.
@@ -81,6 +89,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         EXIT_CONFIG
     } else if err.downcast_ref::<UsageError>().is_some() {
         EXIT_USAGE
+    } else if err.downcast_ref::<DeadlineReached>().is_some() {
+        EXIT_DEADLINE
     } else {
         EXIT_FAILED
     }

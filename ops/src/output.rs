@@ -114,6 +114,10 @@ pub enum Action {
     Deleted,
     WouldDelete,
     Failed,
+    /// In progress when the deadline came: it may or may not have been done.
+    Interrupted,
+    /// Left alone: the deadline came first.
+    NotAttempted,
 }
 
 impl Action {
@@ -124,6 +128,8 @@ impl Action {
             Action::Deleted => "deleted",
             Action::WouldDelete => "would delete",
             Action::Failed => "failed",
+            Action::Interrupted => "interrupted",
+            Action::NotAttempted => "not attempted",
         }
     }
 }
@@ -167,6 +173,22 @@ impl Outcome {
         Self {
             error: Some(error.into()),
             ..Self::new(sequence, Action::Failed)
+        }
+    }
+
+    /// In progress when the deadline came.
+    pub fn interrupted(sequence: u64, why: impl Into<String>) -> Self {
+        Self {
+            error: Some(why.into()),
+            ..Self::new(sequence, Action::Interrupted)
+        }
+    }
+
+    /// Left alone because the deadline came first.
+    pub fn not_attempted(sequence: u64) -> Self {
+        Self {
+            error: Some("not attempted: the deadline came first".into()),
+            ..Self::new(sequence, Action::NotAttempted)
         }
     }
 }
@@ -219,7 +241,9 @@ pub fn report(
                     .and_then(|d| d.consumer.clone())
                     .map(|c| format!("parked by {c}"))
                     .unwrap_or_default(),
-                Action::Failed => o.error.clone().unwrap_or_default(),
+                Action::Failed | Action::Interrupted | Action::NotAttempted => {
+                    o.error.clone().unwrap_or_default()
+                }
             };
             table.row(vec![
                 o.sequence.to_string(),

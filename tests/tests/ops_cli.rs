@@ -896,3 +896,79 @@ async fn a_missing_stream_or_bad_setting_says_what_to_fix() {
     assert!(err.to_string().contains("NATS_NAMESPACE"), "{err}");
     assert_eq!(ops::exit_code(&err), 78);
 }
+
+#[tokio::test]
+async fn a_replay_stops_at_its_deadline_reports_what_it_did_and_exits_75() {
+    let p = parked().await;
+    let list = p.nats.ops_json(&["dlq", "list"]).await;
+    let refused = dead_letter_seq(&list, p.refused_seq);
+    let failed = dead_letter_seq(&list, 4);
+    let garbage = dead_letter_seq(&list, p.garbage_seq);
+
+    // JetStream never acknowledges a connection-failed replay: the domain stream no longer
+    // takes that subject, and a subscriber that never answers holds the publish open.
+    let mut config = p.nats.events().await.cached_info().config.clone();
+    config.subjects = vec![p.nats.ns.event_filter::<AuthLinkIssued>()];
+    p.nats.js.update_stream(config).await.expect("narrowed");
+    let _silent = p
+        .nats
+        .js
+        .client()
+        .subscribe(p.nats.ns.event_filter::<ConnectionFailed>())
+        .await
+        .expect("subscribe");
+
+    let (result, out) = p
+        .nats
+        .ops(&[
+            "--json",
+            "--deadline",
+            "2s",
+            "dlq",
+            "replay",
+            &refused.to_string(),
+            &failed.to_string(),
+            &garbage.to_string(),
+        ])
+        .await;
+    let err = result.expect_err("stopped at the deadline");
+    assert_eq!(ops::exit_code(&err), ops::EXIT_DEADLINE, "{err:#}");
+    let reached = err
+        .downcast_ref::<ops::DeadlineReached>()
+        .expect("a deadline error");
+    assert_eq!(
+        (reached.done, reached.interrupted, reached.not_attempted),
+        (1, 1, 1)
+    );
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let results: Vec<(u64, &str)> = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|o| {
+            (
+                o["sequence"].as_u64().expect("seq"),
+                o["result"].as_str().expect("result"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (refused, "replayed"),
+            (failed, "interrupted"),
+            (garbage, "not-attempted")
+        ]
+    );
+    // What was not surely replayed is still parked for the next run.
+    let left: Vec<u64> = p
+        .nats
+        .ops_json(&["dlq", "list"])
+        .await
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["sequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(left, [failed.min(garbage), failed.max(garbage)]);
+}

@@ -1,6 +1,7 @@
 //! `dlq replay`: each dead letter's original payload back onto its original subject in the
 //! domain stream (a new message id, the original id in `Gcal-Original-Msg-Id`), and — once
 //! JetStream has acknowledged the replay — the dead letter deleted, so it is not replayed twice.
+//! Bounded by `--deadline`: what is left then stays in the dead-letter stream for the next run.
 
 use std::io::Write;
 
@@ -9,6 +10,7 @@ use schemas::subjects::headers;
 
 use crate::cli::DlqReplayArgs;
 use crate::dead_letter::{Summary, summarize};
+use crate::deadline::DeadlineReached;
 use crate::output::{self, Action, Outcome};
 use crate::reader::{self, Stored};
 
@@ -20,18 +22,28 @@ pub async fn run(ops: &Ops, args: DlqReplayArgs, out: &mut dyn Write) -> anyhow:
     let events = reader::open_stream(&ops.js, &ops.ns.events_stream()).await?;
     // Each dead letter, or why it cannot be had.
     let letters: Vec<Result<Stored, Outcome>> = if args.all {
-        dead_letters(
-            ops,
-            &dlq,
-            args.consumer.as_ref(),
-            args.subject.as_ref(),
-            args.since,
-            None,
-        )
-        .await?
-        .into_iter()
-        .map(Ok)
-        .collect()
+        let listed = ops
+            .deadline
+            .bound(dead_letters(
+                ops,
+                &dlq,
+                args.consumer.as_ref(),
+                args.subject.as_ref(),
+                args.since,
+                None,
+            ))
+            .await;
+        let Some(listed) = listed else {
+            return Err(DeadlineReached {
+                budget: ops.deadline.budget(),
+                done: 0,
+                interrupted: 0,
+                not_attempted: 0,
+                resume: format!("; nothing was replayed: the dead letters of {dlq_name} could not be listed in time"),
+            }
+            .into());
+        };
+        listed?.into_iter().map(Ok).collect()
     } else {
         let mut letters = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -53,17 +65,46 @@ pub async fn run(ops: &Ops, args: DlqReplayArgs, out: &mut dyn Write) -> anyhow:
             "replaying"
         },
     );
-    let mut outcomes = Vec::with_capacity(letters.len());
+    let total = letters.len();
+    let mut outcomes = Vec::with_capacity(total);
+    let mut interrupted = 0;
     for letter in letters {
         let outcome = match letter {
-            Ok(letter) => replay(ops, &dlq, &events, &letter, args.dry_run).await,
             Err(unknown) => unknown,
+            Ok(letter) if ops.deadline.passed() => Outcome::not_attempted(letter.sequence),
+            Ok(letter) => ops
+                .deadline
+                .bound(replay(ops, &dlq, &events, &letter, args.dry_run))
+                .await
+                .unwrap_or_else(|| {
+                    interrupted += 1;
+                    Outcome::interrupted(
+                        letter.sequence,
+                        "the deadline came while it was being replayed: it may have been \
+                         replayed, and its dead letter is kept (replaying it again is harmless)",
+                    )
+                }),
         };
         outcomes.push(outcome);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    output::report(out, ops.json, &dlq_name, &outcomes)
+    let reported = output::report(out, ops.json, &dlq_name, &outcomes);
+    let not_attempted = outcomes
+        .iter()
+        .filter(|o| o.result == Action::NotAttempted)
+        .count();
+    if interrupted + not_attempted == 0 {
+        return reported;
+    }
+    Err(DeadlineReached {
+        budget: ops.deadline.budget(),
+        done: total - interrupted - not_attempted,
+        interrupted,
+        not_attempted: not_attempted as u64,
+        resume: "; what is left is still in the dead-letter stream: run the command again".into(),
+    }
+    .into())
 }
 
 async fn replay(

@@ -15,6 +15,7 @@ use schemas::subjects::{Namespace, headers};
 
 use crate::UsageError;
 use crate::cli::{Command, DlqCommand, EventsCommand, SecretsCommand};
+use crate::deadline::Deadline;
 use crate::reader::{self, RangeReader, Start, Stored};
 use crate::subject::{ConsumerName, SubjectFilter};
 
@@ -24,6 +25,8 @@ pub struct Ops {
     pub js: jetstream::Context,
     pub ns: Namespace,
     pub json: bool,
+    /// The overall bound on a replay (`--deadline`).
+    pub deadline: Deadline,
 }
 
 impl Ops {
