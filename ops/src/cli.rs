@@ -53,7 +53,9 @@ impl GlobalArgs {
 
 /// `--deadline`: a duration, not zero.
 fn parse_deadline(raw: &str) -> Result<HumanDuration, String> {
-    let parsed: HumanDuration = raw.parse().map_err(|e| format!("{e}"))?;
+    let parsed: HumanDuration = raw
+        .parse()
+        .map_err(|e: <HumanDuration as std::str::FromStr>::Err| e.to_string())?;
     if parsed.0.is_zero() {
         return Err("must be longer than zero".into());
     }

@@ -78,6 +78,8 @@ struct MetadataBody {
     calendar_id: CalendarId,
     #[schema(value_type = String, format = "email", example = "user@example.com")]
     user_email: UserEmail,
+    /// Stored trimmed and lower-case, the key the account has everywhere (disconnect finds it
+    /// however it was spelled here).
     #[schema(value_type = String, format = "email", example = "googleuser@gmail.com")]
     google_email: UserEmail,
     /// With a time zone; not in the future.

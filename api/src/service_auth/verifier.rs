@@ -48,7 +48,7 @@ pub struct ServiceIdentity {
 pub struct ServiceTokenVerifier(Arc<Mode>);
 
 enum Mode {
-    AuthServer(AuthServer),
+    AuthServer(Box<AuthServer>),
     Static(Vec<StaticServiceToken>),
     NotConfigured,
 }
@@ -149,7 +149,7 @@ impl ServiceTokenVerifier {
                         setting: "SERVICE_AUTH_URL",
                         cause: format!("cannot build the HTTP client: {e}"),
                     })?;
-                Mode::AuthServer(AuthServer {
+                Mode::AuthServer(Box::new(AuthServer {
                     http,
                     url: url.0.clone(),
                     infra: infra.clone(),
@@ -163,7 +163,7 @@ impl ServiceTokenVerifier {
                         .build(),
                     calls: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
                     turn_wait: config.timeout,
-                })
+                }))
             }
             None if !config.static_tokens.0.is_empty() => {
                 Mode::Static(config.static_tokens.0.clone())
