@@ -296,7 +296,11 @@ async fn several_accounts_disconnected_one_at_a_time_and_capped() {
 
 /// DELETE of every account, then the settled operation.
 async fn disconnect_all(api: &Api) -> Value {
-    disconnected(api, &format!("/api/connectors/{SUBACCOUNT}/google-calendar")).await
+    disconnected(
+        api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await
 }
 
 /// A service token the api accepts for the deprecated metadata endpoint.
@@ -409,6 +413,7 @@ async fn a_revocation_refused_for_good_still_disconnects_and_says_so() {
         "{metrics}"
     );
     assert!(!stack.google.is_revoked(&refresh));
+}
 
 /// Every account of the metadata: (googleEmail, isConnected).
 fn accounts(metadata: &Value) -> Vec<(String, bool)> {

@@ -210,6 +210,18 @@ pub async fn get_operation(
     Path((_, operation_id)): Path<(String, String)>,
 ) -> Result<Json<Success<serde_json::Value>>, ApiError> {
     user.authorize(&subaccount, MANAGE_CONNECTORS)?;
+    // Operation ids are UUIDs: anything else is not one, without a database read, and is
+    // echoed cut short (a hostile path must not come back as a large body).
+    if uuid::Uuid::parse_str(&operation_id).is_err() {
+        let mut shown: String = operation_id.chars().take(64).collect();
+        if shown.len() < operation_id.len() {
+            shown.push('…');
+        }
+        return Err(ApiError::OperationNotFound {
+            subaccount,
+            operation: shown,
+        });
+    }
     // A read creates nothing: no TTL index, no database for an unknown subaccount.
     let found = state
         .infra
