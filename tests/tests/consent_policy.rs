@@ -134,15 +134,50 @@ async fn invited_refuses_another_account_and_its_retry_link_connects_the_invited
 }
 
 #[tokio::test]
-async fn an_unverified_email_is_refused_under_invited() {
-    let stack = OAuthStack::start(TestContext::new(), INVITED).await;
-    // Google always states it; other providers may leave the claim out, which is not a "yes".
-    stack.google.set_email_verified("user@example.com", None);
-    let (_, page) = stack
-        .connect("user@example.com", as_account("user@example.com"))
-        .await;
-    assert_refused(&stack, &page, "user@example.com", "user@example.com").await;
-    assert!(page.body.contains("not verified"), "{}", page.body);
+async fn an_unverified_email_is_refused_and_its_grant_revoked_under_every_policy() {
+    for policy in [INVITED, &[][..]] {
+        let stack = OAuthStack::start(TestContext::new(), policy).await;
+        // Google always states it; other providers may leave the claim out, which is not a
+        // "yes" (fail closed), so neither a false nor a missing claim connects anything.
+        for (account, verified) in [
+            ("user@example.com", None),
+            ("other@example.com", Some(false)),
+        ] {
+            stack.google.set_email_verified(account, verified);
+            let (_, page) = stack.connect("user@example.com", as_account(account)).await;
+            assert_eq!(page.status, 400, "{}", page.body);
+            assert!(stack.google_auth(account).await.is_none(), "tokens stored");
+            let refresh = stack
+                .google
+                .refresh_token_of(account)
+                .expect("a grant issued");
+            assert!(
+                stack.google.is_revoked(&refresh),
+                "the refused grant is still live at the provider"
+            );
+        }
+        assert!(stack.calendars().await.is_empty(), "calendar entry stored");
+        // Published after the page answered: wait for both.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut failed = stack.events::<ConnectionFailed>(WAIT).await;
+        while failed.len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            failed = stack.events::<ConnectionFailed>(WAIT).await;
+        }
+        assert_eq!(failed.len(), 2, "{failed:?}");
+        assert!(
+            failed
+                .iter()
+                .all(|e| e.payload.reason == FailureReason::IdentityUnavailable),
+            "{failed:?}"
+        );
+        assert!(
+            stack
+                .events::<ConnectionSucceeded>(Duration::ZERO)
+                .await
+                .is_empty()
+        );
+    }
 }
 
 #[tokio::test]

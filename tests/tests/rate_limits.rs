@@ -337,8 +337,19 @@ async fn a_flooding_tenant_gets_its_limit_and_another_tenant_its_email_on_time()
     assert!(sent <= 101, "tenant A queued {sent} emails");
     // B's link, as it arrived, still works.
     let link = b.body["data"]["authUrl"].as_str().expect("authUrl");
+    let state = url::Url::parse(link)
+        .expect("authUrl")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
     let text = b_email.text().expect("text part");
-    assert!(text.contains(link), "B's email holds B's link");
+    // The email leads to B's consent page, for B's state, which leads on to authUrl.
+    assert!(
+        text.contains(&format!("/api/google/consent?state={state}")),
+        "B's email holds B's link:
+{text}"
+    );
     let callback = stack.consent(link, Decision::allow()).await;
     let page = stack.open(&callback).await;
     assert_eq!(page.status, 200, "B's link works: {}", page.body);

@@ -246,6 +246,9 @@ impl Callback {
             Ok(identity) => identity,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the account's email");
+                // Without a (verified) email nothing is stored: the grant is given back now,
+                // not left live at the provider.
+                self.revoke_refused(&tokens, "identity_unavailable").await;
                 failed(
                     FailureReason::IdentityUnavailable,
                     None,
