@@ -7,9 +7,10 @@
 //! PX` with a random value, released only by its holder) refreshes; the others wait for the
 //! cache to fill. The write is fenced: it lands only if the document's `tokenVersion` is still
 //! the one the holder read, so a holder that stalled past its lock cannot overwrite a newer
-//! token. `invalid_grant` marks the account `reauth_required` and emits connection-failed. So
-//! does an expired token of a grant that came without a refresh token, answered
-//! `no_refresh_token` (now and on every later request) so the caller learns why.
+//! token. `invalid_grant` marks the account `reauth_required` and emits connection-failed
+//! (through the outbox: stored before the reply, published even after a crash). So does an
+//! expired token of a grant that came without a refresh token, answered `no_refresh_token`
+//! (now and on every later request) so the caller learns why.
 //!
 //! Cached tokens are encrypted with the vault like stored ones. Tokens never reach logs.
 
@@ -328,26 +329,27 @@ impl AccessTokens {
     ) -> AccessTokenError {
         tracing::warn!(why, "the account needs to be connected again");
         metrics::counter!("token_refreshes_total", "outcome" => "reauth_required").increment(1);
-        match self
+        // The event is stored before the account is marked, so a crash between the two
+        // cannot leave a marked account nobody was told about (at worst the next request
+        // finds the refresh token refused again and announces it again).
+        let event = Envelope::new(
+            subaccount.clone(),
+            uuid::Uuid::now_v7(),
+            ConnectionFailed {
+                user_email: None,
+                google_email: Some(google_email.to_owned()),
+                reason: FailureReason::ReauthRequired,
+                message: format!("{why}; the user must connect Google Calendar again"),
+                missing_scopes: vec![],
+            },
+        );
+        self.outbox.publish_durably(event).await;
+        if let Err(error) = self
             .store
             .mark(subaccount, google_email, AuthStatus::ReauthRequired)
             .await
         {
-            Ok(_) => {
-                let event = Envelope::new(
-                    subaccount.clone(),
-                    uuid::Uuid::now_v7(),
-                    ConnectionFailed {
-                        user_email: None,
-                        google_email: Some(google_email.to_owned()),
-                        reason: FailureReason::ReauthRequired,
-                        message: format!("{why}; the user must connect Google Calendar again"),
-                        missing_scopes: vec![],
-                    },
-                );
-                self.outbox.publish_detached(event);
-            }
-            Err(error) => tracing::error!(%error, "cannot mark the account reauth_required"),
+            tracing::error!(%error, "cannot mark the account reauth_required");
         }
         let mut redis = self.infra.redis.clone();
         let _: redis::RedisResult<()> = redis

@@ -1,18 +1,23 @@
-//! Events that must not be lost: connection-succeeded is written into the account's
-//! `googleauths` document together with the tokens (`pendingEvent`, one single-document write),
-//! then published; the entry is cleared once JetStream acknowledges it. When JetStream is
-//! unreachable at that moment the [`Relay`] keeps trying, and at start-up (and every
-//! [`SCAN_EVERY`]) it scans every tenant for entries a crash left behind. The event id is the
-//! `Nats-Msg-Id`, so publishing an entry twice stores it once.
+//! Events that must not be lost are stored before they are published, and removed once
+//! JetStream acknowledges them:
 //!
-//! connection-failed events have no document to ride in (nothing was stored); they are
-//! published with bounded retries in the background ([`Outbox::publish_detached`]).
+//! - connection-succeeded is written into the account's `googleauths` document together with
+//!   the tokens (`pendingEvent`, one single-document write);
+//! - connection-failed (including reauth-required) has no such document (nothing was stored,
+//!   or only a status changes), so it is written to the tenant's `outbox` collection first
+//!   ([`Outbox::publish_durably`]), before the callback answers or the token RPC replies.
+//!
+//! When JetStream is unreachable at that moment the [`Relay`] keeps trying, and at start-up
+//! (and every [`SCAN_EVERY`]) it scans every tenant for entries a crash left behind. The event
+//! id is the `Nats-Msg-Id`, so publishing an entry twice stores it once.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use bson::{Document, doc};
 use schemas::documents::google_auth::PendingEvent;
+use schemas::documents::outbox::{COLLECTION as OUTBOX, OutboxEntry};
 use schemas::events::{ConnectionFailed, ConnectionSucceeded};
 use schemas::{Envelope, Event, RawEnvelope, StreamEvent, SubaccountId};
 use service_kit::Infrastructure;
@@ -34,6 +39,15 @@ pub struct Outbox {
     infra: Infrastructure,
     store: TokenStore,
     retry: mpsc::UnboundedSender<SubaccountId>,
+}
+
+/// Where an entry waits until JetStream has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// `pendingEvent` of the account's `googleauths` document.
+    WithTokens,
+    /// A document of its own in the tenant's `outbox` collection.
+    Alone,
 }
 
 /// Publishes what [`Outbox`] could not, until it can.
@@ -61,18 +75,115 @@ impl Outbox {
     }
 
     /// The outbox entry for `event`, to be written with the tokens.
-    pub fn entry(event: &Envelope<ConnectionSucceeded>) -> PendingEvent {
+    pub fn entry<E: Event + serde::Serialize>(event: &Envelope<E>) -> PendingEvent {
         PendingEvent {
             event_id: event.id.to_string(),
-            event_type: ConnectionSucceeded::TYPE.to_owned(),
+            event_type: E::TYPE.to_owned(),
             envelope: String::from_utf8(event.to_bytes()).expect("serde_json always writes UTF-8"),
         }
     }
 
-    /// Publishes a stored entry now and clears it; on failure hands the tenant to the relay.
-    /// True when JetStream has it.
+    /// Publishes an entry stored with the tokens now and clears it; on failure hands the
+    /// tenant to the relay. True when JetStream has it.
     pub async fn publish_now(&self, subaccount: &SubaccountId, entry: &PendingEvent) -> bool {
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_entry(subaccount, entry)).await {
+        self.publish_stored(Kept::WithTokens, subaccount, entry)
+            .await
+    }
+
+    /// Stores `event` in the tenant's `outbox` collection, then publishes it in the
+    /// background (the relay takes over when JetStream is unreachable). Returns once the
+    /// event is stored, so a crash after that cannot lose it. Only if MongoDB cannot store it
+    /// either is it published with in-process retries alone (and lost if this process stops
+    /// before JetStream is back), which is logged.
+    pub async fn publish_durably<E>(&self, event: Envelope<E>)
+    where
+        E: StreamEvent + serde::Serialize + Send + Sync + 'static,
+    {
+        let entry = Self::entry(&event);
+        let subaccount = event.subaccount_id.clone();
+        if let Err(error) = self.store_alone(&subaccount, &entry).await {
+            tracing::error!(%error, event_id = %event.id, event_type = E::TYPE,
+                "event not stored in the outbox; publishing it with in-process retries only");
+            self.publish_detached(event);
+            return;
+        }
+        let outbox = self.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                outbox
+                    .publish_stored(Kept::Alone, &subaccount, &entry)
+                    .await;
+            },
+            span,
+        ));
+    }
+
+    /// Writes an entry to the `outbox` collection; storing the same event twice keeps one.
+    async fn store_alone(
+        &self,
+        subaccount: &SubaccountId,
+        entry: &PendingEvent,
+    ) -> Result<(), mongodb::error::Error> {
+        let stored = OutboxEntry {
+            event_id: entry.event_id.clone(),
+            event_type: entry.event_type.clone(),
+            envelope: entry.envelope.clone(),
+            created_at: bson::DateTime::now(),
+        };
+        let mut fields = bson::to_document(&stored).map_err(mongodb::error::Error::custom)?;
+        fields.remove("_id");
+        self.infra
+            .mongo
+            .connection_for(subaccount)
+            .await?
+            .collection::<Document>(OUTBOX)
+            .update_one(
+                doc! { "_id": &entry.event_id },
+                doc! { "$setOnInsert": fields },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Every entry of a tenant's `outbox` collection. `existing`: the relay scans every
+    /// tenant and must not create databases or collections in the ones that have none.
+    async fn stored_alone(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<Vec<PendingEvent>, mongodb::error::Error> {
+        use futures::TryStreamExt;
+        let entries: Vec<OutboxEntry> = self
+            .infra
+            .mongo
+            .existing(subaccount)
+            .collection::<OutboxEntry>(OUTBOX)
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| PendingEvent {
+                event_id: e.event_id,
+                event_type: e.event_type,
+                envelope: e.envelope,
+            })
+            .collect())
+    }
+
+    /// Publishes a stored entry now and clears it; on failure hands the tenant to the relay.
+    async fn publish_stored(
+        &self,
+        kept: Kept,
+        subaccount: &SubaccountId,
+        entry: &PendingEvent,
+    ) -> bool {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_entry(kept, subaccount, entry))
+            .await
+        {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
                 tracing::warn!(%error, event_id = %entry.event_id, "event kept in the outbox; the relay will publish it");
@@ -89,6 +200,7 @@ impl Outbox {
 
     async fn publish_entry(
         &self,
+        kept: Kept,
         subaccount: &SubaccountId,
         entry: &PendingEvent,
     ) -> Result<(), String> {
@@ -120,15 +232,29 @@ impl Outbox {
         if ack.duplicate {
             tracing::info!(event_id = %entry.event_id, "outbox entry was already published");
         }
-        self.store
-            .clear_pending(subaccount, &entry.event_id)
-            .await
-            .map_err(|e| format!("published, but the outbox entry is not cleared yet: {e}"))
+        let cleared = match kept {
+            Kept::WithTokens => self
+                .store
+                .clear_pending(subaccount, &entry.event_id)
+                .await
+                .map_err(|e| e.to_string()),
+            Kept::Alone => self
+                .infra
+                .mongo
+                .existing(subaccount)
+                .collection::<Document>(OUTBOX)
+                .delete_one(doc! { "_id": &entry.event_id })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        cleared.map_err(|e| format!("published, but the outbox entry is not cleared yet: {e}"))
     }
 
-    /// Publishes an event that has no document to wait in, retrying in the background for
-    /// a few minutes; logged if it still cannot be published.
-    pub fn publish_detached<E: StreamEvent + serde::Serialize + Send + Sync + 'static>(
+    /// Publishes an event with in-process retries only (a few minutes); logged if it still
+    /// cannot be published. The fallback of [`Self::publish_durably`] when MongoDB cannot
+    /// store the event.
+    fn publish_detached<E: StreamEvent + serde::Serialize + Send + Sync + 'static>(
         &self,
         event: Envelope<E>,
     ) {
@@ -157,16 +283,27 @@ impl Outbox {
 
     /// Publishes every entry of one tenant; false if any is still pending.
     async fn flush(&self, subaccount: &SubaccountId) -> bool {
-        let entries = match self.store.pending(subaccount).await {
+        let with_tokens = match self.store.pending(subaccount).await {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!(%error, %subaccount, "cannot read the outbox");
                 return false;
             }
         };
+        let alone = match self.stored_alone(subaccount).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, %subaccount, "cannot read the outbox collection");
+                return false;
+            }
+        };
+        let entries = with_tokens
+            .into_iter()
+            .map(|e| (Kept::WithTokens, e))
+            .chain(alone.into_iter().map(|e| (Kept::Alone, e)));
         let mut all = true;
-        for entry in entries {
-            if let Err(error) = self.publish_entry(subaccount, &entry).await {
+        for (kept, entry) in entries {
+            if let Err(error) = self.publish_entry(kept, subaccount, &entry).await {
                 tracing::debug!(%error, event_id = %entry.event_id, "outbox entry still pending");
                 all = false;
             } else {

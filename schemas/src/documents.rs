@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod connector_subaccount;
 pub mod google_auth;
 pub mod operation;
+pub mod outbox;
 pub mod webhook;
 
 pub use calendar::Calendar;
@@ -14,4 +15,5 @@ pub use connector_subaccount::{
 };
 pub use google_auth::{AuthStatus, EncryptedToken, GoogleAuth};
 pub use operation::{Operation, OperationStatus};
+pub use outbox::OutboxEntry;
 pub use webhook::{DeliveryOutcome, WebhookDelivery, WebhookEndpoint};

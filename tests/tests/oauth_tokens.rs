@@ -317,3 +317,101 @@ async fn an_access_token_request_for_an_unknown_subaccount_creates_no_database()
     let database = format!("{}_{unknown}", stack.ctx.id);
     assert!(!names.contains(&database), "{names:?}");
 }
+
+/// The entries of the tenant's `outbox` collection (events with no other document to wait in).
+async fn outbox_entries(stack: &OAuthStack) -> Vec<bson::Document> {
+    use futures::TryStreamExt;
+    stack
+        .tenant()
+        .await
+        .collection::<bson::Document>("outbox")
+        .find(bson::doc! {})
+        .await
+        .expect("query")
+        .try_collect()
+        .await
+        .expect("read")
+}
+
+#[tokio::test]
+async fn a_connection_failure_survives_a_nats_outage_and_a_restart() {
+    let mut nats = NatsServer::start();
+    let mut ctx = TestContext::new();
+    ctx.nats_url = nats.url();
+    let stack = OAuthStack::start(ctx, &[]).await;
+    let (_, auth_url) = stack.issue_link("user@example.com").await;
+    let callback = stack.consent(&auth_url, Decision::Deny).await;
+
+    nats.stop();
+    let page = stack.open(&callback).await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    let stored = outbox_entries(&stack).await;
+    assert_eq!(stored.len(), 1, "stored before the page was answered");
+    assert_eq!(stored[0].get_str("eventType"), Ok("connection-failed"));
+
+    // The worker that stored it stops before NATS is back; the next one publishes it.
+    let stack = stack
+        .restart_worker_after(&[], async { nats.restart() })
+        .await;
+    let events = stack
+        .events::<ConnectionFailed>(Duration::from_secs(30))
+        .await;
+    assert_eq!(events.len(), 1, "published once NATS was back");
+    assert_eq!(events[0].payload.reason, FailureReason::AccessDenied);
+    assert_eq!(
+        events[0].id.to_string(),
+        stored[0].get_str("_id").expect("id")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !outbox_entries(&stack).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn reauth_required_is_kept_until_the_stream_can_take_it() {
+    let overrides = [("ACCESS_TOKEN_MARGIN", "1m")];
+    let stack = OAuthStack::start(TestContext::new(), &overrides).await;
+    stack
+        .google
+        .set_access_token_lifetime(Duration::from_secs(30));
+    stack.connect("user@example.com", allow()).await;
+    assert_eq!(
+        stack
+            .events::<ConnectionSucceeded>(Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(stack.google.revoke_refresh_tokens_of(EMAIL), 1);
+
+    // The stream is gone when the refresh is refused: the event cannot be published now.
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    js.delete_stream(stack.ns.events_stream())
+        .await
+        .expect("stream deleted");
+    match stack.access_token(EMAIL).await {
+        AccessTokenReply::Rejected { code, .. } => {
+            assert_eq!(code, AccessTokenRejectionCode::ReauthRequired)
+        }
+        other => panic!("{other:?}"),
+    }
+    let stored = outbox_entries(&stack).await;
+    assert_eq!(stored.len(), 1, "stored before the reply");
+
+    // A restart recreates the stream; the relay publishes the kept event.
+    let stack = stack.restart_worker_after(&overrides, async {}).await;
+    let failed = stack
+        .events::<ConnectionFailed>(Duration::from_secs(30))
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].payload.reason, FailureReason::ReauthRequired);
+    assert_eq!(
+        failed[0].id.to_string(),
+        stored[0].get_str("_id").expect("id")
+    );
+}

@@ -16,8 +16,9 @@
 //!    are written in one document write (the outbox), then the event is published.
 //! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
 //!
-//! Every failure after step 1 emits connection-failed with its reason. The event ids derive
-//! from the state, so the same attempt can never produce two different events.
+//! Every failure after step 1 emits connection-failed with its reason, stored in the outbox
+//! before the page is answered (so a crash or a NATS outage cannot lose it). The event ids
+//! derive from the state, so the same attempt can never produce two different events.
 
 pub mod page;
 
@@ -134,8 +135,20 @@ impl Callback {
     }
 
     async fn connect(&self, query: CallbackQuery, state: &str, attempt: PendingAttempt) -> Outcome {
+        let pending = &attempt;
         let failed = |reason, google_email: Option<&str>, message: String, missing: Vec<String>| {
-            self.emit_failure(state, &attempt, reason, google_email, message, missing)
+            let google_email = google_email.map(str::to_owned);
+            async move {
+                self.emit_failure(
+                    state,
+                    pending,
+                    reason,
+                    google_email.as_deref(),
+                    message,
+                    missing,
+                )
+                .await;
+            }
         };
         if let Some(error) = query.error {
             let (reason, title, message) = if error == "access_denied" {
@@ -160,7 +173,8 @@ impl Callback {
                 None,
                 format!("provider returned error={}", short(&error)),
                 vec![],
-            );
+            )
+            .await;
             return Outcome::failed(
                 StatusCode::BAD_REQUEST,
                 Outcome::reason_name(reason),
@@ -174,7 +188,8 @@ impl Callback {
                 None,
                 "the callback carried neither code nor error".into(),
                 vec![],
-            );
+            )
+            .await;
             return Outcome::failed(
                 StatusCode::BAD_REQUEST,
                 "provider_error",
@@ -195,7 +210,8 @@ impl Callback {
                     None,
                     format!("code exchange failed: {error}"),
                     vec![],
-                );
+                )
+                .await;
                 return provider_failure(&error);
             }
         };
@@ -234,7 +250,8 @@ impl Callback {
                 None,
                 "the user did not grant every required scope".into(),
                 missing.clone(),
-            );
+            )
+            .await;
             return Outcome::failed(
                 StatusCode::BAD_REQUEST,
                 "scope_not_granted",
@@ -254,7 +271,8 @@ impl Callback {
                     None,
                     format!("userinfo failed: {error}"),
                     vec![],
-                );
+                )
+                .await;
                 return provider_failure(&error);
             }
         };
@@ -283,7 +301,8 @@ impl Callback {
                         self.max_accounts
                     ),
                     vec![],
-                );
+                )
+                .await;
                 return Outcome::failed(
                     StatusCode::CONFLICT,
                     "account_limit_reached",
@@ -298,7 +317,8 @@ impl Callback {
                     Some(google_email),
                     "the connected accounts could not be counted".into(),
                     vec![],
-                );
+                )
+                .await;
                 return storage_failure();
             }
         }
@@ -311,7 +331,8 @@ impl Callback {
                     Some(google_email),
                     format!("calendar lookup failed: {error}"),
                     vec![],
-                );
+                )
+                .await;
                 return provider_failure(&error);
             }
         };
@@ -334,7 +355,8 @@ impl Callback {
                     Some(google_email),
                     "the calendar entry could not be stored".into(),
                     vec![],
-                );
+                )
+                .await;
                 return storage_failure();
             }
         };
@@ -370,7 +392,8 @@ impl Callback {
                     Some(google_email),
                     "the tokens could not be stored".into(),
                     vec![],
-                );
+                )
+                .await;
                 return storage_failure();
             }
         };
@@ -516,7 +539,8 @@ impl Callback {
         });
     }
 
-    fn emit_failure(
+    /// Stores connection-failed in the outbox (before the page is answered) and publishes it.
+    async fn emit_failure(
         &self,
         state: &str,
         attempt: &PendingAttempt,
@@ -537,7 +561,7 @@ impl Callback {
             },
         );
         event.id = event_id(state, attempt, ConnectionFailed::TYPE);
-        self.outbox.publish_detached(event);
+        self.outbox.publish_durably(event).await;
     }
 }
 

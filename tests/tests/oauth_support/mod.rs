@@ -112,6 +112,36 @@ impl OAuthStack {
         self
     }
 
+    /// Stops the worker gracefully, runs `meanwhile` (e.g. bring NATS back), then starts a
+    /// new one on the same address with the same settings: a restart during which nothing of
+    /// the old process goes on running.
+    pub async fn restart_worker_after(
+        mut self,
+        overrides: &[(&str, &str)],
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> Self {
+        let address = self
+            .worker
+            .base_url
+            .trim_start_matches("http://")
+            .to_owned();
+        let idle = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let placeholder = RunningService::start_on(idle, "stopped", |_, _| async { Ok(()) });
+        std::mem::replace(&mut self.worker, placeholder)
+            .stop()
+            .await
+            .expect("clean stop");
+        meanwhile.await;
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .expect("rebind");
+        let settings = worker_settings(&self.google, &self.redirect_uri, overrides);
+        self.worker = start_worker_on(&self.ctx, listener, &settings).await;
+        self
+    }
+
     pub fn subaccount(&self) -> SubaccountId {
         SubaccountId::parse(SUBACCOUNT).expect("id")
     }
