@@ -4,6 +4,9 @@
 //! - [`TokenStore::save_connection`]: after a consent. Replaces the tokens, keeps the stored
 //!   refresh token when the provider sent none, re-encrypts with the current key, and writes
 //!   the connection-succeeded event into the same document (the outbox) in the same write.
+//!   Each connection is a new `generation`.
+//! - [`TokenStore::delete_generation`]: a disconnect deletes only the generation it was
+//!   requested against, never a connection made after the request.
 //! - [`TokenStore::load`] / [`TokenStore::save_refreshed`]: the refresh path; a refresh lands
 //!   only if the `tokenVersion` it read is still current (fencing).
 //! - [`TokenStore::mark`]: `reauth_required` after `invalid_grant`, `revoked` after a disconnect.
@@ -14,7 +17,9 @@ use bson::{DateTime, Document, doc};
 use mongodb::Collection;
 use mongodb::options::ReturnDocument;
 use schemas::SubaccountId;
-use schemas::documents::google_auth::{AuthStatus, COLLECTION, GoogleAuth, PendingEvent};
+use schemas::documents::google_auth::{
+    AuthStatus, COLLECTION, GENERATION_FIELD, GoogleAuth, PendingEvent,
+};
 use service_kit::Infrastructure;
 
 use crate::vault::{SecretToken, TokenBinding, TokenKind, TokenVault, VaultError};
@@ -82,8 +87,9 @@ impl TokenStore {
             .collection(COLLECTION))
     }
 
-    /// Stores a consent's tokens and its pending event in one single-document write, and
-    /// whether the grant has a refresh token (`noRefreshToken`).
+    /// Stores a consent's tokens and its pending event in one single-document write, as a
+    /// new generation of the account's connection, and whether the grant has a refresh token
+    /// (`noRefreshToken`).
     pub async fn save_connection(
         &self,
         new: NewConnection<'_>,
@@ -123,6 +129,7 @@ impl TokenStore {
             "noRefreshToken": refresh_token.is_none(),
             "scopes": &new.scopes,
             "status": to_bson(&AuthStatus::Active)?,
+            "connectedAt": now,
             "updatedAt": now,
             "pendingEvent": to_bson(&new.event)?,
         };
@@ -135,7 +142,7 @@ impl TokenStore {
                 filter,
                 doc! {
                     "$set": set,
-                    "$inc": { "tokenVersion": 1_i64 },
+                    "$inc": { "tokenVersion": 1_i64, GENERATION_FIELD: 1_i64 },
                     "$setOnInsert": { "_id": bson::oid::ObjectId::new(), "createdAt": now },
                 },
             )
@@ -273,17 +280,27 @@ impl TokenStore {
             .collect())
     }
 
-    /// Deletes an account's tokens (after they were revoked).
-    pub async fn delete(
+    /// Deletes an account's tokens (after they were revoked) if they are still those of
+    /// connection `generation`; false when the account was connected again meanwhile (or is
+    /// gone). Generation 0 is a document stored before generations existed.
+    pub async fn delete_generation(
         &self,
         subaccount: &SubaccountId,
         google_email: &str,
-    ) -> Result<(), TokenStoreError> {
-        self.collection(subaccount)
+        generation: i64,
+    ) -> Result<bool, TokenStoreError> {
+        let mut filter = doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email };
+        if generation == 0 {
+            filter.insert(GENERATION_FIELD, doc! { "$exists": false });
+        } else {
+            filter.insert(GENERATION_FIELD, generation);
+        }
+        let deleted = self
+            .collection(subaccount)
             .await?
-            .delete_one(doc! { "subaccountId": subaccount.as_str(), "googleEmail": google_email })
+            .delete_one(filter)
             .await?;
-        Ok(())
+        Ok(deleted.deleted_count > 0)
     }
 
     /// Clears the outbox entry once JetStream has the event (only if it is still that event).

@@ -19,5 +19,5 @@ pub use connect_requested::{
 pub use connection_disconnected::{ConnectionDisconnected, RevocationOutcome};
 pub use connection_failed::{ConnectionFailed, FailureReason};
 pub use connection_succeeded::ConnectionSucceeded;
-pub use disconnect_requested::DisconnectRequested;
+pub use disconnect_requested::{ConnectionGeneration, DisconnectRequested};
 pub use webhook_delivery_requested::{WebhookDeliveryRequested, WebhookEvent};

@@ -543,3 +543,142 @@ async fn entries_stored_before_emails_were_normalized_are_found_by_disconnect() 
     let after = metadata_until(&api, |m| m["isConnected"] == false).await;
     assert_eq!(accounts(&after), [(EMAIL.to_owned(), false)]);
 }
+
+#[tokio::test]
+async fn a_late_disconnect_never_ends_a_newer_connection() {
+    let (stack, api, _metadata) = setup(&[("DISCONNECT_RETRY_DELAYS", "500ms")]).await;
+    metadata_until(&api, |m| m["isConnected"] == true).await;
+    let first = stack.google_auth(EMAIL).await.expect("stored");
+    assert_eq!(first.get_i64("generation"), Ok(1));
+    let first_refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+
+    // The disconnect is requested against generation 1, and held up at the provider.
+    stack.google.fail_next_revoke_requests(1000, 503);
+    let reply = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let operation = reply.body["data"]["operationId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stack.google.revoke_requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Meanwhile the user connects the same account again: generation 2.
+    let before_reconnect = chrono::Utc::now();
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            Decision::Allow {
+                account: Some(EMAIL.into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let second_refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
+    assert_ne!(first_refresh, second_refresh);
+    assert_eq!(
+        stack
+            .google_auth(EMAIL)
+            .await
+            .expect("stored")
+            .get_i64("generation"),
+        Ok(2)
+    );
+    // The provider is back: the old request is handled now, and ends nothing.
+    stack.google.fail_next_revoke_requests(0, 503);
+    let done = settled(&api, &operation).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["disconnected"], serde_json::json!([]));
+    assert!(!stack.google.is_revoked(&second_refresh));
+    let kept = stack.google_auth(EMAIL).await.expect("the new grant stays");
+    assert_eq!(kept.get_i64("generation"), Ok(2));
+    match stack.access_token(EMAIL).await {
+        AccessTokenReply::Issued { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        stack
+            .events::<ConnectionDisconnected>(Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "no disconnect announced"
+    );
+    let calendars = stack.calendars().await;
+    assert_eq!(calendars[0].get_bool("isActive"), Ok(true));
+    assert_eq!(metadata(&api).await["isConnected"], true);
+
+    // A request from before generations existed (no `connections`), made before the
+    // reconnect and handled only now, ends nothing either.
+    let legacy = legacy_disconnect(&stack, before_reconnect).await;
+    let done = settled(&api, &legacy).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["disconnected"], serde_json::json!([]));
+    assert!(stack.google_auth(EMAIL).await.is_some());
+
+    // A disconnect requested now ends generation 2 as usual.
+    let reply = delete(
+        &api,
+        &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let done = settled(
+        &api,
+        reply.body["data"]["operationId"].as_str().expect("id"),
+    )
+    .await;
+    assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
+    assert!(stack.google.is_revoked(&second_refresh));
+    assert!(stack.google_auth(EMAIL).await.is_none());
+    metadata_until(&api, |m| m["isConnected"] == false).await;
+}
+
+/// Publishes a disconnect-requested for [`EMAIL`] as an api from before connection
+/// generations wrote it (no `connections`), dated `at`, with its operation; returns the
+/// operation id.
+async fn legacy_disconnect(stack: &OAuthStack, at: chrono::DateTime<chrono::Utc>) -> String {
+    use schemas::documents::operation::{COLLECTION, Operation, OperationStatus};
+    let operation = uuid::Uuid::now_v7().to_string();
+    let now = bson::DateTime::now();
+    stack
+        .tenant()
+        .await
+        .collection::<Operation>(COLLECTION)
+        .insert_one(Operation {
+            id: operation.clone(),
+            subaccount_id: SUBACCOUNT.into(),
+            kind: "disconnect".into(),
+            google_email: Some(EMAIL.into()),
+            status: OperationStatus::Pending,
+            disconnected: Vec::new(),
+            revocations: Vec::new(),
+            error: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .expect("operation");
+    let mut event = schemas::Envelope::new(
+        stack.subaccount(),
+        uuid::Uuid::now_v7(),
+        schemas::events::DisconnectRequested {
+            operation_id: operation.clone(),
+            google_email: Some(EMAIL.into()),
+            connections: None,
+        },
+    );
+    event.occurred_at = at;
+    let js = async_nats::jetstream::new(stack.nats.clone());
+    service_kit::nats::publish_event(&js, &stack.ns, &event)
+        .await
+        .expect("published");
+    operation
+}

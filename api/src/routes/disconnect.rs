@@ -10,6 +10,10 @@
 //! deletes them, marks the calendar entry inactive, announces connection-disconnected (the
 //! metadata-worker sets `isConnected: false`) and marks the operation `done` or `failed`.
 //! Disconnecting what is not connected is harmless: the operation is simply `done`.
+//!
+//! The request names each account with the generation of its connection at the time of the
+//! DELETE; the oauth-worker ends only those, so an account connected again before the
+//! request is handled stays connected.
 
 use std::time::Duration;
 
@@ -18,8 +22,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use bson::doc;
 use schemas::documents::connector_subaccount::GOOGLE_CALENDAR_CONNECTOR_ID;
+use schemas::documents::google_auth;
 use schemas::documents::operation::{COLLECTION, Operation, OperationStatus};
-use schemas::events::DisconnectRequested;
+use schemas::events::{ConnectionGeneration, DisconnectRequested};
 use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
 use serde_json::json;
 use service_kit::auth::{AuthenticatedUser, MANAGE_CONNECTORS};
@@ -42,7 +47,9 @@ use crate::state::AppState;
     description = "Records a disconnect operation and answers 202 at once; the oauth-worker \
 revokes and deletes the tokens and the metadata-worker marks the accounts disconnected. Follow \
 the operation at its `Location`. Only `google-calendar` has connections (another connector is a \
-400 `invalid_field`). Disconnecting what is not connected is harmless.",
+400 `invalid_field`). Disconnecting what is not connected is harmless. The request ends the \
+connections as they are at the time of the DELETE: an account connected again afterwards, even \
+before the disconnect is carried out, stays connected.",
     params(crate::openapi::SubaccountParam, crate::openapi::ConnectorParam),
     security(("userToken" = [])),
     responses(
@@ -124,6 +131,7 @@ async fn disconnect(
             connector: ConnectorId::google_calendar(),
         });
     }
+    let connections = current_connections(state, &subaccount, google_email.as_deref()).await?;
     let operation_id = uuid::Uuid::now_v7().to_string();
     let now = bson::DateTime::now();
     let operation = Operation {
@@ -150,6 +158,7 @@ async fn disconnect(
         DisconnectRequested {
             operation_id: operation_id.clone(),
             google_email: google_email.clone(),
+            connections: Some(connections),
         },
     );
     let published = tokio::time::timeout(
@@ -184,6 +193,50 @@ async fn disconnect(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// The accounts concerned (one, or every account of the subaccount) with the generation of
+/// their current connection, read now: the request ends these connections and no later one,
+/// however late the oauth-worker handles it. An account connected after this read (even
+/// before the request is handled) stays connected.
+async fn current_connections(
+    state: &AppState,
+    subaccount: &SubaccountId,
+    google_email: Option<&str>,
+) -> Result<Vec<ConnectionGeneration>, ApiError> {
+    use futures::TryStreamExt;
+    let mut filter = doc! { "subaccountId": subaccount.as_str() };
+    if let Some(email) = google_email {
+        filter.insert("googleEmail", email);
+    }
+    let documents: Vec<bson::Document> = state
+        .infra
+        .mongo
+        .connection_for(subaccount)
+        .await
+        .map_err(|e| ApiError::database(e, "opening the tenant database"))?
+        .collection::<bson::Document>(google_auth::COLLECTION)
+        .find(filter)
+        .projection(doc! { "googleEmail": 1, google_auth::GENERATION_FIELD: 1 })
+        .await
+        .map_err(|e| ApiError::database(e, "reading the connected accounts"))?
+        .try_collect()
+        .await
+        .map_err(|e| ApiError::database(e, "reading the connected accounts"))?;
+    Ok(documents
+        .iter()
+        .filter_map(|d| {
+            Some(ConnectionGeneration {
+                google_email: d.get_str("googleEmail").ok()?.to_owned(),
+                // Absent on documents stored before generations existed: 0.
+                generation: match d.get(google_auth::GENERATION_FIELD) {
+                    Some(bson::Bson::Int64(g)) => *g,
+                    Some(bson::Bson::Int32(g)) => i64::from(*g),
+                    _ => 0,
+                },
+            })
+        })
+        .collect())
 }
 
 /// `GET /api/connectors/{subaccountId}/operations/{operationId}`.

@@ -232,7 +232,8 @@ impl Callback {
                     None,
                     "the token response did not say which scopes were granted".into(),
                     vec![],
-                );
+                )
+                .await;
                 return Outcome::failed(
                     StatusCode::BAD_GATEWAY,
                     "provider_error",
@@ -449,7 +450,8 @@ impl Callback {
             Some(&mismatch.used),
             mismatch.describe(),
             vec![],
-        );
+        )
+        .await;
         let retry = match self.frontend {
             Some(_) => None,
             None => self.retry_link(attempt, mismatch).await,

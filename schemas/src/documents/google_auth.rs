@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub const COLLECTION: &str = "googleauths";
 
+/// The field holding an account's connection generation ([`GoogleAuth::generation`]).
+pub const GENERATION_FIELD: &str = "generation";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoogleAuth {
@@ -37,6 +40,15 @@ pub struct GoogleAuth {
     /// Incremented on every token write; a refresh only lands if the version it read is still
     /// current (fencing against a slow lock holder).
     pub token_version: i64,
+    /// Incremented by every connection (consent) of the account, never by a refresh: a
+    /// disconnect requested against one generation never ends a later one. Absent (read as 0)
+    /// on documents stored before generations existed.
+    #[serde(default)]
+    pub generation: i64,
+    /// When the current generation was connected; absent on documents stored before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<DateTime>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
     /// The outbox: an event written together with the tokens that JetStream has not
