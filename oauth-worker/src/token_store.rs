@@ -4,7 +4,8 @@
 //! - [`TokenStore::save_connection`]: after a consent. Replaces the tokens, keeps the stored
 //!   refresh token when the provider sent none, re-encrypts with the current key, and writes
 //!   the connection-succeeded event into the same document (the outbox) in the same write.
-//!   Each connection is a new `generation`.
+//!   Each connection is a new `generation`; a new account takes one of the subaccount's
+//!   `MAX_GOOGLE_ACCOUNTS` places (`slot`, unique by index), which makes the cap exact.
 //! - [`TokenStore::delete_generation`]: a disconnect deletes only the generation it was
 //!   requested against, never a connection made after the request.
 //! - [`TokenStore::load`] / [`TokenStore::save_refreshed`]: the refresh path; a refresh lands
@@ -18,7 +19,7 @@ use mongodb::Collection;
 use mongodb::options::ReturnDocument;
 use schemas::SubaccountId;
 use schemas::documents::google_auth::{
-    AuthStatus, COLLECTION, GENERATION_FIELD, GoogleAuth, PendingEvent,
+    AuthStatus, COLLECTION, GENERATION_FIELD, GoogleAuth, PendingEvent, SLOT_FIELD,
 };
 use service_kit::Infrastructure;
 
@@ -32,7 +33,18 @@ pub enum TokenStoreError {
     Vault(#[from] VaultError),
     #[error("a stored Google auth document is unreadable: {0}")]
     Corrupt(String),
+    /// The subaccount has as many Google accounts as `MAX_GOOGLE_ACCOUNTS` allows.
+    #[error("the subaccount already has as many Google accounts as allowed")]
+    AccountLimitReached,
+    /// Concurrent connections kept taking the free places first.
+    #[error("too many concurrent connections for the subaccount; try again")]
+    Contended,
 }
+
+/// How many lost races one connection tolerates before giving up. Each lost race means
+/// another connection of the subaccount took the place, so under the cap this is reached
+/// only by a flood of concurrent connections.
+const SLOT_ATTEMPTS: usize = 64;
 
 /// What a consent produced, in plaintext until [`TokenStore::save_connection`] encrypts it.
 #[derive(Debug)]
@@ -43,6 +55,8 @@ pub struct NewConnection<'a> {
     pub tokens: &'a crate::provider::Tokens,
     pub scopes: Vec<String>,
     pub event: PendingEvent,
+    /// `MAX_GOOGLE_ACCOUNTS`: a new account is stored only if the subaccount has fewer.
+    pub max_accounts: usize,
 }
 
 /// What [`TokenStore::save_connection`] stored.
@@ -89,7 +103,9 @@ impl TokenStore {
 
     /// Stores a consent's tokens and its pending event in one single-document write, as a
     /// new generation of the account's connection, and whether the grant has a refresh token
-    /// (`noRefreshToken`).
+    /// (`noRefreshToken`). An account already stored keeps its place; a new one takes a free
+    /// place under `new.max_accounts`, exactly (see [`SLOT_FIELD`]):
+    /// [`TokenStoreError::AccountLimitReached`] when there is none.
     pub async fn save_connection(
         &self,
         new: NewConnection<'_>,
@@ -137,18 +153,109 @@ impl TokenStore {
         if let Some(refresh) = refresh_token {
             set.insert("refreshToken", to_bson(&refresh)?);
         }
-        collection
-            .update_one(
-                filter,
-                doc! {
-                    "$set": set,
-                    "$inc": { "tokenVersion": 1_i64, GENERATION_FIELD: 1_i64 },
-                    "$setOnInsert": { "_id": bson::oid::ObjectId::new(), "createdAt": now },
-                },
-            )
-            .upsert(true)
+        for _ in 0..SLOT_ATTEMPTS {
+            // An account already stored: a new generation in place.
+            let updated = collection
+                .update_one(
+                    filter.clone(),
+                    doc! {
+                        "$set": set.clone(),
+                        "$inc": { "tokenVersion": 1_i64, GENERATION_FIELD: 1_i64 },
+                    },
+                )
+                .await?;
+            if updated.matched_count > 0 {
+                return Ok(SavedConnection { has_refresh_token });
+            }
+            // A new account: a free place under the cap, or none.
+            let held = self.held_slots(new.subaccount).await?;
+            if held.len() >= new.max_accounts {
+                return Err(TokenStoreError::AccountLimitReached);
+            }
+            // Accounts stored before places existed get one first, so they count.
+            if let Some((id, _)) = held.iter().find(|(_, slot)| slot.is_none()) {
+                let taken: Vec<i32> = held.iter().filter_map(|(_, slot)| *slot).collect();
+                let free = (0..).find(|s| !taken.contains(s)).unwrap_or(0);
+                self.place(new.subaccount, *id, free).await?;
+                continue;
+            }
+            let places = i32::try_from(new.max_accounts).unwrap_or(i32::MAX);
+            let free: Vec<i32> = (0..places)
+                .filter(|s| !held.iter().any(|(_, slot)| *slot == Some(*s)))
+                .collect();
+            if free.is_empty() {
+                // More accounts than places (the cap was lowered): none until some go.
+                return Err(TokenStoreError::AccountLimitReached);
+            }
+            let mut document = set.clone();
+            document.insert("_id", bson::oid::ObjectId::new());
+            document.insert("subaccountId", new.subaccount.as_str());
+            document.insert("googleEmail", new.google_email);
+            document.insert("tokenVersion", 1_i64);
+            document.insert(GENERATION_FIELD, 1_i64);
+            document.insert("createdAt", now);
+            // A random free place: concurrent connections then rarely collide.
+            document.insert(SLOT_FIELD, free[rand::random_range(0..free.len())]);
+            match collection
+                .clone_with_type::<Document>()
+                .insert_one(document)
+                .await
+            {
+                Ok(_) => return Ok(SavedConnection { has_refresh_token }),
+                // The place was taken, or the same account was stored meanwhile: look again.
+                Err(e) if service_kit::mongo::is_duplicate_key(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::warn!(
+            attempts = SLOT_ATTEMPTS,
+            "every free account place was taken by a concurrent connection"
+        );
+        Err(TokenStoreError::Contended)
+    }
+
+    /// Every stored account of the subaccount: its document id and place.
+    async fn held_slots(
+        &self,
+        subaccount: &SubaccountId,
+    ) -> Result<Vec<(bson::oid::ObjectId, Option<i32>)>, TokenStoreError> {
+        use futures::TryStreamExt;
+        let documents: Vec<Document> = self
+            .collection(subaccount)
+            .await?
+            .clone_with_type::<Document>()
+            .find(doc! { "subaccountId": subaccount.as_str() })
+            .projection(doc! { "_id": 1, SLOT_FIELD: 1 })
+            .await?
+            .try_collect()
             .await?;
-        Ok(SavedConnection { has_refresh_token })
+        Ok(documents
+            .iter()
+            .filter_map(|d| Some((d.get_object_id("_id").ok()?, d.get_i32(SLOT_FIELD).ok())))
+            .collect())
+    }
+
+    /// Gives an account stored before places existed the place `slot`, unless it has one by
+    /// now or the place is taken (the caller looks again either way).
+    async fn place(
+        &self,
+        subaccount: &SubaccountId,
+        id: bson::oid::ObjectId,
+        slot: i32,
+    ) -> Result<(), TokenStoreError> {
+        let placed = self
+            .collection(subaccount)
+            .await?
+            .update_one(
+                doc! { "_id": id, SLOT_FIELD: { "$exists": false } },
+                doc! { "$set": { SLOT_FIELD: slot } },
+            )
+            .await;
+        match placed {
+            Ok(_) => Ok(()),
+            Err(e) if service_kit::mongo::is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The account with its tokens decrypted, or `None` when it is not connected.

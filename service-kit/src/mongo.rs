@@ -54,6 +54,8 @@ impl Expiry {
 }
 
 /// MongoDB's codes for "an index on these keys exists with other options".
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
@@ -201,6 +203,16 @@ fn is_index_conflict(err: &mongodb::error::Error) -> bool {
         if c.code == INDEX_OPTIONS_CONFLICT || c.code == INDEX_KEY_SPECS_CONFLICT)
 }
 
+/// Whether a write failed because a unique index already holds its key.
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
 /// Round-trips a `ping` to the server.
 pub async fn ping(client: &Client) -> mongodb::error::Result<()> {
     client
@@ -223,6 +235,22 @@ pub async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
         .await?;
     db.collection::<mongodb::bson::Document>(google_auth::COLLECTION)
         .create_index(unique(doc! { "subaccountId": 1, "googleEmail": 1 }))
+        .await?;
+    // One account per place under the cap: what makes MAX_GOOGLE_ACCOUNTS exact.
+    db.collection::<mongodb::bson::Document>(google_auth::COLLECTION)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "subaccountId": 1, google_auth::SLOT_FIELD: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .partial_filter_expression(
+                            doc! { google_auth::SLOT_FIELD: { "$exists": true } },
+                        )
+                        .build(),
+                )
+                .build(),
+        )
         .await?;
     db.collection::<mongodb::bson::Document>(calendar::COLLECTION)
         .create_index(unique(

@@ -375,3 +375,108 @@ async fn a_token_response_without_scope_is_refused_unless_the_provider_is_known_
     let scopes = auth.get_array("scopes").expect("scopes");
     assert!(scopes.iter().any(|s| s.as_str() == Some(CALENDAR)));
 }
+
+#[tokio::test]
+async fn fifty_concurrent_new_accounts_never_exceed_the_account_cap() {
+    const CAP: usize = 4;
+    let stack = OAuthStack::start(
+        TestContext::new(),
+        &[
+            ("MAX_GOOGLE_ACCOUNTS", "4"),
+            ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "1000/1m"),
+        ],
+    )
+    .await;
+    // Fifty consents of fifty different accounts, their callbacks not followed yet.
+    let mut callbacks = Vec::new();
+    for i in 0..50 {
+        let (_, auth_url) = stack.issue_link("user@example.com").await;
+        let decision = Decision::Allow {
+            account: Some(format!("account{i}@gmail.example")),
+            scopes: None,
+        };
+        callbacks.push(stack.consent(&auth_url, decision).await);
+    }
+    let pages = futures::future::join_all(callbacks.iter().map(|url| stack.open(url))).await;
+    let connected = pages.iter().filter(|p| p.status == 200).count();
+    for refused in pages.iter().filter(|p| p.status != 200) {
+        assert_eq!(refused.status, 409, "{}", refused.body);
+        assert!(
+            refused.body.contains("Too many Google accounts"),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(connected, CAP, "exactly the cap is connected");
+    let auths = stack
+        .tenant()
+        .await
+        .collection::<bson::Document>("googleauths");
+    assert_eq!(
+        auths.count_documents(bson::doc! {}).await.expect("count"),
+        CAP as u64
+    );
+    let active = stack
+        .calendars()
+        .await
+        .iter()
+        .filter(|c| c.get_bool("isActive") == Ok(true))
+        .count();
+    assert_eq!(
+        active, CAP,
+        "refused accounts leave no active calendar entry"
+    );
+    let refused = stack
+        .events::<ConnectionFailed>(WAIT)
+        .await
+        .into_iter()
+        .filter(|e| e.payload.reason == FailureReason::AccountLimitReached)
+        .count();
+    assert_eq!(refused, 50 - CAP);
+
+    // Accounts stored before places existed count too: with their places removed and one
+    // account gone, ten concurrent new accounts get exactly the one place left.
+    let mut legacy: Vec<bson::Document> = Vec::new();
+    let mut cursor = auths.find(bson::doc! {}).await.expect("find");
+    while let Some(mut doc) = futures::TryStreamExt::try_next(&mut cursor)
+        .await
+        .expect("read")
+    {
+        doc.remove("slot");
+        legacy.push(doc);
+    }
+    legacy.pop(); // one account gone
+    auths.delete_many(bson::doc! {}).await.expect("delete");
+    auths.insert_many(legacy).await.expect("legacy accounts");
+    let mut callbacks = Vec::new();
+    for i in 0..10 {
+        let (_, auth_url) = stack.issue_link("user@example.com").await;
+        let decision = Decision::Allow {
+            account: Some(format!("later{i}@gmail.example")),
+            scopes: None,
+        };
+        callbacks.push(stack.consent(&auth_url, decision).await);
+    }
+    let pages = futures::future::join_all(callbacks.iter().map(|url| stack.open(url))).await;
+    assert_eq!(pages.iter().filter(|p| p.status == 200).count(), 1);
+    assert_eq!(
+        auths.count_documents(bson::doc! {}).await.expect("count"),
+        CAP as u64
+    );
+    // A stored account reconnects whether it has a place or not.
+    let stored = auths
+        .find_one(bson::doc! {})
+        .await
+        .expect("find")
+        .expect("one");
+    let (_, page) = stack
+        .connect(
+            "user@example.com",
+            Decision::Allow {
+                account: Some(stored.get_str("googleEmail").expect("email").into()),
+                scopes: None,
+            },
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+}

@@ -886,7 +886,11 @@ async fn dead_letters(js: &jetstream::Context, ns: &Namespace) -> Vec<(String, S
 
 #[tokio::test]
 async fn concurrent_registrations_never_exceed_the_cap() {
-    let api = Api::start(&[("WEBHOOK_MAX_ENDPOINTS", "5")]).await;
+    let api = Api::start(&[
+        ("WEBHOOK_MAX_ENDPOINTS", "5"),
+        ("RATE_LIMIT_WEBHOOK_MANAGEMENT_PER_CALLER", "1000/1m"),
+    ])
+    .await;
     let path = webhooks_path(SUBACCOUNT);
     let tok = token(SUBACCOUNT);
     let register = |i: usize| {
@@ -894,7 +898,8 @@ async fn concurrent_registrations_never_exceed_the_cap() {
         let (api, path, tok) = (&api, &path, &tok);
         async move { api.post(path, Some(tok), &body).await }
     };
-    let replies = futures::future::join_all((0..20).map(register)).await;
+    // Fifty at once, far more than the places.
+    let replies = futures::future::join_all((0..50).map(register)).await;
     let created = replies.iter().filter(|r| r.status == 201).count();
     for refused in replies.iter().filter(|r| r.status != 201) {
         refused.assert_error(409, "webhook_limit_reached");
@@ -928,7 +933,7 @@ async fn concurrent_registrations_never_exceed_the_cap() {
         )
         .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
-    let again = futures::future::join_all((20..24).map(register)).await;
+    let again = futures::future::join_all((50..54).map(register)).await;
     assert_eq!(again.iter().filter(|r| r.status == 201).count(), 1);
 
     // Endpoints stored before places existed still count, and get a place at the next

@@ -12,6 +12,8 @@
 //!    account with a button that tries again (a new state for the same attempt). A new account
 //!    beyond `MAX_GOOGLE_ACCOUNTS` for the subaccount is refused (and its tokens revoked);
 //!    reconnecting a connected one is not.
+//!    The cap is exact: the account's document takes one of the subaccount's places (step 4),
+//!    so concurrent callbacks of new accounts cannot together exceed it.
 //! 4. The calendar entry is upserted; tokens (encrypted) and the connection-succeeded event
 //!    are written in one document write (the outbox), then the event is published.
 //! 5. A success page, or a redirect to `FRONTEND_REDIRECT_URL`.
@@ -43,7 +45,7 @@ use crate::consent_policy::{ConsentPolicy, Mismatch};
 use crate::outbox::Outbox;
 use crate::provider::{Provider, ProviderError, Tokens, missing_scopes};
 use crate::state_store::{PendingAttempt, Put, StateStore};
-use crate::token_store::{NewConnection, TokenStore};
+use crate::token_store::{NewConnection, TokenStore, TokenStoreError};
 use page::{Outcome, RetryLink};
 
 /// The callback's path; the redirect URI registered with the provider ends with it.
@@ -289,27 +291,9 @@ impl Callback {
         match self.room_for(&attempt.subaccount_id, google_email).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::info!(
-                    max = self.max_accounts,
-                    "the subaccount already has as many Google accounts as allowed"
-                );
-                self.give_back(&tokens.access_token);
-                failed(
-                    FailureReason::AccountLimitReached,
-                    Some(google_email),
-                    format!(
-                        "the subaccount already has {} connected Google accounts",
-                        self.max_accounts
-                    ),
-                    vec![],
-                )
-                .await;
-                return Outcome::failed(
-                    StatusCode::CONFLICT,
-                    "account_limit_reached",
-                    "Too many Google accounts",
-                    "Google Calendar was not connected: this workspace already has as many Google accounts connected as it may. Disconnect one, then try again.",
-                );
+                return self
+                    .account_limit_reached(state, &attempt, google_email, &tokens)
+                    .await;
             }
             Err(error) => {
                 tracing::error!(%error, "cannot count the subaccount's accounts");
@@ -382,10 +366,23 @@ impl Callback {
                 tokens: &tokens,
                 scopes: granted,
                 event: entry.clone(),
+                max_accounts: self.max_accounts,
             })
             .await;
         let saved = match saved {
             Ok(saved) => saved,
+            Err(TokenStoreError::AccountLimitReached) => {
+                // Concurrent connections of new accounts filled the last place since the
+                // check above: the calendar entry just made active goes back to inactive.
+                if let Err(error) =
+                    crate::calendars::deactivate(&self.infra, subaccount, google_email).await
+                {
+                    tracing::warn!(%error, "calendar entry of a refused account left active");
+                }
+                return self
+                    .account_limit_reached(state, &attempt, google_email, &tokens)
+                    .await;
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot store the tokens");
                 failed(
@@ -414,9 +411,44 @@ impl Callback {
         }
     }
 
+    /// Refuses a new account over `MAX_GOOGLE_ACCOUNTS`: its grant is given back, and
+    /// connection-failed says why.
+    async fn account_limit_reached(
+        &self,
+        state: &str,
+        attempt: &PendingAttempt,
+        google_email: &str,
+        tokens: &crate::provider::Tokens,
+    ) -> Outcome {
+        tracing::info!(
+            max = self.max_accounts,
+            "the subaccount already has as many Google accounts as allowed"
+        );
+        self.give_back(&tokens.access_token);
+        self.emit_failure(
+            state,
+            attempt,
+            FailureReason::AccountLimitReached,
+            Some(google_email),
+            format!(
+                "the subaccount already has {} connected Google accounts",
+                self.max_accounts
+            ),
+            vec![],
+        )
+        .await;
+        Outcome::failed(
+            StatusCode::CONFLICT,
+            "account_limit_reached",
+            "Too many Google accounts",
+            "Google Calendar was not connected: this workspace already has as many Google accounts connected as it may. Disconnect one, then try again.",
+        )
+    }
+
     /// Whether `google_email` may be stored: it is already connected, or the subaccount has
-    /// fewer than `MAX_GOOGLE_ACCOUNTS`. Two simultaneous callbacks for two new accounts can
-    /// both pass at the limit; the cap is a guard against runaway use, not a quota to the unit.
+    /// fewer than `MAX_GOOGLE_ACCOUNTS`. A cheap early answer that spares the calendar lookup
+    /// when the subaccount is plainly full; the exact gate is the place
+    /// [`TokenStore::save_connection`] takes, which concurrent callbacks cannot both get.
     async fn room_for(
         &self,
         subaccount: &schemas::SubaccountId,

@@ -341,6 +341,7 @@ mod tests {
             token_version: 1,
             generation,
             connected_at,
+            slot: None,
             created_at: now,
             updated_at: now,
             pending_event: None,

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub const COLLECTION: &str = "googleauths";
 
+/// The field holding an account's place under `MAX_GOOGLE_ACCOUNTS` ([`GoogleAuth::slot`]).
+pub const SLOT_FIELD: &str = "slot";
+
 /// The field holding an account's connection generation ([`GoogleAuth::generation`]).
 pub const GENERATION_FIELD: &str = "generation";
 
@@ -49,6 +52,12 @@ pub struct GoogleAuth {
     /// recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_at: Option<DateTime>,
+    /// Which of the subaccount's `MAX_GOOGLE_ACCOUNTS` places this account holds, from 0:
+    /// unique per subaccount (a partial unique index), so concurrent connections of new
+    /// accounts cannot together exceed the cap. `None` on documents stored before places
+    /// existed; they get one at the next connection of a new account there is room for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<i32>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
     /// The outbox: an event written together with the tokens that JetStream has not
