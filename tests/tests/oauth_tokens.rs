@@ -374,11 +374,7 @@ async fn a_connection_failure_survives_a_nats_outage_and_a_restart() {
 
 #[tokio::test]
 async fn reauth_required_is_kept_until_the_stream_can_take_it() {
-    let overrides = [("ACCESS_TOKEN_MARGIN", "1m")];
-    let stack = OAuthStack::start(TestContext::new(), &overrides).await;
-    stack
-        .google
-        .set_access_token_lifetime(Duration::from_secs(30));
+    let stack = OAuthStack::start(TestContext::new(), &[]).await;
     stack.connect("user@example.com", allow()).await;
     assert_eq!(
         stack
@@ -394,6 +390,8 @@ async fn reauth_required_is_kept_until_the_stream_can_take_it() {
     js.delete_stream(stack.ns.events_stream())
         .await
         .expect("stream deleted");
+    // Due for a refresh, which the provider refuses: invalid_grant.
+    stack.expire_access_token(EMAIL).await;
     match stack.access_token(EMAIL).await {
         AccessTokenReply::Rejected { code, .. } => {
             assert_eq!(code, AccessTokenRejectionCode::ReauthRequired)
@@ -404,7 +402,7 @@ async fn reauth_required_is_kept_until_the_stream_can_take_it() {
     assert_eq!(stored.len(), 1, "stored before the reply");
 
     // A restart recreates the stream; the relay publishes the kept event.
-    let stack = stack.restart_worker_after(&overrides, async {}).await;
+    let stack = stack.restart_worker_after(&[], async {}).await;
     let failed = stack
         .events::<ConnectionFailed>(Duration::from_secs(30))
         .await;
