@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::ErrorKind;
 use redis::AsyncCommands;
 use schemas::documents::connector_subaccount::{COLLECTION, ConnectorSubaccount};
 use schemas::{ConnectorId, SubaccountId};
@@ -48,8 +48,6 @@ pub const EXISTS_TTL_CAP: Duration = Duration::from_secs(30);
 /// Distinct `(subaccount, connector)` pairs remembered in-process; the least recently used
 /// go first.
 const EXISTS_CAPACITY: u64 = 100_000;
-/// MongoDB's duplicate-key error code (the unique `(subaccountId, connectorId)` index).
-const DUPLICATE_KEY: i32 = 11000;
 
 /// What `POST /api/connectors/{subaccountId}` asks to create, already validated.
 #[derive(Debug, Clone)]
@@ -210,7 +208,7 @@ impl ConnectorStore {
             .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => {
+            Err(e) if service_kit::mongo::is_duplicate_key(&e) => {
                 return Err(ApiError::ConnectorExists {
                     subaccount: subaccount.clone(),
                     connector: new.connector_id,
@@ -313,18 +311,6 @@ impl ConnectorStore {
                 self.breaker.tripped();
             }
         }
-    }
-}
-
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
-        _ => false,
     }
 }
 

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use mongodb::bson::{self, Document, doc};
-use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::{Collection, Database};
 use schemas::Envelope;
 use schemas::events::AuthLinkIssued;
@@ -24,9 +23,6 @@ use service_kit::mongo::Expiry;
 
 /// The collection, in each tenant database, of auth-link emails sent or being sent.
 pub const COLLECTION: &str = "mailersentauthlinks";
-
-/// MongoDB's duplicate-key error code.
-const DUPLICATE_KEY: i32 = 11000;
 
 const SENDING: &str = "sending";
 const SENT: &str = "sent";
@@ -90,7 +86,7 @@ impl SentLinks {
         };
         match self.collection.insert_one(fresh).await {
             Ok(_) => return Ok(Claim::Claimed(Token(now))),
-            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) if service_kit::mongo::is_duplicate_key(&e) => {}
             Err(e) => return Err(e),
         }
         let Some(existing) = self.collection.find_one(doc! { "_id": &id }).await? else {
@@ -152,15 +148,5 @@ impl SentLinks {
             })
             .await
             .map(|_| ())
-    }
-}
-
-fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
-        _ => {
-            let text = err.to_string();
-            text.contains("E11000") || text.contains("duplicate key")
-        }
     }
 }

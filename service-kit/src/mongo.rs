@@ -203,13 +203,22 @@ fn is_index_conflict(err: &mongodb::error::Error) -> bool {
         if c.code == INDEX_OPTIONS_CONFLICT || c.code == INDEX_KEY_SPECS_CONFLICT)
 }
 
-/// Whether a write failed because a unique index already holds its key.
+/// Whether a write failed because a unique index already holds its key: a single write, a
+/// command, or any write of an `insert_many`. Some MongoDB-wire servers report it in a shape
+/// the driver does not type; their message still carries the server's `E11000`.
 pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match error.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
+        _ => {
+            let text = error.to_string();
+            text.contains("E11000") || text.contains("duplicate key")
+        }
     }
 }
 

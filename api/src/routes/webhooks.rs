@@ -167,9 +167,6 @@ async fn register_webhook(
 /// reached only by a flood of concurrent registrations and deletions.
 const SLOT_ATTEMPTS: usize = 64;
 
-/// MongoDB's duplicate-key error code.
-const DUPLICATE_KEY: i32 = 11000;
-
 /// Stores `endpoint` in a free place under the cap, exactly: each endpoint holds one of the
 /// subaccount's `limit` places (`slot`, unique per subaccount by index), so of concurrent
 /// registrations at most `limit` can ever be stored, whatever their timing.
@@ -209,7 +206,7 @@ async fn insert_within_cap(
         endpoint.slot = Some(free[rand::random_range(0..free.len())]);
         match collection.insert_one(&endpoint).await {
             Ok(_) => return Ok(endpoint),
-            Err(e) if is_duplicate_key(&e) => continue,
+            Err(e) if service_kit::mongo::is_duplicate_key(&e) => continue,
             Err(e) => return Err(ApiError::database(e, "storing the webhook endpoint")),
         }
     }
@@ -259,17 +256,8 @@ async fn place(
         .await;
     match placed {
         Ok(_) => Ok(()),
-        Err(e) if is_duplicate_key(&e) => Ok(()),
+        Err(e) if service_kit::mongo::is_duplicate_key(&e) => Ok(()),
         Err(e) => Err(ApiError::database(e, "placing a webhook endpoint")),
-    }
-}
-
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
     }
 }
 
