@@ -312,6 +312,33 @@ pub fn assert_refuses_public_defaults_off_loopback(
     assert!(!exit.stderr.contains("unreachable"), "{}", exit.stderr);
 }
 
+/// With `ALLOW_INSECURE_DEFAULTS=true` the binary starts on `0.0.0.0` with its public
+/// defaults, and logs an `INSECURE:` warning naming each of `insecure`.
+pub fn assert_allowed_insecure_with_a_warning_each(
+    binary: &str,
+    addr_setting: &'static str,
+    insecure: &[&str],
+) {
+    let logs = assert_serves_off_loopback(
+        binary,
+        addr_setting,
+        &[("ALLOW_INSECURE_DEFAULTS", "true".into())],
+    );
+    for setting in insecure {
+        assert!(
+            logs.contains(&format!("INSECURE: {setting}: public default in effect")),
+            "{setting}:\n{logs}"
+        );
+    }
+}
+
+/// With the secrets `gcal-ops secrets generate` writes, the binary serves on `0.0.0.0` and
+/// warns about no public default.
+pub fn assert_generated_secrets_serve_off_loopback(binary: &str, addr_setting: &'static str) {
+    let logs = assert_serves_off_loopback(binary, addr_setting, &generated_secrets());
+    assert!(!logs.contains("public default"), "{logs}");
+}
+
 /// Started on `0.0.0.0` against the shared servers with `settings`, the binary becomes ready;
 /// returns what it logged until then (it is stopped afterwards).
 pub fn assert_serves_off_loopback(

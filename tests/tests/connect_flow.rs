@@ -29,8 +29,9 @@ async fn oauth_worker(ctx: &TestContext, client_id: &str) -> RunningService {
     worker
 }
 
-#[tokio::test]
-async fn connect_returns_auth_url_and_emails_it() {
+/// The api, an oauth-worker and a mailer on one fresh context, the mailer sending to a new SMTP
+/// sink, and a subaccount with the `google-calendar` connector.
+async fn mailing_stack() -> (SmtpSink, RunningService, RunningService, Api) {
     let ctx = TestContext::new();
     let sink = SmtpSink::start();
     let smtp_url = sink.url();
@@ -41,8 +42,14 @@ async fn connect_returns_auth_url_and_emails_it() {
     .await;
     mailer.wait_ready(Duration::from_secs(30)).await;
     let worker = oauth_worker(&ctx, "client-e2e").await;
-    let api = Api::start_in(ctx.clone(), &[]).await;
+    let api = Api::start_in(ctx, &[]).await;
     api.seed_google_calendar(SUBACCOUNT).await;
+    (sink, mailer, worker, api)
+}
+
+#[tokio::test]
+async fn connect_returns_auth_url_and_emails_it() {
+    let (sink, mailer, worker, api) = mailing_stack().await;
 
     let reply = api
         .post(
@@ -128,18 +135,7 @@ async fn connect_returns_auth_url_and_emails_it() {
 
 #[tokio::test]
 async fn an_internationalized_domain_is_emailed_to_its_ascii_form() {
-    let ctx = TestContext::new();
-    let sink = SmtpSink::start();
-    let smtp_url = sink.url();
-    let mailer_config: MailerWorkerConfig = ctx.config(&[("SMTP_URL", smtp_url.as_str())]);
-    let mut mailer = RunningService::start(mailer_worker::SERVICE, |l, s| {
-        mailer_worker::run(mailer_config, l, s)
-    })
-    .await;
-    mailer.wait_ready(Duration::from_secs(30)).await;
-    let worker = oauth_worker(&ctx, "client-e2e").await;
-    let api = Api::start_in(ctx.clone(), &[]).await;
-    api.seed_google_calendar(SUBACCOUNT).await;
+    let (sink, mailer, worker, api) = mailing_stack().await;
 
     let reply = api
         .post(
