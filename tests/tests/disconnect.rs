@@ -183,16 +183,11 @@ async fn a_disconnect_waits_out_a_revocation_outage() {
     let refresh = stack.google.refresh_token_of(EMAIL).expect("refresh token");
     // Down for longer than one delivery's in-process attempts (3 by default).
     stack.google.fail_next_revoke_requests(7, 503);
-    let reply = delete(
+    let operation = request_disconnect(
         &api,
         &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
     )
     .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    let operation = reply.body["data"]["operationId"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         stack.google_auth(EMAIL).await.is_some(),
@@ -262,15 +257,9 @@ async fn several_accounts_disconnected_one_at_a_time_and_capped() {
     assert_eq!(page.status, 200, "{}", page.body);
 
     // The most recently connected account goes; the other one is described again.
-    let reply = delete(
+    let done = disconnected(
         &api,
         &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
-    )
-    .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    let done = settled(
-        &api,
-        reply.body["data"]["operationId"].as_str().expect("id"),
     )
     .await;
     assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
@@ -325,9 +314,18 @@ fn just_after(metadata: &Value) -> String {
 
 /// Waits for the disconnect requested at `path` to finish, and returns its operation.
 async fn disconnected(api: &Api, path: &str) -> Value {
+    let operation = request_disconnect(api, path).await;
+    settled(api, &operation).await
+}
+
+/// DELETE at `path`, accepted (202): the operation's id.
+async fn request_disconnect(api: &Api, path: &str) -> String {
     let reply = delete(api, path).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    settled(api, reply.body["data"]["operationId"].as_str().expect("id")).await
+    reply.body["data"]["operationId"]
+        .as_str()
+        .expect("id")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -554,16 +552,11 @@ async fn a_late_disconnect_never_ends_a_newer_connection() {
 
     // The disconnect is requested against generation 1, and held up at the provider.
     stack.google.fail_next_revoke_requests(1000, 503);
-    let reply = delete(
+    let operation = request_disconnect(
         &api,
         &format!("/api/connectors/{SUBACCOUNT}/google-calendar/connections/{EMAIL}"),
     )
     .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    let operation = reply.body["data"]["operationId"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let deadline = tokio::time::Instant::now() + WAIT;
     while stack.google.revoke_requests() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never tried");
@@ -624,15 +617,9 @@ async fn a_late_disconnect_never_ends_a_newer_connection() {
     assert!(stack.google_auth(EMAIL).await.is_some());
 
     // A disconnect requested now ends generation 2 as usual.
-    let reply = delete(
+    let done = disconnected(
         &api,
         &format!("/api/connectors/{SUBACCOUNT}/google-calendar"),
-    )
-    .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    let done = settled(
-        &api,
-        reply.body["data"]["operationId"].as_str().expect("id"),
     )
     .await;
     assert_eq!(done["disconnected"], serde_json::json!([EMAIL]));
