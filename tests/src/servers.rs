@@ -37,9 +37,9 @@ impl Drop for ServerProcess {
     }
 }
 
-/// nats-server with JetStream.
+/// nats-server with JetStream, and any extra flags it was started with (auth, TLS).
 #[derive(Debug)]
-pub struct NatsServer(ServerProcess);
+pub struct NatsServer(ServerProcess, Vec<String>);
 
 impl NatsServer {
     /// The server process, while it runs (for resource accounting).
@@ -48,6 +48,11 @@ impl NatsServer {
     }
 
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with `extra` flags too (e.g. `--user`/`--pass`, `--tls`, `--tlscert`, …).
+    pub fn start_with(extra: &[String]) -> Self {
         let dir = scratch_dir("nats");
         let log = dir.join("nats.log");
         let mut server = ServerProcess {
@@ -57,15 +62,16 @@ impl NatsServer {
             log,
         };
         // -p -1: the server picks a free port and logs it; no race with other processes.
-        let port = Self::launch(&mut server, "-1");
+        let port = Self::launch(&mut server, "-1", extra);
         server.port = port;
-        Self(server)
+        Self(server, extra.to_vec())
     }
 
-    fn launch(server: &mut ServerProcess, port: &str) -> u16 {
+    fn launch(server: &mut ServerProcess, port: &str, extra: &[String]) -> u16 {
         let mut cmd = Command::new(binary("nats-server"));
         cmd.args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
-            .arg(server.dir.join("js"));
+            .arg(server.dir.join("js"))
+            .args(extra);
         let mut child = spawn(cmd, &server.log).expect("nats-server starts");
         let line = wait_for_line(
             &mut child,
@@ -99,7 +105,7 @@ impl NatsServer {
         self.0.stop();
         let _ = std::fs::write(&self.0.log, "");
         let port = self.0.port.to_string();
-        Self::launch(&mut self.0, &port);
+        Self::launch(&mut self.0, &port, &self.1);
     }
 }
 
