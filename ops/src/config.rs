@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use schemas::subjects::Namespace;
 use service_kit::config::{ConfigError, Env, NatsUrl};
+use service_kit::nats::NatsClientSettings;
 use service_kit::startup::StartupError;
 
 use crate::cli::GlobalArgs;
@@ -15,6 +16,8 @@ use crate::cli::GlobalArgs;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub nats_url: NatsUrl,
+    /// Credentials and TLS, from the environment as the services read them.
+    pub nats: NatsClientSettings,
     pub namespace: Namespace,
 }
 
@@ -37,9 +40,11 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
             "Prefix of every NATS subject and stream name of this deployment.",
         ),
     };
+    let nats = NatsClientSettings::from_env(&mut env, &nats_url);
     env.finish()?;
     Ok(Settings {
         nats_url,
+        nats,
         namespace,
     })
 }
@@ -47,7 +52,7 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
 /// Connects, retrying for at most `limit`. The error names the server (never the URL, which
 /// may carry credentials) and what to change.
 pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<async_nats::Client> {
-    service_kit::nats::connect(&settings.nats_url, "gcal-ops", limit)
+    service_kit::nats::connect(&settings.nats_url, &settings.nats, "gcal-ops", limit)
         .await
         .map_err(|e| {
             let cause = match e {

@@ -412,6 +412,8 @@ impl FromStr for DatabaseTemplate {
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
     pub nats_url: NatsUrl,
+    /// Credentials and TLS of the NATS connection.
+    pub nats: crate::nats::NatsClientSettings,
     pub namespace: Namespace,
     pub mongodb_uri: MongoUri,
     pub database_template: DatabaseTemplate,
@@ -469,12 +471,15 @@ impl CommonConfig {
         if !(1..=5).contains(&replicas) {
             env.problem("STREAM_REPLICAS", "must be between 1 and 5");
         }
+        let nats_url: NatsUrl = env.value(
+            "NATS_URL",
+            "nats://127.0.0.1:4222",
+            "NATS server with JetStream enabled.",
+        );
+        let nats = crate::nats::NatsClientSettings::from_env(env, &nats_url);
         Self {
-            nats_url: env.value(
-                "NATS_URL",
-                "nats://127.0.0.1:4222",
-                "NATS server with JetStream enabled.",
-            ),
+            nats_url,
+            nats,
             namespace: env.value(
                 "NATS_NAMESPACE",
                 "gcal",

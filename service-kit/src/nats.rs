@@ -2,12 +2,15 @@
 //! dead-letter streams idempotently (creating them, or updating an existing stream whose
 //! settings differ from the configured ones).
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use schemas::subjects::Namespace;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{NatsUrl, StreamSettings};
+use crate::config::{Env, NatsUrl, StreamSettings};
 use crate::startup::{Dependency, StartupError, retry_for};
 
 const NATS: Dependency = Dependency {
@@ -15,10 +18,132 @@ const NATS: Dependency = Dependency {
     what: "NATS",
 };
 
+/// Who a client is to NATS and how it protects the connection: credentials (a `.creds` file
+/// of NATS decentralized auth, or a user and password) and TLS (the CA that signs the server's
+/// certificate, and a client certificate for mutual TLS). Without any of them the client
+/// connects anonymously in plaintext, which is allowed only to a loopback server unless
+/// `NATS_ALLOW_PLAINTEXT=true` says the network is private.
+#[derive(Clone, Default)]
+pub struct NatsClientSettings {
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub allow_plaintext: bool,
+}
+
+impl fmt::Debug for NatsClientSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsClientSettings")
+            .field("creds_file", &self.creds_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish()
+    }
+}
+
+impl NatsClientSettings {
+    /// Reads the settings and checks them against each other and against `url`.
+    pub fn from_env(env: &mut Env, url: &NatsUrl) -> Self {
+        let settings = Self {
+            creds_file: env.optional(
+                "NATS_CREDS_FILE",
+                "A NATS credentials file (decentralized auth: the user's JWT and nkey seed) this service connects with.",
+            ),
+            user: env.optional("NATS_USER", "User this service connects to NATS as (with NATS_PASSWORD)."),
+            password: env
+                .optional::<String>("NATS_PASSWORD", "Password of NATS_USER (never logged).")
+                .map(SecretString::from),
+            tls_ca_file: env.optional(
+                "NATS_TLS_CA_FILE",
+                "PEM file of the CA that signs the NATS server's certificate; set, the connection must use TLS.",
+            ),
+            tls_cert_file: env.optional(
+                "NATS_TLS_CERT_FILE",
+                "PEM client certificate for mutual TLS with NATS (with NATS_TLS_KEY_FILE).",
+            ),
+            tls_key_file: env.optional(
+                "NATS_TLS_KEY_FILE",
+                "PEM private key of NATS_TLS_CERT_FILE.",
+            ),
+            allow_plaintext: env.value(
+                "NATS_ALLOW_PLAINTEXT",
+                "false",
+                "`true` allows a plaintext connection to a NATS server that is not on loopback (a private network you trust). `false`: such a NATS_URL is refused at start-up unless TLS is configured (`tls://`, or NATS_TLS_CA_FILE).",
+            ),
+        };
+        if settings.user.is_some() != settings.password.is_some() {
+            env.problem("NATS_USER", "NATS_USER and NATS_PASSWORD go together");
+        }
+        if settings.creds_file.is_some() && settings.user.is_some() {
+            env.problem(
+                "NATS_CREDS_FILE",
+                "use either NATS_CREDS_FILE or NATS_USER, not both",
+            );
+        }
+        if settings.tls_cert_file.is_some() != settings.tls_key_file.is_some() {
+            env.problem(
+                "NATS_TLS_CERT_FILE",
+                "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together",
+            );
+        }
+        if !settings.allow_plaintext && !settings.uses_tls(url) && !is_loopback(url) {
+            env.problem(
+                "NATS_URL",
+                "a NATS server that is not on loopback needs TLS (a tls:// URL, or NATS_TLS_CA_FILE); NATS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
+            );
+        }
+        settings
+    }
+
+    fn uses_tls(&self, url: &NatsUrl) -> bool {
+        self.tls_ca_file.is_some() || self.tls_cert_file.is_some() || url.0.tls_required()
+    }
+
+    /// `options` with these credentials and TLS settings.
+    async fn apply(
+        &self,
+        url: &NatsUrl,
+        mut options: async_nats::ConnectOptions,
+    ) -> std::io::Result<async_nats::ConnectOptions> {
+        if let Some(path) = &self.creds_file {
+            options = options.credentials_file(path).await?;
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options.require_tls(self.uses_tls(url)))
+    }
+}
+
+/// Whether the server's host is loopback by its address (or is `localhost`).
+fn is_loopback(url: &NatsUrl) -> bool {
+    let host = url.0.host();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Connects to NATS, retrying for at most `limit`. After the first connection the client
 /// reconnects by itself forever; disconnections are logged and show on `/readyz`.
 pub async fn connect(
     url: &NatsUrl,
+    client: &NatsClientSettings,
     client_name: &str,
     limit: Duration,
 ) -> Result<async_nats::Client, StartupError> {
@@ -37,7 +162,12 @@ pub async fn connect(
                 }
             });
         let addr = url.0.clone();
-        async move { options.connect(addr).await }
+        async move {
+            let options = client.apply(url, options).await.map_err(|e| {
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e)
+            })?;
+            options.connect(addr).await
+        }
     };
     retry_for(limit, NATS, connect_once).await
 }

@@ -115,10 +115,14 @@ impl Nats {
     async fn new() -> Self {
         let ctx = TestContext::new();
         let config = ctx.common(&[]);
-        let client =
-            service_kit::nats::connect(&config.nats_url, "ops-cli-test", Duration::from_secs(10))
-                .await
-                .expect("connect");
+        let client = service_kit::nats::connect(
+            &config.nats_url,
+            &config.nats,
+            "ops-cli-test",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("connect");
         let js = jetstream::new(client);
         service_kit::nats::ensure_streams(&js, &config.namespace, &config.streams)
             .await

@@ -1,0 +1,190 @@
+//! A service's NATS connection with credentials and TLS, against a real nats-server that
+//! requires them (issue 15's client side): anonymous and wrong credentials are refused, the
+//! right ones connect; a TLS server is reached with the configured CA and refused without it.
+
+use std::time::Duration;
+
+use e2e::process::scratch_dir;
+use e2e::servers::NatsServer;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use service_kit::config::{Env, NatsUrl};
+use service_kit::nats::{NatsClientSettings, connect};
+
+const LIMIT: Duration = Duration::from_secs(2);
+
+/// Reads the client settings as a service would, from exactly `pairs`.
+fn settings(url: &str, pairs: &[(&str, &str)]) -> (NatsUrl, NatsClientSettings) {
+    let url: NatsUrl = url.parse().expect("NATS URL");
+    let mut env = Env::from_pairs(pairs.iter().copied());
+    let settings = NatsClientSettings::from_env(&mut env, &url);
+    env.finish().expect("valid settings");
+    (url, settings)
+}
+
+/// Connects (within [`LIMIT`]) and proves the connection works with a request-free flush.
+async fn reaches(url: &str, pairs: &[(&str, &str)]) -> Result<(), String> {
+    let (url, settings) = settings(url, pairs);
+    let client = connect(&url, &settings, "nats-client-test", LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish("probe", "x".into())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn anonymous_and_wrong_credentials_are_refused_the_right_ones_connect() {
+    service_kit::tls::install_crypto_provider();
+    let server = NatsServer::start_with(&[
+        "--user".into(),
+        "metadata-worker".into(),
+        "--pass".into(),
+        "a-long-random-password".into(),
+    ]);
+    let url = server.url();
+    let anonymous = reaches(&url, &[]).await;
+    assert!(anonymous.is_err(), "anonymous connection accepted");
+    let wrong = reaches(
+        &url,
+        &[
+            ("NATS_USER", "metadata-worker"),
+            ("NATS_PASSWORD", "not-the-password"),
+        ],
+    )
+    .await;
+    assert!(wrong.is_err(), "wrong password accepted");
+    let error = wrong.unwrap_err();
+    assert!(
+        !error.contains("not-the-password"),
+        "the password was echoed: {error}"
+    );
+    reaches(
+        &url,
+        &[
+            ("NATS_USER", "metadata-worker"),
+            ("NATS_PASSWORD", "a-long-random-password"),
+        ],
+    )
+    .await
+    .expect("the right credentials connect");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it, as
+/// PEM files in `dir`: the paths of the CA, the server certificate and key, the client
+/// certificate and key.
+fn certificates(dir: &std::path::Path) -> [String; 5] {
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "gcal test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server certificate");
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "oauth-worker");
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.to_string_lossy().into_owned()
+    };
+    [
+        write("ca.pem", ca.pem()),
+        write("server.pem", server.pem()),
+        write("server-key.pem", server_key.serialize_pem()),
+        write("client.pem", client.pem()),
+        write("client-key.pem", client_key.serialize_pem()),
+    ]
+}
+
+#[tokio::test]
+async fn a_tls_server_is_reached_with_the_configured_ca_and_refused_without_it() {
+    service_kit::tls::install_crypto_provider();
+    let dir = scratch_dir("nats-tls");
+    let [ca, cert, key, _, _] = certificates(&dir);
+    let server = NatsServer::start_with(&[
+        "--tls".into(),
+        "--tlscert".into(),
+        cert,
+        "--tlskey".into(),
+        key,
+    ]);
+    let url = server.url();
+    reaches(&url, &[("NATS_TLS_CA_FILE", ca.as_str())])
+        .await
+        .expect("TLS with the configured CA connects");
+    // Without the CA the server's certificate is not trusted (and plaintext is not offered).
+    assert!(
+        reaches(&url, &[]).await.is_err(),
+        "untrusted server accepted"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn mutual_tls_needs_the_client_certificate() {
+    service_kit::tls::install_crypto_provider();
+    let dir = scratch_dir("nats-mtls");
+    let [ca, cert, key, client_cert, client_key] = certificates(&dir);
+    let server = NatsServer::start_with(&[
+        "--tlsverify".into(),
+        "--tlscert".into(),
+        cert,
+        "--tlskey".into(),
+        key,
+        "--tlscacert".into(),
+        ca.clone(),
+    ]);
+    let url = server.url();
+    assert!(
+        reaches(&url, &[("NATS_TLS_CA_FILE", ca.as_str())])
+            .await
+            .is_err(),
+        "a client without a certificate accepted"
+    );
+    reaches(
+        &url,
+        &[
+            ("NATS_TLS_CA_FILE", ca.as_str()),
+            ("NATS_TLS_CERT_FILE", client_cert.as_str()),
+            ("NATS_TLS_KEY_FILE", client_key.as_str()),
+        ],
+    )
+    .await
+    .expect("the client certificate connects");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plaintext_to_a_server_off_loopback_is_a_configuration_problem() {
+    let url: NatsUrl = "nats://10.0.0.5:4222".parse().expect("url");
+    let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+    NatsClientSettings::from_env(&mut env, &url);
+    let error = env.finish().expect_err("refused").to_string();
+    assert!(error.contains("NATS_URL"), "{error}");
+    assert!(error.contains("NATS_ALLOW_PLAINTEXT"), "{error}");
+    for allowed in [
+        settings("tls://10.0.0.5:4222", &[]),
+        settings("nats://10.0.0.5:4222", &[("NATS_ALLOW_PLAINTEXT", "true")]),
+        settings("nats://localhost:4222", &[]),
+        settings("nats://[::1]:4222", &[]),
+    ] {
+        drop(allowed);
+    }
+    let mut env = Env::from_pairs([("NATS_USER", "alone")]);
+    NatsClientSettings::from_env(&mut env, &"nats://127.0.0.1:4222".parse().expect("url"));
+    assert!(env.finish().is_err(), "a user without a password");
+}
