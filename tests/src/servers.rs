@@ -109,9 +109,9 @@ impl NatsServer {
     }
 }
 
-/// redis-server without persistence.
+/// redis-server without persistence, and any extra flags it was started with (TLS).
 #[derive(Debug)]
-pub struct RedisServer(ServerProcess);
+pub struct RedisServer(ServerProcess, Vec<String>);
 
 impl RedisServer {
     /// The server process, while it runs (for resource accounting).
@@ -120,6 +120,25 @@ impl RedisServer {
     }
 
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Serving TLS only, with `cert` and `key` (PEM files); clients need not present a
+    /// certificate. [`Self::url`] is then `rediss://`.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Self {
+        Self::start_with(&[
+            "--tls-cert-file".into(),
+            cert.into(),
+            "--tls-key-file".into(),
+            key.into(),
+            "--tls-ca-cert-file".into(),
+            ca.into(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ])
+    }
+
+    fn start_with(extra: &[String]) -> Self {
         let dir = scratch_dir("redis");
         let log = dir.join("redis.log");
         let mut server = ServerProcess {
@@ -131,8 +150,8 @@ impl RedisServer {
         // Redis cannot pick its own port; if another process takes ours first, try again.
         for _ in 0..5 {
             server.port = free_port();
-            match Self::launch(&mut server) {
-                Ok(()) => return Self(server),
+            match Self::launch(&mut server, extra) {
+                Ok(()) => return Self(server, extra.to_vec()),
                 Err(e) if e.contains("Address already in use") => {
                     let _ = std::fs::write(&server.log, "");
                 }
@@ -142,20 +161,21 @@ impl RedisServer {
         panic!("redis-server found no free port in 5 tries");
     }
 
-    fn launch(server: &mut ServerProcess) -> Result<(), String> {
+    fn launch(server: &mut ServerProcess, extra: &[String]) -> Result<(), String> {
+        let port = server.port.to_string();
+        // With TLS the port is the TLS one and plaintext is off.
+        let (port_flag, plain) = if extra.is_empty() {
+            ("--port", None)
+        } else {
+            ("--tls-port", Some(["--port", "0"]))
+        };
         let mut cmd = Command::new(binary("redis-server"));
-        cmd.args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &server.port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&server.dir);
+        cmd.args(["--bind", "127.0.0.1", port_flag, &port])
+            .args(plain.into_iter().flatten())
+            .args(extra)
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&server.dir);
         let mut child = spawn(cmd, &server.log).expect("redis-server starts");
         match wait_for_line(
             &mut child,
@@ -178,11 +198,13 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.0.stop();
         let _ = std::fs::write(&self.0.log, "");
-        Self::launch(&mut self.0).unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
+        Self::launch(&mut self.0, &self.1)
+            .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.0.port)
+        let scheme = if self.1.is_empty() { "redis" } else { "rediss" };
+        format!("{scheme}://127.0.0.1:{}", self.0.port)
     }
 
     /// Stops the server (SIGTERM). Redis keeps nothing on disk here: a stop loses its data,
