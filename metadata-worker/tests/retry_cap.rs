@@ -48,10 +48,13 @@ struct Fixture {
 impl Fixture {
     async fn new(cap: u32, spec: ConsumerSpec) -> Self {
         let ctx = TestContext::new();
-        let redis =
-            service_kit::redis::connect(&RedisUrl(ctx.redis_url.clone()), Duration::from_secs(10))
-                .await
-                .expect("redis");
+        let redis = service_kit::redis::connect(
+            &RedisUrl(ctx.redis_url.clone()),
+            &service_kit::redis::RedisTls::default(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("redis");
         let keys = RedisKeys::new(ctx.id.clone());
         Self {
             cap: RetryCap::new(redis.clone(), keys.clone(), cap, spec),

@@ -418,6 +418,8 @@ pub struct CommonConfig {
     pub mongodb_uri: MongoUri,
     pub database_template: DatabaseTemplate,
     pub redis_url: RedisUrl,
+    /// TLS of the Redis connection (`rediss://`).
+    pub redis_tls: crate::redis::RedisTls,
     pub redis_key_prefix: String,
     /// How long start-up keeps retrying an unreachable NATS, MongoDB or Redis before giving up.
     pub startup_timeout: Duration,
@@ -477,6 +479,12 @@ impl CommonConfig {
             "NATS server with JetStream enabled.",
         );
         let nats = crate::nats::NatsClientSettings::from_env(env, &nats_url);
+        let redis_url: RedisUrl = env.value(
+                "REDIS_URL",
+                "redis://127.0.0.1:6379",
+                "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
+            );
+        let redis_tls = crate::redis::RedisTls::from_env(env, &redis_url);
         Self {
             nats_url,
             nats,
@@ -495,11 +503,8 @@ impl CommonConfig {
                 "gcal_{subaccountId}",
                 "Name of a tenant's database; {subaccountId} is replaced by the subaccount id.",
             ),
-            redis_url: env.value(
-                "REDIS_URL",
-                "redis://127.0.0.1:6379",
-                "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
-            ),
+            redis_url,
+            redis_tls,
             redis_key_prefix,
             startup_timeout: env
                 .value::<HumanDuration>(

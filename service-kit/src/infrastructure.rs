@@ -79,7 +79,7 @@ impl Infrastructure {
                 service,
                 limit
             ),
-            crate::redis::connect(&config.redis_url, limit),
+            crate::redis::connect(&config.redis_url, &config.redis_tls, limit),
         );
         match (nats, mongo, redis) {
             (Ok(nats), Ok(mongo), Ok(redis)) => {

@@ -5,12 +5,13 @@
 //! caches, rate-limit budgets and the count of webhook deliveries awaiting a retry. Every key is
 //! written with an expiry.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::SubaccountId;
 
-use crate::config::RedisUrl;
+use crate::config::{Env, RedisUrl};
 use crate::startup::{Dependency, StartupError, retry_for};
 
 const REDIS: Dependency = Dependency {
@@ -18,12 +19,93 @@ const REDIS: Dependency = Dependency {
     what: "Redis",
 };
 
+/// How the Redis connection is protected: `rediss://` in `REDIS_URL` means TLS, verified
+/// against the system's roots or, when set, the CA in `REDIS_TLS_CA_FILE`. Plaintext
+/// (`redis://`) to a server that is not on loopback is refused at start-up unless
+/// `REDIS_ALLOW_PLAINTEXT=true` says the network is private.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// Reads the TLS settings and checks `url` against them.
+    pub fn from_env(env: &mut Env, url: &RedisUrl) -> Self {
+        let tls = Self {
+            ca_file: env.optional(
+                "REDIS_TLS_CA_FILE",
+                "PEM file of the CA that signs the Redis server's certificate (with a rediss:// REDIS_URL); unset, the system's roots are trusted.",
+            ),
+        };
+        let allow_plaintext: bool = env.value(
+            "REDIS_ALLOW_PLAINTEXT",
+            "false",
+            "`true` allows a plaintext redis:// connection to a server that is not on loopback (a private network you trust). `false`: such a REDIS_URL is refused at start-up; use rediss://.",
+        );
+        let tls_url = url.0.starts_with("rediss://");
+        if tls.ca_file.is_some() && !tls_url {
+            env.problem("REDIS_TLS_CA_FILE", "needs a rediss:// REDIS_URL");
+        }
+        if !tls_url && !allow_plaintext && !is_loopback(&url.0) {
+            env.problem(
+                "REDIS_URL",
+                "a Redis server that is not on loopback needs TLS (rediss://); REDIS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
+            );
+        }
+        tls
+    }
+
+    fn client(&self, url: &RedisUrl) -> Result<redis::Client, StartupError> {
+        let misconfigured = |setting, cause: String| StartupError::Misconfigured { setting, cause };
+        match &self.ca_file {
+            None => redis::Client::open(url.0.as_str())
+                .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind()))),
+            Some(path) => {
+                let root = std::fs::read(path).map_err(|e| {
+                    misconfigured("REDIS_TLS_CA_FILE", format!("cannot be read: {e}"))
+                })?;
+                redis::Client::build_with_tls(
+                    url.0.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+                .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind())))
+            }
+        }
+    }
+}
+
+/// Whether the URL's host is loopback by its address (or is `localhost`); a Unix socket is.
+fn is_loopback(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    if parsed.scheme().starts_with("redis+unix") || parsed.scheme() == "unix" {
+        return true;
+    }
+    match parsed.host() {
+        // `redis` is not a special scheme to the URL parser: an IPv4 host comes as a domain.
+        Some(url::Host::Domain(domain)) => {
+            domain.eq_ignore_ascii_case("localhost")
+                || domain
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Connects, retrying for at most `limit`, and proves the connection with a `PING`.
-pub async fn connect(url: &RedisUrl, limit: Duration) -> Result<ConnectionManager, StartupError> {
-    let client = redis::Client::open(url.0.as_str()).map_err(|e| StartupError::Misconfigured {
-        setting: "REDIS_URL",
-        cause: format!("cannot be used: {:?}", e.kind()),
-    })?;
+pub async fn connect(
+    url: &RedisUrl,
+    tls: &RedisTls,
+    limit: Duration,
+) -> Result<ConnectionManager, StartupError> {
+    let client = tls.client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))

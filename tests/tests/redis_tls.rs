@@ -1,0 +1,105 @@
+//! The services' Redis connection over TLS (issue 15 §3), against a real redis-server that
+//! serves TLS only: reached with `rediss://` and the configured CA, refused without the CA, and
+//! plaintext to a server off loopback is a configuration problem.
+
+use std::time::Duration;
+
+use e2e::process::scratch_dir;
+use e2e::servers::RedisServer;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use service_kit::config::{Env, RedisUrl};
+use service_kit::redis::{RedisTls, connect};
+
+const LIMIT: Duration = Duration::from_secs(2);
+
+fn settings(pairs: &[(&str, &str)]) -> Result<(RedisUrl, RedisTls), String> {
+    let mut env = Env::from_pairs(pairs.iter().copied());
+    let url: RedisUrl = env.value("REDIS_URL", "redis://127.0.0.1:6379", "test");
+    let tls = RedisTls::from_env(&mut env, &url);
+    env.finish().map(|()| (url, tls)).map_err(|e| e.to_string())
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) -> [String; 3] {
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "gcal test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.to_string_lossy().into_owned()
+    };
+    [
+        write("ca.pem", ca.pem()),
+        write("server.pem", server.pem()),
+        write("server-key.pem", server_key.serialize_pem()),
+    ]
+}
+
+#[tokio::test]
+async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_without_it() {
+    service_kit::tls::install_crypto_provider();
+    let dir = scratch_dir("redis-tls");
+    let [ca, cert, key] = certificates(&dir);
+    let server = RedisServer::start_tls(&cert, &key, &ca);
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+
+    let (url_setting, tls) = settings(&[
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_TLS_CA_FILE", ca.as_str()),
+    ])
+    .expect("valid settings");
+    let mut conn = connect(&url_setting, &tls, LIMIT)
+        .await
+        .expect("TLS with the configured CA connects");
+    service_kit::redis::ping(&mut conn).await.expect("PING");
+
+    // The system's roots do not know the test CA.
+    let (url_setting, tls) = settings(&[("REDIS_URL", url.as_str())]).expect("valid settings");
+    assert!(
+        connect(&url_setting, &tls, LIMIT).await.is_err(),
+        "a server certificate from an unknown CA was trusted"
+    );
+    // Plaintext to a TLS-only server does not get through either.
+    let plain = url.replacen("rediss://", "redis://", 1);
+    let (url_setting, tls) = settings(&[("REDIS_URL", plain.as_str())]).expect("valid settings");
+    assert!(connect(&url_setting, &tls, LIMIT).await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plaintext_to_a_redis_off_loopback_is_a_configuration_problem() {
+    let refused = settings(&[("REDIS_URL", "redis://10.0.0.5:6379")]).expect_err("refused");
+    assert!(refused.contains("REDIS_URL"), "{refused}");
+    assert!(refused.contains("REDIS_ALLOW_PLAINTEXT"), "{refused}");
+    for allowed in [
+        vec![("REDIS_URL", "rediss://10.0.0.5:6379")],
+        vec![
+            ("REDIS_URL", "redis://10.0.0.5:6379"),
+            ("REDIS_ALLOW_PLAINTEXT", "true"),
+        ],
+        vec![("REDIS_URL", "redis://localhost:6379")],
+        vec![("REDIS_URL", "redis://[::1]:6379")],
+    ] {
+        settings(&allowed).unwrap_or_else(|e| panic!("{allowed:?}: {e}"));
+    }
+    let ca_without_tls = settings(&[
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_TLS_CA_FILE", "/ca.pem"),
+    ])
+    .expect_err("a CA for a plaintext URL");
+    assert!(
+        ca_without_tls.contains("REDIS_TLS_CA_FILE"),
+        "{ca_without_tls}"
+    );
+}
