@@ -316,6 +316,39 @@ impl FromStr for MongoUri {
     }
 }
 
+impl MongoUri {
+    /// Whether the connection string leaves TLS off while naming a host that is not loopback
+    /// (`mongodb+srv://` is TLS unless `tls=false`; a Unix socket is local).
+    pub fn is_plaintext_off_loopback(&self) -> bool {
+        use mongodb::options::{ConnectionString, HostInfo, ServerAddress, Tls};
+        let Ok(parsed) = ConnectionString::parse(&self.0) else {
+            return false;
+        };
+        let tls = match (&parsed.tls, &parsed.host_info) {
+            (Some(Tls::Enabled(_)), _) => true,
+            (Some(Tls::Disabled), _) => false,
+            (None, HostInfo::DnsRecord(_)) => true,
+            (None, _) => false,
+        };
+        let off_loopback = match &parsed.host_info {
+            HostInfo::DnsRecord(_) => true,
+            HostInfo::HostIdentifiers(hosts) => hosts.iter().any(|host| match host {
+                ServerAddress::Tcp { host, .. } => {
+                    !(host.eq_ignore_ascii_case("localhost")
+                        || host
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback()))
+                }
+                _ => false,
+            }),
+            _ => true,
+        };
+        !tls && off_loopback
+    }
+}
+
 /// A Redis URL, parsed by the client library without connecting.
 #[derive(Clone)]
 pub struct RedisUrl(pub String);
@@ -485,6 +518,22 @@ impl CommonConfig {
                 "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
             );
         let redis_tls = crate::redis::RedisTls::from_env(env, &redis_url);
+        let mongodb_uri: MongoUri = env.value(
+            "MONGODB_URI",
+            "mongodb://127.0.0.1:27017",
+            "MongoDB (or MongoDB-wire) server holding the tenant databases. TLS and credentials go in the connection string (`tls=true`, `tlsCAFile=…`, `tlsCertificateKeyFile=…`; `mongodb+srv://` uses TLS by default).",
+        );
+        let mongodb_allow_plaintext: bool = env.value(
+            "MONGODB_ALLOW_PLAINTEXT",
+            "false",
+            "`true` allows a connection string without TLS to a server that is not on loopback (a private network you trust). `false`: such a MONGODB_URI is refused at start-up; add `tls=true`.",
+        );
+        if !mongodb_allow_plaintext && mongodb_uri.is_plaintext_off_loopback() {
+            env.problem(
+                "MONGODB_URI",
+                "a MongoDB server that is not on loopback needs TLS (tls=true, or mongodb+srv://); MONGODB_ALLOW_PLAINTEXT=true allows plaintext on a private network",
+            );
+        }
         Self {
             nats_url,
             nats,
@@ -493,11 +542,7 @@ impl CommonConfig {
                 "gcal",
                 "Prefix of every NATS subject and stream name of this deployment.",
             ),
-            mongodb_uri: env.value(
-                "MONGODB_URI",
-                "mongodb://127.0.0.1:27017",
-                "MongoDB (or MongoDB-wire) server holding the tenant databases.",
-            ),
+            mongodb_uri,
             database_template: env.value(
                 "MONGODB_DATABASE_TEMPLATE",
                 "gcal_{subaccountId}",
@@ -650,6 +695,50 @@ mod tests {
             assert!(names.contains(&expected), "{expected} missing from {err}");
         }
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_mongodb_off_loopback_is_refused_unless_allowed() {
+        let problems = |pairs: &[(&str, &str)]| {
+            let mut env = Env::from_pairs(pairs.iter().copied());
+            CommonConfig::from_env(&mut env);
+            env.finish()
+                .err()
+                .map(|e| {
+                    e.problems
+                        .into_iter()
+                        .map(|p| p.setting)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            problems(&[("MONGODB_URI", "mongodb://db.internal:27017")]),
+            ["MONGODB_URI"]
+        );
+        assert_eq!(
+            problems(&[("MONGODB_URI", "mongodb://127.0.0.1:27017,db.internal:27017")]),
+            ["MONGODB_URI"]
+        );
+        for fine in [
+            vec![("MONGODB_URI", "mongodb://db.internal:27017/?tls=true")],
+            vec![("MONGODB_URI", "mongodb+srv://cluster.example.net")],
+            vec![
+                ("MONGODB_URI", "mongodb://db.internal:27017"),
+                ("MONGODB_ALLOW_PLAINTEXT", "true"),
+            ],
+            vec![("MONGODB_URI", "mongodb://localhost:27017")],
+            vec![("MONGODB_URI", "mongodb://[::1]:27017")],
+        ] {
+            assert!(problems(&fine).is_empty(), "{fine:?}");
+        }
+        assert_eq!(
+            problems(&[(
+                "MONGODB_URI",
+                "mongodb+srv://cluster.example.net/?tls=false"
+            )]),
+            ["MONGODB_URI"]
+        );
     }
 
     #[test]
