@@ -333,14 +333,7 @@ impl MongoUri {
         let off_loopback = match &parsed.host_info {
             HostInfo::DnsRecord(_) => true,
             HostInfo::HostIdentifiers(hosts) => hosts.iter().any(|host| match host {
-                ServerAddress::Tcp { host, .. } => {
-                    !(host.eq_ignore_ascii_case("localhost")
-                        || host
-                            .trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback()))
-                }
+                ServerAddress::Tcp { host, .. } => !crate::exposure::is_loopback_host(host),
                 _ => false,
             }),
             _ => true,
@@ -513,10 +506,10 @@ impl CommonConfig {
         );
         let nats = crate::nats::NatsClientSettings::from_env(env, &nats_url);
         let redis_url: RedisUrl = env.value(
-                "REDIS_URL",
-                "redis://127.0.0.1:6379",
-                "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
-            );
+            "REDIS_URL",
+            "redis://127.0.0.1:6379",
+            "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
+        );
         let redis_tls = crate::redis::RedisTls::from_env(env, &redis_url);
         let mongodb_uri: MongoUri = env.value(
             "MONGODB_URI",

@@ -15,6 +15,17 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+/// Whether a host name from a URL is this machine's loopback: `localhost`, or an address in
+/// `127.0.0.0/8` or `::1` (brackets allowed). Any other name may resolve anywhere.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The setting that lets a service start with public defaults on a non-loopback address.
 pub const ALLOW_INSECURE_DEFAULTS: &str = "ALLOW_INSECURE_DEFAULTS";
 

@@ -93,7 +93,10 @@ impl NatsClientSettings {
                 "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together",
             );
         }
-        if !settings.allow_plaintext && !settings.uses_tls(url) && !is_loopback(url) {
+        if !settings.allow_plaintext
+            && !settings.uses_tls(url)
+            && !crate::exposure::is_loopback_host(url.0.host())
+        {
             env.problem(
                 "NATS_URL",
                 "a NATS server that is not on loopback needs TLS (a tls:// URL, or NATS_TLS_CA_FILE); NATS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
@@ -126,17 +129,6 @@ impl NatsClientSettings {
         }
         Ok(options.require_tls(self.uses_tls(url)))
     }
-}
-
-/// Whether the server's host is loopback by its address (or is `localhost`).
-fn is_loopback(url: &NatsUrl) -> bool {
-    let host = url.0.host();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Connects to NATS, retrying for at most `limit`. After the first connection the client

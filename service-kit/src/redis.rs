@@ -85,18 +85,11 @@ fn is_loopback(url: &str) -> bool {
     if parsed.scheme().starts_with("redis+unix") || parsed.scheme() == "unix" {
         return true;
     }
-    match parsed.host() {
-        // `redis` is not a special scheme to the URL parser: an IPv4 host comes as a domain.
-        Some(url::Host::Domain(domain)) => {
-            domain.eq_ignore_ascii_case("localhost")
-                || domain
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
+    // `redis` is not a special scheme to the URL parser: an IPv4 host comes as a domain, which
+    // the shared check parses again.
+    parsed
+        .host_str()
+        .is_some_and(crate::exposure::is_loopback_host)
 }
 
 /// Connects, retrying for at most `limit`, and proves the connection with a `PING`.
