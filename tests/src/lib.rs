@@ -17,6 +17,7 @@ pub mod browser;
 pub mod context;
 pub mod fake_google;
 pub mod jwt;
+pub mod pki;
 pub mod process;
 pub mod servers;
 pub mod service;

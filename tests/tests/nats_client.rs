@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use e2e::process::scratch_dir;
+use e2e::pki::TestPki;
 use e2e::servers::NatsServer;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use service_kit::config::{Env, NatsUrl};
 use service_kit::nats::{NatsClientSettings, connect};
 
@@ -71,56 +70,17 @@ async fn anonymous_and_wrong_credentials_are_refused_the_right_ones_connect() {
     .expect("the right credentials connect");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it, as
-/// PEM files in `dir`: the paths of the CA, the server certificate and key, the client
-/// certificate and key.
-fn certificates(dir: &std::path::Path) -> [String; 5] {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "gcal test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("server params")
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server certificate");
-    let client_key = KeyPair::generate().expect("client key");
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "oauth-worker");
-    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client_params
-        .signed_by(&client_key, &ca, &ca_key)
-        .expect("client certificate");
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path.to_string_lossy().into_owned()
-    };
-    [
-        write("ca.pem", ca.pem()),
-        write("server.pem", server.pem()),
-        write("server-key.pem", server_key.serialize_pem()),
-        write("client.pem", client.pem()),
-        write("client-key.pem", client_key.serialize_pem()),
-    ]
-}
-
 #[tokio::test]
 async fn a_tls_server_is_reached_with_the_configured_ca_and_refused_without_it() {
     service_kit::tls::install_crypto_provider();
-    let dir = scratch_dir("nats-tls");
-    let [ca, cert, key, _, _] = certificates(&dir);
+    let pki = TestPki::new();
+    let ca = &pki.ca;
     let server = NatsServer::start_with(&[
         "--tls".into(),
         "--tlscert".into(),
-        cert,
+        pki.server_cert.clone(),
         "--tlskey".into(),
-        key,
+        pki.server_key.clone(),
     ]);
     let url = server.url();
     reaches(&url, &[("NATS_TLS_CA_FILE", ca.as_str())])
@@ -131,20 +91,19 @@ async fn a_tls_server_is_reached_with_the_configured_ca_and_refused_without_it()
         reaches(&url, &[]).await.is_err(),
         "untrusted server accepted"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn mutual_tls_needs_the_client_certificate() {
     service_kit::tls::install_crypto_provider();
-    let dir = scratch_dir("nats-mtls");
-    let [ca, cert, key, client_cert, client_key] = certificates(&dir);
+    let pki = TestPki::new();
+    let ca = &pki.ca;
     let server = NatsServer::start_with(&[
         "--tlsverify".into(),
         "--tlscert".into(),
-        cert,
+        pki.server_cert.clone(),
         "--tlskey".into(),
-        key,
+        pki.server_key.clone(),
         "--tlscacert".into(),
         ca.clone(),
     ]);
@@ -159,13 +118,12 @@ async fn mutual_tls_needs_the_client_certificate() {
         &url,
         &[
             ("NATS_TLS_CA_FILE", ca.as_str()),
-            ("NATS_TLS_CERT_FILE", client_cert.as_str()),
-            ("NATS_TLS_KEY_FILE", client_key.as_str()),
+            ("NATS_TLS_CERT_FILE", pki.client_cert.as_str()),
+            ("NATS_TLS_KEY_FILE", pki.client_key.as_str()),
         ],
     )
     .await
     .expect("the client certificate connects");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

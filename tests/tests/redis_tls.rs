@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use e2e::process::scratch_dir;
+use e2e::pki::TestPki;
 use e2e::servers::RedisServer;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use service_kit::config::{Env, RedisUrl};
 use service_kit::redis::{RedisTls, connect};
 
@@ -19,38 +18,12 @@ fn settings(pairs: &[(&str, &str)]) -> Result<(RedisUrl, RedisTls), String> {
     env.finish().map(|()| (url, tls)).map_err(|e| e.to_string())
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
-fn certificates(dir: &std::path::Path) -> [String; 3] {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "gcal test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server certificate");
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path.to_string_lossy().into_owned()
-    };
-    [
-        write("ca.pem", ca.pem()),
-        write("server.pem", server.pem()),
-        write("server-key.pem", server_key.serialize_pem()),
-    ]
-}
-
 #[tokio::test]
 async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_without_it() {
     service_kit::tls::install_crypto_provider();
-    let dir = scratch_dir("redis-tls");
-    let [ca, cert, key] = certificates(&dir);
-    let server = RedisServer::start_tls(&cert, &key, &ca);
+    let pki = TestPki::new();
+    let ca = &pki.ca;
+    let server = RedisServer::start_tls(&pki.server_cert, &pki.server_key, ca);
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 
@@ -74,7 +47,6 @@ async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_without_it() 
     let plain = url.replacen("rediss://", "redis://", 1);
     let (url_setting, tls) = settings(&[("REDIS_URL", plain.as_str())]).expect("valid settings");
     assert!(connect(&url_setting, &tls, LIMIT).await.is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
