@@ -137,6 +137,7 @@ impl ConnectorStore {
         if let Some(Value::Array(cached)) = self.cache_get(&key).await {
             return Ok(cached);
         }
+        let version = self.cache_version(subaccount).await;
         let documents: Vec<Document> = self
             .existing(subaccount)
             .find(doc! { "subaccountId": subaccount.as_str() })
@@ -147,7 +148,8 @@ impl ConnectorStore {
             .await
             .map_err(|e| database_error(e, "listing connectors"))?;
         let rendered: Vec<Value> = documents.into_iter().map(render_document).collect();
-        self.cache_put(&key, &Value::Array(rendered.clone())).await;
+        self.cache_put(subaccount, version, &key, &Value::Array(rendered.clone()))
+            .await;
         Ok(rendered)
     }
 
@@ -165,6 +167,7 @@ impl ConnectorStore {
         if let Some(cached @ Value::Object(_)) = self.cache_get(&key).await {
             return Ok(Some(cached));
         }
+        let version = self.cache_version(subaccount).await;
         let found = self
             .existing(subaccount)
             .find_one(
@@ -176,7 +179,7 @@ impl ConnectorStore {
             return Ok(None);
         };
         let rendered = render_document(document);
-        self.cache_put(&key, &rendered).await;
+        self.cache_put(subaccount, version, &key, &rendered).await;
         Ok(Some(rendered))
     }
 
@@ -230,7 +233,16 @@ impl ConnectorStore {
                 .connector_cache(subaccount, connector.as_str()),
         ];
         let mut redis = self.infra.redis.clone();
-        match tokio::time::timeout(CACHE_TIMEOUT, redis.del::<_, ()>(&keys)).await {
+        match tokio::time::timeout(
+            CACHE_TIMEOUT,
+            service_kit::redis::invalidate_connector_caches(
+                &mut redis,
+                &self.infra.keys.connector_cache_version(subaccount),
+                &keys,
+            ),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, %subaccount, "connector cache not invalidated; stale reads until it expires")
@@ -291,16 +303,58 @@ impl ConnectorStore {
         }
     }
 
-    async fn cache_put(&self, key: &str, value: &Value) {
+    /// The subaccount's invalidation counter, noted before a read of MongoDB; `None` (do not
+    /// fill the cache) when the cache is off or Redis does not answer.
+    async fn cache_version(&self, subaccount: &SubaccountId) -> Option<String> {
         if self.ttl.is_zero() || !self.breaker.allows() {
-            return;
+            return None;
         }
         let mut redis = self.infra.redis.clone();
-        let seconds = self.ttl.as_secs().max(1);
-        let text = value.to_string();
-        match tokio::time::timeout(CACHE_TIMEOUT, redis.set_ex::<_, _, ()>(key, text, seconds))
-            .await
+        let key = self.infra.keys.connector_cache_version(subaccount);
+        match tokio::time::timeout(
+            CACHE_TIMEOUT,
+            service_kit::redis::connector_cache_version(&mut redis, &key),
+        )
+        .await
         {
+            Ok(Ok(version)) => Some(version),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis read failed; not caching");
+                self.breaker.tripped();
+                None
+            }
+            Err(_) => {
+                tracing::warn!("Redis read timed out; not caching");
+                self.breaker.tripped();
+                None
+            }
+        }
+    }
+
+    /// Caches a read, unless the subaccount's reads were invalidated since `version` was noted
+    /// (a write landed meanwhile, and this read may hold the old document).
+    async fn cache_put(
+        &self,
+        subaccount: &SubaccountId,
+        version: Option<String>,
+        key: &str,
+        value: &Value,
+    ) {
+        let Some(version) = version else {
+            return;
+        };
+        let mut redis = self.infra.redis.clone();
+        let version_key = self.infra.keys.connector_cache_version(subaccount);
+        let text = value.to_string();
+        let fill = service_kit::redis::fill_connector_cache(
+            &mut redis,
+            &version_key,
+            &version,
+            key,
+            &text,
+            self.ttl.as_secs().max(1),
+        );
+        match tokio::time::timeout(CACHE_TIMEOUT, fill).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "Redis write failed; not cached");

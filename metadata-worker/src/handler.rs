@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use redis::AsyncCommands;
 use schemas::SubaccountId;
 use schemas::documents::connector_subaccount::GOOGLE_CALENDAR_CONNECTOR_ID;
 use service_kit::Infrastructure;
@@ -91,7 +90,10 @@ impl ConnectionEventHandler {
                 .connector_cache(subaccount, GOOGLE_CALENDAR_CONNECTOR_ID),
         ];
         let mut redis = self.infra.redis.clone();
-        match tokio::time::timeout(CACHE_TIMEOUT, redis.del::<_, ()>(&keys)).await {
+        let version = self.infra.keys.connector_cache_version(subaccount);
+        let invalidated =
+            service_kit::redis::invalidate_connector_caches(&mut redis, &version, &keys);
+        match tokio::time::timeout(CACHE_TIMEOUT, invalidated).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "connector caches not invalidated; the api serves the old metadata until they expire")

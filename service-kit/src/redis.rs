@@ -162,6 +162,12 @@ impl RedisKeys {
         format!("{}:cache:connectors:{subaccount}", self.prefix)
     }
 
+    /// Counts the invalidations of a subaccount's cached connector reads: a read fills the
+    /// cache only if no invalidation happened since it began (see [`fill_connector_cache`]).
+    pub fn connector_cache_version(&self, subaccount: &SubaccountId) -> String {
+        format!("{}:cache:connectors-version:{subaccount}", self.prefix)
+    }
+
     /// The api's cached single connector; invalidated by the metadata worker.
     pub fn connector_cache(&self, subaccount: &SubaccountId, connector_id: &str) -> String {
         format!(
@@ -194,4 +200,66 @@ impl RedisKeys {
     pub fn service_token(&self, token_sha256_hex: &str) -> String {
         format!("{}:auth:service-token:{token_sha256_hex}", self.prefix)
     }
+}
+
+/// How long an invalidation counter outlives its last invalidation: far longer than any read.
+const CACHE_VERSION_TTL_MS: i64 = 3_600_000;
+
+/// Invalidates a subaccount's cached connector reads after a write: bumps its invalidation
+/// counter, then deletes `keys`, in one transaction. A read that began before (and so may hold
+/// the old document) then cannot put it back (see [`fill_connector_cache`]).
+pub async fn invalidate_connector_caches(
+    redis: &mut ConnectionManager,
+    version_key: &str,
+    keys: &[String],
+) -> redis::RedisResult<()> {
+    redis::pipe()
+        .atomic()
+        .incr(version_key, 1)
+        .ignore()
+        .pexpire(version_key, CACHE_VERSION_TTL_MS)
+        .ignore()
+        .del(keys)
+        .ignore()
+        .query_async(redis)
+        .await
+}
+
+/// The invalidation counter a read notes before it reads MongoDB (`"0"` before the first).
+pub async fn connector_cache_version(
+    redis: &mut ConnectionManager,
+    version_key: &str,
+) -> redis::RedisResult<String> {
+    let version: Option<String> = redis::cmd("GET")
+        .arg(version_key)
+        .query_async(redis)
+        .await?;
+    Ok(version.unwrap_or_else(|| "0".to_owned()))
+}
+
+/// Caches `value` under `key` for `ttl_seconds`, unless the subaccount's cached reads were
+/// invalidated since the read noted `version`: cache-aside without the race in which a slow
+/// read puts back the document a concurrent write just replaced.
+pub async fn fill_connector_cache(
+    redis: &mut ConnectionManager,
+    version_key: &str,
+    version: &str,
+    key: &str,
+    value: &str,
+    ttl_seconds: u64,
+) -> redis::RedisResult<()> {
+    static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            "if (redis.call('GET', KEYS[1]) or '0') == ARGV[1] then \
+               redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end return 0",
+        )
+    });
+    FILL.key(version_key)
+        .key(key)
+        .arg(version)
+        .arg(value)
+        .arg(ttl_seconds)
+        .invoke_async::<i64>(redis)
+        .await
+        .map(|_| ())
 }
