@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use crate::envelope::{Envelope, Event};
 use crate::events::{
     AccessTokenReply, AccessTokenRequested, AuthLinkIssued, ConnectRequested,
-    ConnectRequestedReply, ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded,
-    DisconnectRequested, WebhookDeliveryRequested,
+    ConnectRequestedReply, ConnectionDisconnected, ConnectionFailed, ConnectionReported,
+    ConnectionSucceeded, DisconnectRequested, WebhookDeliveryRequested,
 };
 
 /// Folder, relative to the `schemas` crate, where the generated files are committed.
@@ -22,6 +22,7 @@ pub fn all() -> Vec<(String, Value)> {
         event::<AuthLinkIssued>(),
         event::<ConnectionSucceeded>(),
         event::<ConnectionFailed>(),
+        event::<ConnectionReported>(),
         event::<ConnectionDisconnected>(),
         event::<DisconnectRequested>(),
         event::<WebhookDeliveryRequested>(),

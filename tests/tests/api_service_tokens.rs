@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use redis::AsyncCommands;
-use schemas::events::ConnectionSucceeded;
+use schemas::events::ConnectionReported;
 use schemas::subjects::headers;
 use schemas::{Envelope, Event};
 use serde_json::{Value, json};
@@ -290,7 +290,7 @@ fn service_token_key(api: &Api, token: &str) -> String {
 // The endpoint
 
 #[tokio::test]
-async fn a_valid_token_publishes_connection_succeeded_and_answers_202_deprecated() {
+async fn a_valid_token_publishes_connection_reported_and_answers_202_deprecated() {
     let auth = AuthServer::start(&[("db-token", "database-server", &[WRITE])]).await;
     let api = api_with(&auth, &[]).await;
     api.seed_google_calendar(SUBACCOUNT).await;
@@ -332,22 +332,22 @@ async fn a_valid_token_publishes_connection_succeeded_and_answers_202_deprecated
     // The auth server was asked with the documented request.
     assert_eq!(auth.bodies(), [json!({ "token": "db-token" })]);
 
-    // The event is on JetStream, exactly as the OAuth callback would have published it.
+    // The event is on JetStream: the callback's facts, under the api's own event type.
     let messages = published(&api).await;
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
     assert_eq!(
         message.subject.as_str(),
-        format!("{}.events.connection.succeeded.{SUBACCOUNT}", api.ctx.id)
+        format!("{}.events.connection.reported.{SUBACCOUNT}", api.ctx.id)
     );
-    let event: Envelope<ConnectionSucceeded> =
-        Envelope::decode(&message.payload).expect("a connection-succeeded envelope");
+    let event: Envelope<ConnectionReported> =
+        Envelope::decode(&message.payload).expect("a connection-reported envelope");
     assert_eq!(event.id.to_string(), event_id);
     assert_eq!(event.subaccount_id.as_str(), SUBACCOUNT);
     assert_eq!(event.correlation_id.to_string(), correlation);
     assert_eq!(
         event.payload,
-        ConnectionSucceeded {
+        ConnectionReported {
             calendar_id: "507f1f77bcf86cd799439011".into(),
             user_email: "user@example.com".into(),
             google_email: "googleuser@gmail.com".into(),
@@ -361,7 +361,7 @@ async fn a_valid_token_publishes_connection_succeeded_and_answers_202_deprecated
     );
     assert_eq!(
         nats_headers.get(headers::EVENT_TYPE).map(|v| v.as_str()),
-        Some(ConnectionSucceeded::TYPE)
+        Some(ConnectionReported::TYPE)
     );
 
     // The api wrote nothing to MongoDB itself: that is the metadata-worker's job.
@@ -691,7 +691,7 @@ async fn a_static_list_of_hashed_tokens_works_without_an_auth_server() {
 
     let messages = published(&api).await;
     assert_eq!(messages.len(), 1);
-    let event: Envelope<ConnectionSucceeded> =
+    let event: Envelope<ConnectionReported> =
         Envelope::decode(&messages[0].payload).expect("event");
     assert_eq!(
         event.id.to_string(),

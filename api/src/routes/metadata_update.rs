@@ -3,9 +3,11 @@
 //! connection's metadata.
 //!
 //! It writes nothing itself. The metadata goes down the same path as the OAuth callback's: a
-//! `connection-succeeded` event on JetStream, which the metadata-worker applies (idempotently,
-//! with retries and a dead-letter stream). The answer is 202 once JetStream has stored the
-//! event.
+//! `connection-reported` event on JetStream (the facts of `connection-succeeded` under a type of
+//! their own: the api's NATS identity may not publish `connection-succeeded`, which only the
+//! oauth-worker, having run the consent, can vouch for), which the metadata-worker applies like
+//! `connection-succeeded` (idempotently, with retries and a dead-letter stream). The answer is
+//! 202 once JetStream has stored the event.
 //!
 //! Checks, cheapest and least revealing first: the service token (401, or 503 when it cannot
 //! be verified), the input (400, 413, 415), the token's permission `connectors:metadata:write`
@@ -34,7 +36,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use chrono::{DateTime, SecondsFormat, Utc};
-use schemas::events::ConnectionSucceeded;
+use schemas::events::ConnectionReported;
 use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -142,7 +144,8 @@ struct Accepted {
     tag = "deprecated",
     summary = "Report a completed connection's metadata (deprecated)",
     description = "For other services, with a service token granting `connectors:metadata:write`. \
-Publishes `connection-succeeded` (the metadata-worker records it) and answers 202; writes \
+Publishes `connection-reported` (the metadata-worker records it as it records \
+`connection-succeeded`, which only the oauth-worker may publish) and answers 202; writes \
 nothing itself. Deprecated: the connect flow records the metadata by itself. Every answer \
 carries `Deprecation` and `Link` (rel=\"successor-version\"); answers from the permission check \
 on also `X-Correlation-Id`.",
@@ -210,7 +213,7 @@ async fn accept(
             connector,
         });
     }
-    let payload = ConnectionSucceeded {
+    let payload = ConnectionReported {
         calendar_id: metadata.calendar_id.0,
         user_email: metadata.user_email.to_string(),
         // The key every other writer and every lookup uses: stored as the caller spelled it,
@@ -228,14 +231,14 @@ async fn accept(
     .await;
     match published {
         Ok(Ok(ack)) => {
-            tracing::info!(event_id = %event.id, duplicate = ack.duplicate, "deprecated metadata update accepted as connection-succeeded");
+            tracing::info!(event_id = %event.id, duplicate = ack.duplicate, "deprecated metadata update accepted as connection-reported");
         }
         Ok(Err(error)) => {
-            tracing::error!(%error, "connection-succeeded not stored");
+            tracing::error!(%error, "connection-reported not stored");
             return Err(ApiError::EventStreamUnavailable);
         }
         Err(_) => {
-            tracing::warn!(timeout = ?state.publish_timeout, event_id = %event.id, "JetStream did not acknowledge connection-succeeded in time");
+            tracing::warn!(timeout = ?state.publish_timeout, event_id = %event.id, "JetStream did not acknowledge connection-reported in time");
             return Err(ApiError::EventStreamUnavailable);
         }
     }
@@ -253,7 +256,7 @@ async fn accept(
 /// never share one.
 fn event_id(
     subaccount: &SubaccountId,
-    payload: &ConnectionSucceeded,
+    payload: &ConnectionReported,
     connected_at: DateTime<Utc>,
 ) -> Uuid {
     let mut hash = Sha256::new().chain_update(b"gcal-connector/metadata-update/v1\0");
@@ -376,7 +379,7 @@ mod tests {
     fn the_same_report_has_the_same_event_id() {
         let subaccount = SubaccountId::parse(SUB).expect("id");
         let metadata = body(good()).expect("valid").metadata;
-        let payload = ConnectionSucceeded {
+        let payload = ConnectionReported {
             calendar_id: metadata.calendar_id.0.clone(),
             user_email: metadata.user_email.to_string(),
             google_email: metadata.google_email.to_string(),
@@ -386,7 +389,7 @@ mod tests {
         let id = event_id(&subaccount, &payload, at);
         assert_eq!(id, event_id(&subaccount, &payload, at));
         assert_eq!(id.get_version_num(), 7);
-        let other = ConnectionSucceeded {
+        let other = ConnectionReported {
             google_email: "other@gmail.com".into(),
             ..payload.clone()
         };
