@@ -2,12 +2,14 @@
 //!
 //! Every type here is plain serde data: the event [`envelope`] and the payload of each event
 //! ([`events`]), the NATS subject and stream names ([`subjects`]), the MongoDB documents
-//! ([`documents`]) and the identifiers they share ([`ids`]). No module performs I/O, so any
+//! ([`documents`]), the identifiers they share ([`ids`]) and who may use which subject
+//! ([`bus_access`]). No module performs I/O, so any
 //! service, test or tool can depend on this crate without pulling in a client library.
 //!
 //! The JSON Schema of every event is generated from these types into `schemas/json/`
 //! ([`json_schema`]) and committed; a test fails when a committed file is stale.
 
+pub mod bus_access;
 pub mod documents;
 pub mod envelope;
 pub mod events;
