@@ -69,6 +69,8 @@ impl WebhookSettings {
 }
 
 impl ServiceConfig for ApiConfig {
+    const SERVICE: &'static str = crate::SERVICE;
+
     fn read(env: &mut Env) -> Self {
         let common = CommonConfig::from_env(env);
         let http_addr = env.value(

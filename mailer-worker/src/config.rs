@@ -41,6 +41,8 @@ pub struct MailerWorkerConfig {
 }
 
 impl ServiceConfig for MailerWorkerConfig {
+    const SERVICE: &'static str = crate::SERVICE;
+
     fn read(env: &mut Env) -> Self {
         let common = CommonConfig::from_env(env);
         let health_addr = env.value(

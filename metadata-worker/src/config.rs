@@ -29,6 +29,8 @@ pub struct MetadataWorkerConfig {
 }
 
 impl ServiceConfig for MetadataWorkerConfig {
+    const SERVICE: &'static str = crate::SERVICE;
+
     fn read(env: &mut Env) -> Self {
         let common = CommonConfig::from_env(env);
         let health_addr = env.value(

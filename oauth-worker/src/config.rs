@@ -172,6 +172,8 @@ fn http_url(
 }
 
 impl ServiceConfig for OAuthWorkerConfig {
+    const SERVICE: &'static str = crate::SERVICE;
+
     fn read(env: &mut Env) -> Self {
         let common = CommonConfig::from_env(env);
         let http_addr = env.value(

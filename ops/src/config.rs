@@ -52,7 +52,13 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
 /// Connects, retrying for at most `limit`. The error names the server (never the URL, which
 /// may carry credentials) and what to change.
 pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<async_nats::Client> {
-    service_kit::nats::connect(&settings.nats_url, &settings.nats, "gcal-ops", limit)
+    service_kit::nats::connect(
+        &settings.nats_url,
+        &settings.nats,
+        &settings.namespace,
+        schemas::bus_access::client_name(schemas::bus_access::Identity::Operator),
+        limit,
+    )
         .await
         .map_err(|e| {
             let cause = match e {

@@ -72,7 +72,13 @@ impl Infrastructure {
         crate::tls::install_crypto_provider();
         let limit = config.startup_timeout;
         let (nats, mongo, redis) = tokio::join!(
-            crate::nats::connect(&config.nats_url, &config.nats, service, limit),
+            crate::nats::connect(
+                &config.nats_url,
+                &config.nats,
+                &config.namespace,
+                service,
+                limit
+            ),
             TenantDatabases::connect(
                 &config.mongodb_uri,
                 config.database_template.clone(),

@@ -133,15 +133,23 @@ impl NatsClientSettings {
 
 /// Connects to NATS, retrying for at most `limit`. After the first connection the client
 /// reconnects by itself forever; disconnections are logged and show on `/readyz`.
+///
+/// Replies come to the client's private inbox, `_INBOX.<namespace>.<client_name>.…`
+/// ([`schemas::bus_access::inbox_prefix`]): the permissions `gcal-ops nats-auth generate`
+/// writes let only this identity subscribe there, so no other client can read its replies
+/// (access tokens among them).
 pub async fn connect(
     url: &NatsUrl,
     client: &NatsClientSettings,
+    ns: &Namespace,
     client_name: &str,
     limit: Duration,
 ) -> Result<async_nats::Client, StartupError> {
+    let inbox = schemas::bus_access::inbox_prefix(ns, client_name);
     let connect_once = || {
         let options = async_nats::ConnectOptions::new()
             .name(client_name)
+            .custom_inbox_prefix(inbox.clone())
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
             .event_callback(|event| async move {

@@ -18,6 +18,10 @@ pub const EXIT_STARTUP: u8 = 1;
 
 /// A service's configuration: it knows the common part.
 pub trait ServiceConfig: Sized {
+    /// The service's name: in logs and metrics, its NATS client name and its NATS identity
+    /// (`schemas::bus_access::Identity::name`).
+    const SERVICE: &'static str;
+
     /// Reads every setting from `env`; problems are collected in `env`, not returned.
     fn read(env: &mut Env) -> Self;
     fn common(&self) -> &CommonConfig;

@@ -23,7 +23,8 @@ fn settings(url: &str, pairs: &[(&str, &str)]) -> (NatsUrl, NatsClientSettings) 
 /// Connects (within [`LIMIT`]) and proves the connection works with a request-free flush.
 async fn reaches(url: &str, pairs: &[(&str, &str)]) -> Result<(), String> {
     let (url, settings) = settings(url, pairs);
-    let client = connect(&url, &settings, "nats-client-test", LIMIT)
+    let ns = schemas::subjects::Namespace::default();
+    let client = connect(&url, &settings, &ns, "nats-client-test", LIMIT)
         .await
         .map_err(|e| e.to_string())?;
     client

@@ -118,6 +118,7 @@ impl Nats {
         let client = service_kit::nats::connect(
             &config.nats_url,
             &config.nats,
+            &config.namespace,
             "ops-cli-test",
             Duration::from_secs(10),
         )
