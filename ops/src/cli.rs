@@ -73,6 +73,75 @@ pub enum Command {
     /// Secrets for a deployment (connects to nothing)
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// NATS credentials and permissions for every service (connects to nothing)
+    #[command(subcommand)]
+    NatsAuth(NatsAuthCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum NatsAuthCommand {
+    /// Write a new operator and account, the server configuration and one `.creds` file per
+    /// identity (api, oauth-worker, metadata-worker, mailer-worker, token-client, operator,
+    /// operator-readonly), with the permissions of the namespace
+    Generate(NatsAuthGenerateArgs),
+    /// New credentials for one identity (rotation), signed by the account in --dir
+    Mint(NatsAuthMintArgs),
+    /// Revoke one user's credentials; the server applies it on its next reload
+    Revoke(NatsAuthRevokeArgs),
+    /// Print who may do what: every subject against every identity (Markdown)
+    Permissions,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsAuthGenerateArgs {
+    /// Directory to write to (must not hold keys yet)
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Also write a CA and a server certificate for these names or addresses, and make the
+    /// server require TLS (repeatable)
+    #[arg(long = "tls-host", value_name = "HOST")]
+    pub tls_hosts: Vec<String>,
+    /// Let the api read the domain stream (its try-it page, API_DEV_MODE; local runs only)
+    #[arg(long)]
+    pub api_reads_events: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsAuthMintArgs {
+    /// The directory `generate` wrote
+    #[arg(long, value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+    /// api, oauth-worker, metadata-worker, mailer-worker, token-client, operator or
+    /// operator-readonly
+    #[arg(long, value_name = "NAME", value_parser = parse_identity)]
+    pub identity: schemas::bus_access::Identity,
+    /// Where to write the credentials [default: DIR/creds/<NAME>.creds, the old file kept as
+    /// <NAME>.creds.previous]
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    /// As `generate --api-reads-events`
+    #[arg(long)]
+    pub api_reads_events: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsAuthRevokeArgs {
+    /// The directory `generate` wrote
+    #[arg(long, value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+    /// The `.creds` file to revoke, or the user's public key (U...)
+    #[arg(value_name = "CREDS")]
+    pub creds: String,
+}
+
+fn parse_identity(raw: &str) -> Result<schemas::bus_access::Identity, String> {
+    schemas::bus_access::Identity::from_name(raw).ok_or_else(|| {
+        let names: Vec<_> = schemas::bus_access::Identity::ALL
+            .iter()
+            .map(|i| i.name())
+            .collect();
+        format!("unknown identity; one of {}", names.join(", "))
+    })
 }
 
 #[derive(Debug, Clone, Subcommand)]

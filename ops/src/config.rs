@@ -49,6 +49,21 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
     })
 }
 
+/// The namespace alone (`nats-auth`, which connects to nothing): the flag, else
+/// `NATS_NAMESPACE`, else `gcal`.
+pub fn namespace(flags: &GlobalArgs, mut env: Env) -> Result<Namespace, ConfigError> {
+    let namespace = match &flags.namespace {
+        Some(ns) => ns.clone(),
+        None => env.value(
+            "NATS_NAMESPACE",
+            "gcal",
+            "Prefix of every NATS subject and stream name of this deployment.",
+        ),
+    };
+    env.finish()?;
+    Ok(namespace)
+}
+
 /// Connects, retrying for at most `limit`. The error names the server (never the URL, which
 /// may carry credentials) and what to change.
 pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<async_nats::Client> {
@@ -59,19 +74,19 @@ pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<asy
         schemas::bus_access::client_name(schemas::bus_access::Identity::Operator),
         limit,
     )
-        .await
-        .map_err(|e| {
-            let cause = match e {
-                StartupError::Unreachable { cause, .. } => cause,
-                other => other.to_string(),
-            };
-            anyhow!(
-                "cannot reach NATS at {}:{} within {limit:?} (check NATS_URL or --nats-url; \
+    .await
+    .map_err(|e| {
+        let cause = match e {
+            StartupError::Unreachable { cause, .. } => cause,
+            other => other.to_string(),
+        };
+        anyhow!(
+            "cannot reach NATS at {}:{} within {limit:?} (check NATS_URL or --nats-url; \
                  --connect-timeout waits longer): {cause}",
-                settings.nats_url.0.host(),
-                settings.nats_url.0.port()
-            )
-        })
+            settings.nats_url.0.host(),
+            settings.nats_url.0.port()
+        )
+    })
 }
 
 #[cfg(test)]

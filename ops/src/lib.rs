@@ -16,6 +16,7 @@ mod commands;
 mod config;
 mod dead_letter;
 mod deadline;
+pub mod nats_auth;
 mod output;
 mod reader;
 pub mod secrets;
@@ -27,7 +28,7 @@ use std::io::Write;
 pub use clap::Parser;
 pub use cli::{
     Cli, Command, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, DlqShowArgs, EventsCommand,
-    EventsReplayArgs, GlobalArgs, SecretsCommand,
+    EventsReplayArgs, GlobalArgs, NatsAuthCommand, SecretsCommand,
 };
 pub use dead_letter::{Detail, Summary};
 pub use deadline::DeadlineReached;
@@ -67,6 +68,10 @@ pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Re
         secrets::generate(chrono::Utc::now(), out)?;
         return Ok(());
     }
+    if let Command::NatsAuth(command) = cli.command {
+        let ns = config::namespace(&cli.global, env)?;
+        return run_nats_auth(command, &ns, out);
+    }
     let deadline = deadline::Deadline::start(cli.global.deadline.0);
     let settings = config::resolve(&cli.global, env)?;
     commands::check(&cli.command, &settings.namespace)?;
@@ -81,6 +86,43 @@ pub async fn run_with_env(cli: Cli, env: Env, out: &mut dyn Write) -> anyhow::Re
     // Everything that matters was acknowledged already; this only sends what is buffered.
     let _ = client.flush().await;
     result
+}
+
+/// `gcal-ops nats-auth …`: files only, no connection.
+fn run_nats_auth(
+    command: NatsAuthCommand,
+    ns: &schemas::subjects::Namespace,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use schemas::bus_access::Options;
+    match command {
+        NatsAuthCommand::Generate(args) => nats_auth::generate(
+            &args.out,
+            ns,
+            &nats_auth::GenerateOptions {
+                options: Options {
+                    api_reads_events: args.api_reads_events,
+                },
+                tls_hosts: args.tls_hosts,
+            },
+            out,
+        ),
+        NatsAuthCommand::Mint(args) => nats_auth::mint(
+            &args.dir,
+            ns,
+            args.identity,
+            Options {
+                api_reads_events: args.api_reads_events,
+            },
+            args.out.as_deref(),
+            out,
+        ),
+        NatsAuthCommand::Revoke(args) => nats_auth::revoke(&args.dir, &args.creds, out),
+        NatsAuthCommand::Permissions => {
+            write!(out, "{}", schemas::bus_access::table())?;
+            Ok(())
+        }
+    }
 }
 
 /// The process exit code for an error [`run`] returned.

@@ -82,6 +82,9 @@ pub async fn dispatch(ops: &Ops, command: Command, out: &mut dyn Write) -> anyho
         Command::Secrets(SecretsCommand::Generate) => {
             Ok(crate::secrets::generate(chrono::Utc::now(), out)?)
         }
+        Command::NatsAuth(_) => Err(anyhow::anyhow!(
+            "nats-auth commands run without a connection (see `run_with_env`)"
+        )),
     }
 }
 
