@@ -432,7 +432,7 @@ struct Floor {
 /// The floor server and its NATS echo responder, on this process's runtime (the floor as
 /// the issue words it: one process besides NATS, sharing the load generator's runtime).
 async fn start_floor(nats_url: &str, namespace: &str) -> u16 {
-    let nats = async_nats::connect(nats_url).await.expect("nats");
+    let nats = support::driver_nats(nats_url).await;
     let subject = format!("{namespace}.floor.echo");
     serve_echo(nats.clone(), subject.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -451,9 +451,12 @@ fn start_floor_processes(nats_url: &str, namespace: &str) -> (u16, Vec<Child>) {
     let exe = std::env::current_exe().expect("bench binary path");
     let subject = format!("{namespace}.floor-processes.echo");
     let port = e2e::process::free_port();
+    let [creds, ca] = support::driver_settings();
     let child = |arg: &str| {
         Command::new(&exe)
             .arg(arg)
+            .env(creds.0, &creds.1)
+            .env(ca.0, &ca.1)
             .env("FLOOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("FLOOR_NATS_URL", nats_url)
             .env("FLOOR_SUBJECT", &subject)
@@ -469,10 +472,17 @@ fn floor_setting(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the bench"))
 }
 
+async fn floor_nats() -> async_nats::Client {
+    support::connect_with(
+        &floor_setting("FLOOR_NATS_URL"),
+        &floor_setting("FLOOR_NATS_CREDS"),
+        &floor_setting("FLOOR_NATS_CA"),
+    )
+    .await
+}
+
 async fn floor_server_process() {
-    let nats = async_nats::connect(floor_setting("FLOOR_NATS_URL"))
-        .await
-        .expect("nats");
+    let nats = floor_nats().await;
     let listener = tokio::net::TcpListener::bind(floor_setting("FLOOR_HTTP_ADDR"))
         .await
         .expect("bind");
@@ -481,9 +491,7 @@ async fn floor_server_process() {
 }
 
 async fn floor_echo_process() {
-    let nats = async_nats::connect(floor_setting("FLOOR_NATS_URL"))
-        .await
-        .expect("nats");
+    let nats = floor_nats().await;
     serve_echo(nats, floor_setting("FLOOR_SUBJECT")).await;
     std::future::pending::<()>().await;
 }

@@ -156,7 +156,7 @@ async fn bench() {
         }
     }))
     .await;
-    let nats = async_nats::connect(infra.nats.url()).await.expect("nats");
+    let nats = support::driver_nats(&infra.nats.url()).await;
     let js = jetstream::new(nats.clone());
     let ns = Namespace::new(&namespace).expect("ns");
     let mut env = service_kit::Env::from_pairs([("NATS_NAMESPACE", namespace.as_str())]);

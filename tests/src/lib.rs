@@ -9,6 +9,7 @@
 //! - [`service`]: a service's `run(config, listener, shutdown)` started on port 0 and waited on.
 //! - [`startup`]: runs a service *binary* to check how it starts, fails and stops.
 //! - [`jwt`]: mints user JWTs for tests that call the api.
+//! - [`nats_auth`]: the NATS operator, TLS and per-test credentials every test server runs with.
 //! - [`stream`]: reads what a JetStream stream holds.
 //!
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
@@ -17,6 +18,7 @@ pub mod browser;
 pub mod context;
 pub mod fake_google;
 pub mod jwt;
+pub mod nats_auth;
 pub mod pki;
 pub mod process;
 pub mod servers;

@@ -47,11 +47,18 @@ impl NatsServer {
         self.0.pid()
     }
 
+    /// With the binary's NATS auth and TLS ([`crate::nats_auth`]): anonymous clients are
+    /// refused, a test's identities connect.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        let config = crate::nats_auth::auth()
+            .config
+            .to_string_lossy()
+            .into_owned();
+        Self::start_with(&["-c".to_owned(), config])
     }
 
-    /// Started with `extra` flags too (e.g. `--user`/`--pass`, `--tls`, `--tlscert`, …).
+    /// Started with `extra` flags only (e.g. `--user`/`--pass`, `--tls`, `--tlscert`, …): no
+    /// auth and no TLS unless they say so.
     pub fn start_with(extra: &[String]) -> Self {
         let dir = scratch_dir("nats");
         let log = dir.join("nats.log");
@@ -98,6 +105,16 @@ impl NatsServer {
     /// Stops the server (SIGTERM); its data stays for [`Self::restart`].
     pub fn stop(&mut self) {
         self.0.stop();
+    }
+
+    /// Makes the server read its configuration again (SIGHUP), as `nats-server --signal
+    /// reload` does: new revocations apply to connected clients too.
+    #[allow(unsafe_code)]
+    pub fn reload(&self) {
+        let pid = self.pid().expect("nats-server runs") as libc::pid_t;
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert_eq!(sent, 0, "SIGHUP to nats-server");
     }
 
     /// Starts it again on the same port with the same JetStream data.

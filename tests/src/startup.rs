@@ -132,11 +132,14 @@ pub fn assert_gives_up_on_unreachable_nats(binary: &str) {
 pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str) {
     let infra = shared();
     let port = free_port();
+    let [creds, ca] = crate::nats_auth::auth().binary_settings(binary, &format!("sig{port}"));
     let (mut child, dir) = spawn_quiet(
         binary,
         &[
             ("NATS_URL", infra.nats.url()),
             ("NATS_NAMESPACE", format!("sig{port}")),
+            creds,
+            ca,
             ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
             ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
             ("MONGODB_URI", infra.mongo.uri()),
@@ -348,9 +351,12 @@ pub fn assert_serves_off_loopback(
 ) -> String {
     let infra = shared();
     let port = free_port();
+    let [creds, ca] = crate::nats_auth::auth().binary_settings(binary, &format!("exp{port}"));
     let mut all = vec![
         ("NATS_URL", infra.nats.url()),
         ("NATS_NAMESPACE", format!("exp{port}")),
+        creds,
+        ca,
         ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
         ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
         ("MONGODB_URI", infra.mongo.uri()),

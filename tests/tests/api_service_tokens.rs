@@ -242,7 +242,7 @@ async fn api_with(auth: &AuthServer, extra: &[(&str, &str)]) -> Api {
 
 /// What the workers do at start-up: provision the event streams.
 async fn provision_streams(api: &Api) {
-    let nats = async_nats::connect(&api.ctx.nats_url).await.expect("nats");
+    let nats = api.ctx.nats().await;
     let js = jetstream::new(nats);
     service_kit::nats::ensure_streams(&js, &api.namespace, &api.ctx.common(&[]).streams)
         .await
@@ -251,7 +251,7 @@ async fn provision_streams(api: &Api) {
 
 /// Everything on the domain stream of this test (none when it does not exist).
 async fn published(api: &Api) -> Vec<jetstream::Message> {
-    let nats = async_nats::connect(&api.ctx.nats_url).await.expect("nats");
+    let nats = api.ctx.nats().await;
     let js = jetstream::new(nats);
     e2e::stream::messages(&js, &api.namespace.events_stream(), None)
         .await
@@ -880,7 +880,7 @@ async fn without_the_event_stream_the_update_is_503_event_stream_unavailable() {
     api.seed_google_calendar(SUBACCOUNT).await;
     // The api provisioned the stream at start-up; an operator deleted it since: JetStream has
     // nowhere to store the event.
-    let nats = async_nats::connect(&api.ctx.nats_url).await.expect("nats");
+    let nats = api.ctx.nats().await;
     jetstream::new(nats)
         .delete_stream(api.namespace.events_stream())
         .await

@@ -71,9 +71,7 @@ impl Stack {
     /// The email jobs now in the event stream.
     async fn email_jobs(&self) -> usize {
         let ns = Namespace::new(&self.api.ctx.id).expect("namespace");
-        let nats = async_nats::connect(&self.api.ctx.nats_url)
-            .await
-            .expect("nats");
+        let nats = self.api.ctx.nats().await;
         e2e::stream::messages(
             &jetstream::new(nats),
             &ns.events_stream(),

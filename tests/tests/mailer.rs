@@ -45,7 +45,7 @@ impl Mailer {
         })
         .await;
         service.wait_ready(WAIT).await;
-        let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+        let nats = ctx.nats().await;
         Self {
             service,
             js: jetstream::new(nats),

@@ -47,7 +47,7 @@ fn succeeded(subaccount: &str, google: &str, connected_at: &str) -> Envelope<Con
 }
 
 async fn publish<E: StreamEvent>(ctx: &TestContext, event: &Envelope<E>) {
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let js = jetstream::new(nats);
     service_kit::nats::publish_event(&js, &Namespace::new(&ctx.id).expect("ns"), event)
         .await
@@ -80,7 +80,7 @@ async fn eventually(api: &Api, subaccount: &str, check: impl Fn(&Value) -> bool)
 }
 
 async fn dead_letters(ctx: &TestContext) -> Vec<async_nats::jetstream::Message> {
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let js = jetstream::new(nats);
     let ns = Namespace::new(&ctx.id).expect("ns");
     e2e::stream::messages(&js, &ns.dead_letter_stream(), None)
@@ -207,7 +207,7 @@ async fn duplicates_and_late_events_never_win_over_newer_ones() {
     }
     // 1,000 events: 10 per connector, published newest-first for half of them and shuffled
     // with duplicates for the others, before the worker starts.
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let js = jetstream::new(nats);
     let ns = Namespace::new(&ctx.id).expect("ns");
     let common = ctx.common(&[]);
@@ -358,7 +358,7 @@ async fn a_missing_connector_is_retried_then_parked_with_the_reason() {
     let mut out = Vec::new();
     ops::run_with_env(
         cli,
-        service_kit::Env::from_pairs(Vec::<(String, String)>::new()),
+        service_kit::Env::from_pairs(ctx.operator_env(schemas::bus_access::Identity::Operator)),
         &mut out,
     )
     .await

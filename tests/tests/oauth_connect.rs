@@ -64,7 +64,7 @@ async fn connect(
 async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_email() {
     let ctx = TestContext::new();
     let worker = start_worker(&ctx).await;
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let ns = Namespace::new(&ctx.id).expect("ns");
 
     let (request, reply) = connect(&nats, &ns, "user@example.com", true).await;
@@ -154,7 +154,7 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
 async fn no_email_requested_means_no_email_job_and_each_link_is_unique() {
     let ctx = TestContext::new();
     let worker = start_worker(&ctx).await;
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let ns = Namespace::new(&ctx.id).expect("ns");
 
     let mut states = std::collections::HashSet::new();
@@ -198,7 +198,7 @@ async fn redis_down_means_a_clear_refusal_and_no_email_job() {
     })
     .await;
     worker.wait_ready(Duration::from_secs(30)).await;
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let ns = Namespace::new(&ctx.id).expect("ns");
 
     redis.stop();
@@ -227,7 +227,7 @@ async fn redis_down_means_a_clear_refusal_and_no_email_job() {
 async fn an_undecodable_request_is_refused_not_ignored() {
     let ctx = TestContext::new();
     let worker = start_worker(&ctx).await;
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let ns = Namespace::new(&ctx.id).expect("ns");
     let reply = nats
         .request(

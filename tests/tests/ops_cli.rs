@@ -171,7 +171,18 @@ impl Nats {
             &self.ctx.id,
         ];
         argv.extend_from_slice(args);
-        run_ops(&argv, Env::from_pairs(Vec::<(String, String)>::new())).await
+        run_ops(&argv, Env::from_pairs(self.operator_env())).await
+    }
+
+    /// Only the operator's credentials and the CA: what an operator's shell holds.
+    fn operator_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "NATS_CREDS_FILE".into(),
+                self.ctx.creds(schemas::bus_access::Identity::Operator),
+            ),
+            ("NATS_TLS_CA_FILE".into(), e2e::nats_auth::auth().ca.clone()),
+        ]
     }
 
     /// `gcal-ops --json ARGS`, which must succeed: its one JSON document.
@@ -403,7 +414,15 @@ async fn dlq_list_shows_each_dead_letter_with_who_parked_it_and_why() {
     // Settings from the environment, as the services read them, instead of flags.
     let (result, out) = run_ops(
         &["gcal-ops", "--json", "dlq", "list", "--consumer", MAILER],
-        Env::from_pairs(p.nats.ctx.settings(&[])),
+        Env::from_pairs(
+            p.nats.ctx.settings(&[(
+                "NATS_CREDS_FILE",
+                p.nats
+                    .ctx
+                    .creds(schemas::bus_access::Identity::OperatorReadonly)
+                    .as_str(),
+            )]),
+        ),
     )
     .await;
     result.expect("list with settings from the environment");
@@ -880,7 +899,9 @@ async fn a_missing_stream_or_bad_setting_says_what_to_fix() {
             "dlq",
             "list",
         ],
-        Env::from_pairs(Vec::<(String, String)>::new()),
+        // The test's own user: an operator's credentials cover only their deployment's
+        // namespace (its JetStream API calls elsewhere are refused and time out).
+        Env::from_pairs(nats.ctx.settings(&[])),
     )
     .await;
     let err = result.expect_err("no stream");

@@ -62,7 +62,7 @@ async fn all_four_services_become_ready_on_real_infrastructure_and_stop_cleanly(
     }
 
     // The workers provisioned both streams under this test's namespace.
-    let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+    let nats = ctx.nats().await;
     let js = async_nats::jetstream::new(nats);
     let ns = schemas::subjects::Namespace::new(&ctx.id).expect("namespace");
     for stream in [ns.events_stream(), ns.dead_letter_stream()] {

@@ -246,11 +246,7 @@ impl Stack {
     }
 
     async fn publish<E: StreamEvent>(&self, event: &Envelope<E>) {
-        let js = jetstream::new(
-            async_nats::connect(&self.ctx().nats_url)
-                .await
-                .expect("nats"),
-        );
+        let js = jetstream::new(self.ctx().nats().await);
         service_kit::nats::publish_event(&js, &self.api.namespace, event)
             .await
             .expect("published");
@@ -258,11 +254,7 @@ impl Stack {
 
     /// Waits until both webhook consumers have nothing pending or unacknowledged.
     async fn drained(&self) {
-        let js = jetstream::new(
-            async_nats::connect(&self.ctx().nats_url)
-                .await
-                .expect("nats"),
-        );
+        let js = jetstream::new(self.ctx().nats().await);
         let stream = js
             .get_stream(self.api.namespace.events_stream())
             .await
@@ -820,7 +812,7 @@ async fn exhausted_retries_park_the_webhook_and_gcal_ops_replays_it() {
     // Two refused attempts, then a dead letter from the delivery consumer.
     let ctx = stack.ctx().clone();
     let ns: Namespace = stack.api.namespace.clone();
-    let js = jetstream::new(async_nats::connect(&ctx.nats_url).await.expect("nats"));
+    let js = jetstream::new(ctx.nats().await);
     let letter = eventually("a webhook dead letter", || async {
         dead_letters(&js, &ns)
             .await
@@ -1076,7 +1068,7 @@ async fn a_tenant_past_its_retry_cap_is_parked_and_other_tenants_webhooks_still_
     }
     let ctx = stack.ctx().clone();
     let ns: Namespace = stack.api.namespace.clone();
-    let js = jetstream::new(async_nats::connect(&ctx.nats_url).await.expect("nats"));
+    let js = jetstream::new(ctx.nats().await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let parked = parked_deliveries(&js, &ns).await;
@@ -1240,11 +1232,7 @@ async fn while_redis_is_down_failing_deliveries_are_retried_not_parked() {
     .await;
     stack.drained().await;
     assert_eq!(receiver.received().len(), 6, "3 refused, 3 accepted");
-    let js = jetstream::new(
-        async_nats::connect(&stack.ctx().nats_url)
-            .await
-            .expect("nats"),
-    );
+    let js = jetstream::new(stack.ctx().nats().await);
     assert_eq!(parked_deliveries(&js, &stack.api.namespace).await, 0);
 }
 
@@ -1266,7 +1254,7 @@ async fn replay_webhook_dead_letters(ctx: &TestContext) -> String {
     let mut out = Vec::new();
     ops::run_with_env(
         cli,
-        Env::from_pairs(Vec::<(String, String)>::new()),
+        Env::from_pairs(ctx.operator_env(schemas::bus_access::Identity::Operator)),
         &mut out,
     )
     .await

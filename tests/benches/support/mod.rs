@@ -46,15 +46,53 @@ pub fn spawn(
     extra: &[(impl AsRef<str>, String)],
 ) -> Child {
     let mut command = Command::new(bins.join(name));
+    // A service connects as its own NATS identity, over TLS, as in production.
+    let namespace = common
+        .iter()
+        .find(|(k, _)| k == "NATS_NAMESPACE")
+        .map(|(_, v)| v.as_str());
+    let identity = match (namespace, schemas::bus_access::Identity::from_name(name)) {
+        (Some(ns), Some(_)) => e2e::nats_auth::auth().binary_settings(name, ns).to_vec(),
+        _ => Vec::new(),
+    };
     command
         .env_clear()
         .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(identity.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(extra.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// A NATS client of the benchmark itself (the suite's `driver` user, over TLS): what it
+/// preloads and measures floors with. Also the settings a floor process connects with.
+pub async fn driver_nats(url: &str) -> async_nats::Client {
+    let [creds, ca] = driver_settings();
+    connect_with(url, &creds.1, &ca.1).await
+}
+
+/// `FLOOR_NATS_CREDS` and `FLOOR_NATS_CA`: the driver's credentials and the CA.
+pub fn driver_settings() -> [(&'static str, String); 2] {
+    let auth = e2e::nats_auth::auth();
+    let creds = auth.mint_driver(&auth.dir.join("bench"));
+    [
+        ("FLOOR_NATS_CREDS", creds),
+        ("FLOOR_NATS_CA", auth.ca.clone()),
+    ]
+}
+
+pub async fn connect_with(url: &str, creds: &str, ca: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .expect("creds")
+        .add_root_certificates(ca.into())
+        .require_tls(true)
+        .connect(url)
+        .await
+        .expect("nats")
 }
 
 pub async fn wait_ready(http: &reqwest::Client, name: &str, port: u16) {

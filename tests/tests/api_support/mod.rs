@@ -241,9 +241,7 @@ pub struct Responder {
 
 impl Responder {
     pub async fn start(api: &Api, behaviour: Behaviour) -> Self {
-        let client = async_nats::connect(&api.ctx.nats_url)
-            .await
-            .expect("responder connects");
+        let client = api.ctx.nats().await;
         let mut subscription = client
             .queue_subscribe(
                 api.namespace.connect_requested(),

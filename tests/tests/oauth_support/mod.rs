@@ -61,7 +61,7 @@ impl OAuthStack {
         .expect("fake Google starts");
         let settings = worker_settings(&google, &redirect_uri, overrides);
         let worker = start_worker_on(&ctx, listener, &settings).await;
-        let nats = async_nats::connect(&ctx.nats_url).await.expect("nats");
+        let nats = ctx.nats().await;
         let ns = Namespace::new(&ctx.id).expect("ns");
         Self {
             ctx,
