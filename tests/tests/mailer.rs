@@ -604,3 +604,84 @@ async fn one_tenants_flood_of_links_does_not_hold_back_another_tenants_link() {
     assert_eq!(sink.messages().len(), FLOOD + 1, "and no second copy later");
     mailer.stop().await;
 }
+
+/// Credentials are rotated while links flow: a second mailer starts with freshly minted
+/// credentials, the first stops, its credentials are revoked and the server reloaded. Every
+/// link is mailed exactly once, and the old credentials no longer connect.
+#[tokio::test]
+async fn the_mailers_credentials_rotate_while_links_flow_and_none_is_lost() {
+    use schemas::bus_access::{Identity, Options};
+    const LINKS: usize = 60;
+    let server = e2e::servers::NatsServer::start();
+    let mut ctx = TestContext::new();
+    ctx.nats_url = server.url();
+    let sink = SmtpSink::start();
+    let old_creds = ctx.creds(Identity::MailerWorker);
+    let old = Mailer::start(&ctx, &sink.url(), &[]).await;
+    let publisher = {
+        let (js, ns) = (old.js.clone(), old.ns.clone());
+        tokio::spawn(async move {
+            for i in 0..LINKS {
+                let event = link_event(&format!("user{i}@example.com"));
+                service_kit::nats::publish_event(&js, &ns, &event)
+                    .await
+                    .expect("published");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    sink.wait_for_messages(10, WAIT).await;
+
+    // Rotate: new credentials, a mailer on them, the old one gone and revoked.
+    let auth = e2e::nats_auth::auth();
+    let new_dir = ctx.creds_dir.join("rotated");
+    let new_creds = auth.mint(
+        Identity::MailerWorker,
+        &Namespace::new(&ctx.id).expect("ns"),
+        Options::default(),
+        &new_dir,
+    );
+    let new = Mailer::start(
+        &ctx,
+        &sink.url(),
+        &[("NATS_CREDS_FILE", new_creds.as_str())],
+    )
+    .await;
+    old.service
+        .stop()
+        .await
+        .expect("the old mailer stops cleanly");
+    auth.revoke(&old_creds);
+    server.reload();
+
+    publisher.await.expect("every link published");
+    let received = sink.wait_for_messages(LINKS, WAIT).await;
+    let mut recipients: Vec<String> = received.iter().flat_map(|m| m.to.clone()).collect();
+    recipients.sort();
+    let before = recipients.len();
+    recipients.dedup();
+    assert_eq!(before, LINKS, "one email per link, none twice");
+    assert_eq!(recipients.len(), LINKS);
+    new.wait_settled(LINKS as u64).await;
+
+    // The old credentials are refused from the reload on.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let attempt = async_nats::ConnectOptions::with_credentials_file(&old_creds)
+            .await
+            .expect("creds")
+            .add_root_certificates(auth.ca.clone().into())
+            .require_tls(true)
+            .connect(&ctx.nats_url)
+            .await;
+        if attempt.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoked credentials still connect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    new.service.stop().await.expect("stops");
+}
