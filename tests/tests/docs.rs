@@ -56,6 +56,18 @@ fn the_operator_guide_has_the_current_configuration_reference() {
     assert!(!regenerated.contains("|  |"));
 }
 
+/// The operator guide's permission table is the one the credentials carry.
+#[test]
+fn the_operator_guide_has_the_current_permission_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../", "docs/operations.md");
+    let guide = std::fs::read_to_string(path).expect("docs/operations.md");
+    let table = schemas::bus_access::table();
+    assert!(
+        guide.contains(&table),
+        "docs/operations.md's permission table differs from `gcal-ops nats-auth permissions`; paste its output:\n{table}"
+    );
+}
+
 // The generated block: every service's settings, from what its `ServiceConfig::read` asks
 // `Env` for.
 
