@@ -80,9 +80,16 @@ pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<asy
             StartupError::Unreachable { cause, .. } => cause,
             other => other.to_string(),
         };
+        let hint = if cause.contains("authorization violation") {
+            " — the server wants credentials: set NATS_CREDS_FILE to the operator's .creds \
+             file (operator-readonly.creds to look only; the local run's are in \
+             .local/nats-auth/creds/)"
+        } else {
+            ""
+        };
         anyhow!(
             "cannot reach NATS at {}:{} within {limit:?} (check NATS_URL or --nats-url; \
-                 --connect-timeout waits longer): {cause}",
+                 --connect-timeout waits longer): {cause}{hint}",
             settings.nats_url.0.host(),
             settings.nats_url.0.port()
         )
