@@ -505,8 +505,13 @@ launch() {
   [[ -x "$bin" ]] || die "$bin not found after the build"
   mapfile -t args < <(launch_args "$name")
   printf '\n==== %s run-local.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" >>"$log_f"
-  # In a non-interactive shell setsid execs in place, so $! is the service's own pid.
-  setsid "$bin" "${args[@]+"${args[@]}"}" >>"$log_f" 2>&1 </dev/null &
+  # Each service connects to NATS as its own identity (unless NATS_CREDS_FILE is configured).
+  local creds="$NATS_AUTH_DIR/creds/$name.creds" env_args=()
+  if [[ -f "$creds" && -z "$(setting_value NATS_CREDS_FILE)" ]]; then
+    env_args=("NATS_CREDS_FILE=$creds")
+  fi
+  # In a non-interactive shell setsid execs in place (as env does), so $! is the service's pid.
+  env "${env_args[@]+"${env_args[@]}"}" setsid "$bin" "${args[@]+"${args[@]}"}" >>"$log_f" 2>&1 </dev/null &
   pid=$!
   printf '%s\n' "$pid" >"$(pid_file "$name")"
   log "$name: started (pid $pid), log $log_f"
@@ -655,11 +660,11 @@ start_all() {
   if "$ROOT/scripts/infra/status.sh" >/dev/null 2>&1; then
     INFRA_WAS_RUNNING=1
   fi
+  # Built first: start.sh writes the NATS credentials with gcal-ops on the first run.
+  build
   log "starting NATS, Redis and MongoDB ..."
   INFRA_STARTED=1
-  "$ROOT/scripts/infra/start.sh"
-
-  build
+  GCAL_OPS="$TARGET_DIR/$PROFILE/gcal-ops" "$ROOT/scripts/infra/start.sh"
 
   local name
   for name in "${APP_SERVICES[@]}"; do

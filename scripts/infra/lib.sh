@@ -23,6 +23,9 @@ MONGO_CACHE_SIZE="${MONGO_CACHE_SIZE:-512M}"
 # Passed explicitly so secantusd-rs never auto-discovers ./secantusd.toml, ~/.secantus/ or
 # /etc/secantus/; start.sh creates it (nearly empty) when missing.
 MONGO_CONFIG="$LOCAL_DIR/secantusd.toml"
+# NATS decentralized auth of the local run, written once by `gcal-ops nats-auth generate`
+# (start.sh): the server's configuration and one credentials file per service.
+NATS_AUTH_DIR="$LOCAL_DIR/nats-auth"
 
 # shellcheck disable=SC2034 # used by the scripts that source this file
 SERVICES=(nats redis mongo)
@@ -55,8 +58,9 @@ service_command() {
   case "$1" in
     nats)
       # -m: monitoring (/healthz, /jsz) on the same host as -a.
-      CMD=(nats-server -a "$BIND_HOST" -p "$NATS_PORT" -m "$NATS_MONITOR_PORT"
-        -js -sd "$DATA_DIR/nats" -n gcal-local)
+      # -c: operator-mode auth; anonymous clients are refused (see start.sh).
+      CMD=(nats-server -c "$NATS_AUTH_DIR/nats-server.conf" -a "$BIND_HOST" -p "$NATS_PORT"
+        -m "$NATS_MONITOR_PORT" -js -sd "$DATA_DIR/nats" -n gcal-local)
       ;;
     redis)
       # Redis holds only what may be lost (OAuth state, caches, locks): no persistence.

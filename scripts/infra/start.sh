@@ -5,6 +5,11 @@
 #   data  .local/data/{nats,redis,mongo}    logs  .local/logs/*.log    pids  .local/run/*.pid
 #
 # Idempotent: a server whose pid file names a live process is left alone.
+#
+# NATS runs with auth on: the first start writes .local/nats-auth/ with `gcal-ops nats-auth
+# generate` (an operator, the permissions of NATS_NAMESPACE, one .creds file per identity); every
+# client needs its identity's file (NATS_CREDS_FILE), anonymous clients are refused. The local run
+# stays plaintext on loopback. GCAL_OPS names a built gcal-ops binary (else `cargo run` builds it).
 # Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), REDIS_PORT (6379), MONGO_PORT (27017),
 #              MONGO_CACHE_SIZE (512M), START_TIMEOUT seconds to wait for each server (30).
 # The binaries come from scripts/infra/install.sh.
@@ -109,8 +114,22 @@ wait_ready() {
   say "$name: started (pid $pid, $BIND_HOST:$port) log $(log_file "$name")"
 }
 
+# Writes the local NATS auth once (kept across runs: the services' credentials stay valid).
+ensure_nats_auth() {
+  [[ -s "$NATS_AUTH_DIR/nats-server.conf" ]] && return 0
+  say "nats: writing NATS credentials and permissions to $NATS_AUTH_DIR"
+  local ops=("${GCAL_OPS:-}")
+  if [[ -z "${GCAL_OPS:-}" ]]; then
+    ops=(cargo run -q -p ops --bin gcal-ops --)
+  fi
+  # --api-reads-events: the try-it page of a local run shows each connection's events.
+  (cd "$ROOT" && "${ops[@]}" nats-auth generate --out "$NATS_AUTH_DIR" --api-reads-events >/dev/null) \
+    || die "nats: gcal-ops nats-auth generate failed"
+}
+
 main() {
   mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR"
+  ensure_nats_auth
   local name
   for name in "${SERVICES[@]}"; do
     preflight "$name"
@@ -124,6 +143,7 @@ main() {
   done
   say ""
   say "export NATS_URL=nats://$BIND_HOST:$NATS_PORT"
+  say "export NATS_CREDS_FILE=$NATS_AUTH_DIR/creds/<identity>.creds   # operator, for gcal-ops"
   say "export REDIS_URL=redis://$BIND_HOST:$REDIS_PORT"
   say "export MONGODB_URI=mongodb://$BIND_HOST:$MONGO_PORT"
   say "(NATS monitoring: http://$BIND_HOST:$NATS_MONITOR_PORT; stop with scripts/infra/stop.sh)"
