@@ -50,7 +50,7 @@ impl Fixture {
         let ctx = TestContext::new();
         let redis = service_kit::redis::connect(
             &RedisUrl(ctx.redis_url.clone()),
-            &service_kit::redis::RedisTls::default(),
+            &ctx.common(&[]).redis_tls,
             Duration::from_secs(10),
         )
         .await

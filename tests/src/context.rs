@@ -61,6 +61,23 @@ impl TestContext {
         self.creds_file(identity.name())
     }
 
+    /// A Redis client of the test, trusting the suite's CA when the URL is `rediss://`.
+    pub fn redis_client(&self) -> redis::Client {
+        if self.redis_url.starts_with("rediss://") {
+            let ca = std::fs::read(&crate::nats_auth::auth().ca).expect("CA file");
+            redis::Client::build_with_tls(
+                self.redis_url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )
+            .expect("redis URL")
+        } else {
+            redis::Client::open(self.redis_url.as_str()).expect("redis URL")
+        }
+    }
+
     /// What an operator's shell holds for `gcal-ops`: the operator's credentials and the CA.
     pub fn operator_env(&self, identity: Identity) -> Vec<(String, String)> {
         vec![
@@ -126,6 +143,10 @@ impl TestContext {
                 format!("{}_{{subaccountId}}", self.id),
             ),
             ("REDIS_URL".into(), self.redis_url.clone()),
+            (
+                "REDIS_TLS_CA_FILE".into(),
+                crate::nats_auth::auth().ca.clone(),
+            ),
             ("REDIS_KEY_PREFIX".into(), self.id.clone()),
             ("STARTUP_TIMEOUT".into(), "10s".into()),
             // nats-server reserves each stream's max_bytes against its storage limit, and one
@@ -134,10 +155,7 @@ impl TestContext {
             ("EVENTS_MAX_BYTES".into(), STREAM_BYTES.into()),
             ("DEAD_LETTER_MAX_BYTES".into(), STREAM_BYTES.into()),
         ];
-        for (k, v) in overrides {
-            pairs.retain(|(name, _)| name != k);
-            pairs.push(((*k).into(), (*v).into()));
-        }
+        override_with(&mut pairs, overrides);
         pairs
     }
 
@@ -165,10 +183,7 @@ impl TestContext {
             self.creds(identity)
         };
         let mut pairs = self.settings(&[("NATS_CREDS_FILE", creds.as_str())]);
-        for (k, v) in overrides {
-            pairs.retain(|(name, _)| name != k);
-            pairs.push(((*k).into(), (*v).into()));
-        }
+        override_with(&mut pairs, overrides);
         pairs
     }
 
@@ -185,6 +200,21 @@ impl TestContext {
 impl Default for TestContext {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `overrides` win; a plaintext `REDIS_URL` (a test's own Redis) drops the CA setting, which
+/// only goes with `rediss://`.
+fn override_with(pairs: &mut Vec<(String, String)>, overrides: &[(&str, &str)]) {
+    for (k, v) in overrides {
+        pairs.retain(|(name, _)| name != k);
+        pairs.push(((*k).into(), (*v).into()));
+    }
+    let plain_redis = pairs
+        .iter()
+        .any(|(k, v)| k == "REDIS_URL" && !v.starts_with("rediss://"));
+    if plain_redis && !overrides.iter().any(|(k, _)| *k == "REDIS_TLS_CA_FILE") {
+        pairs.retain(|(name, _)| name != "REDIS_TLS_CA_FILE");
     }
 }
 

@@ -19,6 +19,8 @@ pub struct TestAuth {
     pub dir: PathBuf,
     /// `nats-server -c` this.
     pub config: PathBuf,
+    /// The same auth without TLS (benchmarks measure what TLS costs).
+    pub plaintext_config: PathBuf,
     /// PEM of the CA that signed the servers' certificate (`NATS_TLS_CA_FILE`).
     pub ca: String,
     tls: ServerTlsFiles,
@@ -38,6 +40,7 @@ pub fn auth() -> &'static TestAuth {
         .expect("test NATS certificates");
         let auth = TestAuth {
             config: dir.join("nats-server.conf"),
+            plaintext_config: dir.join("nats-server-plaintext.conf"),
             ca: tls.ca.to_string_lossy().into_owned(),
             tls,
             authority: Mutex::new(Authority::new()),
@@ -51,13 +54,22 @@ pub fn auth() -> &'static TestAuth {
 impl TestAuth {
     fn write_config(&self) {
         let authority = self.authority.lock().expect("authority");
-        let text = authority
-            .server_config(Some(&self.tls))
-            .expect("server config");
-        // Atomically: servers may be starting from it.
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write server config");
-        std::fs::rename(&tmp, &self.config).expect("replace server config");
+        for (path, tls) in [
+            (&self.config, Some(&self.tls)),
+            (&self.plaintext_config, None),
+        ] {
+            let text = authority.server_config(tls).expect("server config");
+            // Atomically: servers may be starting from it.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write server config");
+            std::fs::rename(&tmp, path).expect("replace server config");
+        }
+    }
+
+    /// The servers' certificate, key and CA (PEM paths): valid for 127.0.0.1 and localhost.
+    pub fn server_tls(&self) -> (String, String, String) {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        (path(&self.tls.cert), path(&self.tls.key), self.ca.clone())
     }
 
     /// Credentials of `identity` in `ns`, written to `dir`; returns the file's path.
@@ -91,9 +103,10 @@ impl TestAuth {
         path.to_string_lossy().into_owned()
     }
 
-    /// `NATS_CREDS_FILE` and `NATS_TLS_CA_FILE` for the service `binary` (a path whose file
-    /// name is the service's) in namespace `ns`, for tests that start a service binary.
-    pub fn binary_settings(&self, binary: &str, ns: &str) -> [(&'static str, String); 2] {
+    /// `NATS_CREDS_FILE`, `NATS_TLS_CA_FILE` and `REDIS_TLS_CA_FILE` for the service `binary`
+    /// (a path whose file name is the service's) in namespace `ns`, for tests that start a
+    /// service binary.
+    pub fn binary_settings(&self, binary: &str, ns: &str) -> [(&'static str, String); 3] {
         let name = Path::new(binary)
             .file_name()
             .and_then(|n| n.to_str())
@@ -106,6 +119,7 @@ impl TestAuth {
         [
             ("NATS_CREDS_FILE", creds),
             ("NATS_TLS_CA_FILE", self.ca.clone()),
+            ("REDIS_TLS_CA_FILE", self.ca.clone()),
         ]
     }
 

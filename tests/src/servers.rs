@@ -57,6 +57,15 @@ impl NatsServer {
         Self::start_with(&["-c".to_owned(), config])
     }
 
+    /// With the binary's NATS auth but no TLS (for measuring what TLS costs).
+    pub fn start_plaintext() -> Self {
+        let config = crate::nats_auth::auth()
+            .plaintext_config
+            .to_string_lossy()
+            .into_owned();
+        Self::start_with(&["-c".to_owned(), config])
+    }
+
     /// Started with `extra` flags only (e.g. `--user`/`--pass`, `--tls`, `--tlscert`, …): no
     /// auth and no TLS unless they say so.
     pub fn start_with(extra: &[String]) -> Self {
@@ -231,9 +240,10 @@ impl RedisServer {
     }
 }
 
-/// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked).
+/// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked),
+/// and the TLS files it serves with, if any: `(cert, key, ca)`.
 #[derive(Debug)]
-pub struct MongoServer(ServerProcess);
+pub struct MongoServer(ServerProcess, Option<(String, String, String)>);
 
 impl MongoServer {
     /// The server process, while it runs (for resource accounting).
@@ -242,6 +252,16 @@ impl MongoServer {
     }
 
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Serving TLS only, with `cert` and `key`; [`Self::uri`] then asks for TLS and trusts
+    /// `ca`.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Self {
+        Self::start_with(Some((cert.into(), key.into(), ca.into())))
+    }
+
+    fn start_with(tls: Option<(String, String, String)>) -> Self {
         let dir = scratch_dir("mongo");
         let log = dir.join("mongo.log");
         // An explicit (empty) config file stops it from reading ~/.secantus or /etc/secantus.
@@ -254,11 +274,15 @@ impl MongoServer {
             log,
         };
         // --port 0: the server picks a free port and logs it; no race with other processes.
-        server.port = Self::launch(&mut server, "0");
-        Self(server)
+        server.port = Self::launch(&mut server, "0", tls.as_ref());
+        Self(server, tls)
     }
 
-    fn launch(server: &mut ServerProcess, port: &str) -> u16 {
+    fn launch(
+        server: &mut ServerProcess,
+        port: &str,
+        tls: Option<&(String, String, String)>,
+    ) -> u16 {
         let mut cmd = Command::new(binary("secantusd-rs"));
         cmd.arg("--config")
             .arg(server.dir.join("secantusd.toml"))
@@ -274,6 +298,9 @@ impl MongoServer {
             ])
             .arg("--storage-path")
             .arg(server.dir.join("data"));
+        if let Some((cert, key, _)) = tls {
+            cmd.args(["--tls-cert-file", cert, "--tls-key-file", key]);
+        }
         let mut child = spawn(cmd, &server.log).expect("secantusd-rs starts");
         let line = wait_for_line(
             &mut child,
@@ -287,7 +314,14 @@ impl MongoServer {
     }
 
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.0.port)
+        match &self.1 {
+            Some((_, _, ca)) => format!(
+                "mongodb://127.0.0.1:{}/?tls=true&tlsCAFile={}",
+                self.0.port,
+                url::form_urlencoded::byte_serialize(ca.as_bytes()).collect::<String>()
+            ),
+            None => format!("mongodb://127.0.0.1:{}", self.0.port),
+        }
     }
 
     /// Stops the server (SIGTERM); its data stays for [`Self::restart`].
@@ -300,7 +334,7 @@ impl MongoServer {
         self.0.stop();
         let _ = std::fs::write(&self.0.log, "");
         let port = self.0.port.to_string();
-        Self::launch(&mut self.0, &port);
+        Self::launch(&mut self.0, &port, self.1.as_ref());
     }
 }
 

@@ -90,6 +90,7 @@ pub fn assert_gives_up_on_unreachable_nats(binary: &str) {
             ("NATS_URL", format!("nats://127.0.0.1:{}", free_port())),
             ("MONGODB_URI", infra.mongo.uri()),
             ("REDIS_URL", infra.redis.url()),
+            ("REDIS_TLS_CA_FILE", crate::nats_auth::auth().ca.clone()),
             ("STARTUP_TIMEOUT", "2s".into()),
             // Any free ports: the service must fail before it listens anyway.
             ("API_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
@@ -132,7 +133,8 @@ pub fn assert_gives_up_on_unreachable_nats(binary: &str) {
 pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str) {
     let infra = shared();
     let port = free_port();
-    let [creds, ca] = crate::nats_auth::auth().binary_settings(binary, &format!("sig{port}"));
+    let [creds, ca, redis_ca] =
+        crate::nats_auth::auth().binary_settings(binary, &format!("sig{port}"));
     let (mut child, dir) = spawn_quiet(
         binary,
         &[
@@ -140,6 +142,7 @@ pub fn assert_stops_cleanly_on_sigterm(binary: &str, addr_setting: &'static str)
             ("NATS_NAMESPACE", format!("sig{port}")),
             creds,
             ca,
+            redis_ca,
             ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
             ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
             ("MONGODB_URI", infra.mongo.uri()),
@@ -169,6 +172,7 @@ pub fn assert_sigterm_interrupts_startup(binary: &str) {
             ("NATS_URL", format!("nats://127.0.0.1:{}", free_port())),
             ("MONGODB_URI", infra.mongo.uri()),
             ("REDIS_URL", infra.redis.url()),
+            ("REDIS_TLS_CA_FILE", crate::nats_auth::auth().ca.clone()),
             ("STARTUP_TIMEOUT", "10m".into()),
         ],
     );
@@ -351,12 +355,14 @@ pub fn assert_serves_off_loopback(
 ) -> String {
     let infra = shared();
     let port = free_port();
-    let [creds, ca] = crate::nats_auth::auth().binary_settings(binary, &format!("exp{port}"));
+    let [creds, ca, redis_ca] =
+        crate::nats_auth::auth().binary_settings(binary, &format!("exp{port}"));
     let mut all = vec![
         ("NATS_URL", infra.nats.url()),
         ("NATS_NAMESPACE", format!("exp{port}")),
         creds,
         ca,
+        redis_ca,
         ("EVENTS_MAX_BYTES", crate::context::STREAM_BYTES.into()),
         ("DEAD_LETTER_MAX_BYTES", crate::context::STREAM_BYTES.into()),
         ("MONGODB_URI", infra.mongo.uri()),

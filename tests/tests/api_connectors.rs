@@ -288,8 +288,9 @@ async fn reads_are_cached_until_a_write_or_the_metadata_worker_invalidates_them(
     // The metadata worker invalidates the single read by deleting the shared key.
     let keys = RedisKeys::new(api.ctx.id.clone());
     let subaccount = SubaccountId::parse(SUBACCOUNT).expect("id");
-    let mut redis = redis::Client::open(api.ctx.redis_url.as_str())
-        .expect("redis url")
+    let mut redis = api
+        .ctx
+        .redis_client()
         .get_multiplexed_async_connection()
         .await
         .expect("redis");

@@ -259,8 +259,8 @@ async fn published(api: &Api) -> Vec<jetstream::Message> {
 }
 
 async fn redis(api: &Api) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(api.ctx.redis_url.as_str())
-        .expect("redis")
+    api.ctx
+        .redis_client()
         .get_multiplexed_async_connection()
         .await
         .expect("redis connection")

@@ -84,8 +84,10 @@ impl Stack {
 
     /// Redis keys a connect request leaves: OAuth states, live-state sets, rate-limit budgets.
     async fn connect_traces_in_redis(&self) -> Vec<String> {
-        let mut redis = redis::Client::open(self.api.ctx.redis_url.as_str())
-            .expect("redis")
+        let mut redis = self
+            .api
+            .ctx
+            .redis_client()
             .get_multiplexed_async_connection()
             .await
             .expect("redis connection");

@@ -8,8 +8,7 @@ use redis::AsyncCommands;
 use schemas::SubaccountId;
 use service_kit::config::RedisUrl;
 use service_kit::redis::{
-    RedisKeys, RedisTls, connect, connector_cache_version, fill_connector_cache,
-    invalidate_connector_caches,
+    RedisKeys, connect, connector_cache_version, fill_connector_cache, invalidate_connector_caches,
 };
 
 #[tokio::test]
@@ -17,7 +16,7 @@ async fn a_read_older_than_an_invalidation_does_not_fill_the_cache() {
     let ctx = e2e::TestContext::new();
     let mut redis = connect(
         &RedisUrl(ctx.redis_url.clone()),
-        &RedisTls::default(),
+        &ctx.common(&[]).redis_tls,
         Duration::from_secs(10),
     )
     .await

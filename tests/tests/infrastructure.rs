@@ -116,3 +116,38 @@ fn tls_clients_work_although_the_build_has_two_rustls_backends() {
         .with_no_client_auth();
     assert!(config.alpn_protocols.is_empty());
 }
+
+/// The suite's MongoDB-wire server serves TLS only: the connection string's `tls=true` with
+/// the CA in `tlsCAFile` reaches it; without the CA, or without TLS, nothing does.
+#[tokio::test]
+async fn mongodb_over_tls_needs_the_ca_in_the_connection_string() {
+    let ctx = TestContext::new();
+    assert!(ctx.mongodb_uri.contains("tls=true"), "{}", ctx.mongodb_uri);
+    let ping = |uri: String| async move {
+        let mut options = mongodb::options::ClientOptions::parse(&uri)
+            .await
+            .expect("connection string");
+        options.server_selection_timeout = Some(Duration::from_secs(2));
+        let client = mongodb::Client::with_options(options).expect("client");
+        service_kit::mongo::ping(&client).await
+    };
+    ping(ctx.mongodb_uri.clone())
+        .await
+        .expect("TLS with the CA reaches the server");
+    let port = ctx
+        .mongodb_uri
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .expect("port");
+    let without_ca = format!("mongodb://127.0.0.1:{port}/?tls=true");
+    assert!(
+        ping(without_ca).await.is_err(),
+        "a server certificate from an unknown CA is trusted"
+    );
+    let plaintext = format!("mongodb://127.0.0.1:{port}");
+    assert!(
+        ping(plaintext).await.is_err(),
+        "a plaintext client reached a TLS-only server"
+    );
+}

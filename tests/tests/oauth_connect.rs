@@ -94,7 +94,7 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
     );
 
     // The attempt waits in Redis under its state, with the TTL, holding what the callback needs.
-    let redis = redis::Client::open(ctx.redis_url.as_str()).expect("redis");
+    let redis = ctx.redis_client();
     let mut conn = redis
         .get_multiplexed_async_connection()
         .await

@@ -1000,7 +1000,7 @@ async fn parked_deliveries(js: &jetstream::Context, ns: &Namespace) -> usize {
 
 /// `(members, PTTL in ms)` of `subaccount`'s set of webhook deliveries awaiting a retry.
 async fn awaiting_retry(ctx: &TestContext, subaccount: &str) -> (Vec<String>, i64) {
-    let client = redis::Client::open(ctx.redis_url.as_str()).expect("redis url");
+    let client = ctx.redis_client();
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

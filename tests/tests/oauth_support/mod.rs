@@ -259,8 +259,8 @@ impl OAuthStack {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.ctx.redis_url.as_str())
-            .expect("redis")
+        self.ctx
+            .redis_client()
             .get_multiplexed_async_connection()
             .await
             .expect("redis conn")
