@@ -82,9 +82,20 @@ async fn bench() {
     let phase = Duration::from_secs(seconds);
     let bins = build_release_binaries();
     let infra = e2e::shared::shared();
+    // NATS with TLS (the shared server), or without on one of its own: BENCH_NATS_TLS=off.
+    let plaintext_nats = (!support::nats_tls()).then(e2e::servers::NatsServer::start_plaintext);
+    let nats = plaintext_nats.as_ref().unwrap_or(&infra.nats);
+    println!(
+        "NATS: auth on, TLS {}",
+        if plaintext_nats.is_some() {
+            "off"
+        } else {
+            "on"
+        }
+    );
     let namespace = format!("bench{}", std::process::id());
     let common = vec![
-        ("NATS_URL".to_owned(), infra.nats.url()),
+        ("NATS_URL".to_owned(), nats.url()),
         ("NATS_NAMESPACE".to_owned(), namespace.clone()),
         ("MONGODB_URI".to_owned(), infra.mongo.uri()),
         (
@@ -164,9 +175,8 @@ async fn bench() {
         wait_ready(&http, name, port).await;
     }
 
-    let floor_port = start_floor(&infra.nats.url(), &namespace).await;
-    let (floor_processes_port, floor_processes) =
-        start_floor_processes(&infra.nats.url(), &namespace);
+    let floor_port = start_floor(&nats.url(), &namespace).await;
+    let (floor_processes_port, floor_processes) = start_floor_processes(&nats.url(), &namespace);
     let token = UserClaims::for_subaccount(SUBACCOUNT, Duration::from_secs(3600))
         .sign_hs256(SECRET.as_bytes());
     let stack_url =
@@ -179,7 +189,7 @@ async fn bench() {
     // Every process that works for a request, for CPU accounting.
     let mut accounted: Vec<(&str, u32)> = vec![("bench (clients, floor)", std::process::id())];
     for (name, pid) in [
-        ("nats-server", infra.nats.pid()),
+        ("nats-server", nats.pid()),
         ("redis-server", infra.redis.pid()),
         ("secantusd-rs", infra.mongo.pid()),
     ] {

@@ -51,10 +51,13 @@ pub fn spawn(
         .iter()
         .find(|(k, _)| k == "NATS_NAMESPACE")
         .map(|(_, v)| v.as_str());
-    let identity = match (namespace, schemas::bus_access::Identity::from_name(name)) {
+    let mut identity = match (namespace, schemas::bus_access::Identity::from_name(name)) {
         (Some(ns), Some(_)) => e2e::nats_auth::auth().binary_settings(name, ns).to_vec(),
         _ => Vec::new(),
     };
+    if !nats_tls() {
+        identity.retain(|(k, _)| *k != "NATS_TLS_CA_FILE");
+    }
     command
         .env_clear()
         .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -74,25 +77,34 @@ pub async fn driver_nats(url: &str) -> async_nats::Client {
     connect_with(url, &creds.1, &ca.1).await
 }
 
-/// `FLOOR_NATS_CREDS` and `FLOOR_NATS_CA`: the driver's credentials and the CA.
+/// Whether NATS runs with TLS (the default); `BENCH_NATS_TLS=off` measures without it, on a
+/// NATS server of the benchmark's own (auth stays on; Redis and MongoDB keep TLS).
+pub fn nats_tls() -> bool {
+    !matches!(std::env::var("BENCH_NATS_TLS").as_deref(), Ok("off"))
+}
+
+/// `FLOOR_NATS_CREDS` and `FLOOR_NATS_CA`: the driver's credentials and the CA (empty
+/// without TLS).
 pub fn driver_settings() -> [(&'static str, String); 2] {
     let auth = e2e::nats_auth::auth();
     let creds = auth.mint_driver(&auth.dir.join("bench"));
-    [
-        ("FLOOR_NATS_CREDS", creds),
-        ("FLOOR_NATS_CA", auth.ca.clone()),
-    ]
+    let ca = if nats_tls() {
+        auth.ca.clone()
+    } else {
+        String::new()
+    };
+    [("FLOOR_NATS_CREDS", creds), ("FLOOR_NATS_CA", ca)]
 }
 
+/// Connects with `creds`, over TLS trusting `ca` unless it is empty.
 pub async fn connect_with(url: &str, creds: &str, ca: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_credentials_file(creds)
+    let mut options = async_nats::ConnectOptions::with_credentials_file(creds)
         .await
-        .expect("creds")
-        .add_root_certificates(ca.into())
-        .require_tls(true)
-        .connect(url)
-        .await
-        .expect("nats")
+        .expect("creds");
+    if !ca.is_empty() {
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    options.connect(url).await.expect("nats")
 }
 
 pub async fn wait_ready(http: &reqwest::Client, name: &str, port: u16) {
