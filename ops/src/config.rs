@@ -32,14 +32,7 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
             "NATS server with JetStream enabled.",
         ),
     };
-    let namespace = match &flags.namespace {
-        Some(ns) => ns.clone(),
-        None => env.value(
-            "NATS_NAMESPACE",
-            "gcal",
-            "Prefix of every NATS subject and stream name of this deployment.",
-        ),
-    };
+    let namespace = read_namespace(flags, &mut env);
     let nats = NatsClientSettings::from_env(&mut env, &nats_url);
     env.finish()?;
     Ok(Settings {
@@ -52,16 +45,20 @@ pub fn resolve(flags: &GlobalArgs, mut env: Env) -> Result<Settings, ConfigError
 /// The namespace alone (`nats-auth`, which connects to nothing): the flag, else
 /// `NATS_NAMESPACE`, else `gcal`.
 pub fn namespace(flags: &GlobalArgs, mut env: Env) -> Result<Namespace, ConfigError> {
-    let namespace = match &flags.namespace {
+    let namespace = read_namespace(flags, &mut env);
+    env.finish()?;
+    Ok(namespace)
+}
+
+fn read_namespace(flags: &GlobalArgs, env: &mut Env) -> Namespace {
+    match &flags.namespace {
         Some(ns) => ns.clone(),
         None => env.value(
             "NATS_NAMESPACE",
             "gcal",
             "Prefix of every NATS subject and stream name of this deployment.",
         ),
-    };
-    env.finish()?;
-    Ok(namespace)
+    }
 }
 
 /// Connects, retrying for at most `limit`. The error names the server (never the URL, which

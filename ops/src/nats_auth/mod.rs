@@ -341,3 +341,109 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("file").permissions().mode() & 0o777
+    }
+
+    /// The operator and account JWTs in a written server configuration.
+    fn preloaded(conf: &str) -> (String, Vec<serde_json::Value>) {
+        let operator = conf
+            .split("operator: \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("operator")
+            .to_owned();
+        let accounts = conf
+            .split("resolver_preload: {")
+            .nth(1)
+            .expect("preload")
+            .lines()
+            .filter_map(|l| l.split("\": \"").nth(1))
+            .filter_map(|jwt| jwt::claims(jwt.trim_end_matches('"')))
+            .collect();
+        (operator, accounts)
+    }
+
+    #[test]
+    fn generate_mint_and_revoke_write_what_a_server_and_its_clients_need() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out_dir = dir.path().join("auth");
+        let ns = Namespace::new("prod").expect("ns");
+        let options = GenerateOptions {
+            options: Options::default(),
+            tls_hosts: vec!["nats.internal".into()],
+        };
+        let mut out = Vec::new();
+        generate(&out_dir, &ns, &options, &mut out).expect("generate");
+        let conf = std::fs::read_to_string(out_dir.join("nats-server.conf")).expect("conf");
+        assert!(
+            conf.contains("resolver: MEMORY") && conf.contains("tls {"),
+            "{conf}"
+        );
+        for key in ["operator.nk", "account.nk", "system-account.nk"] {
+            let seed = std::fs::read_to_string(out_dir.join("keys").join(key)).expect("seed");
+            assert!(!conf.contains(seed.trim()), "{key} in the public config");
+        }
+        for identity in Identity::ALL {
+            let path = creds_path(&out_dir, identity);
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            let text = std::fs::read_to_string(&path).expect("creds");
+            let (token, _) = jwt::parse_creds(&text).expect("creds layout");
+            let claims = jwt::claims(&token).expect("claims");
+            assert_eq!(claims["name"], identity.name());
+            assert_eq!(claims["nats"]["type"], "user");
+        }
+        assert_eq!(mode(&out_dir.join("keys/account.nk")), 0o600);
+        assert_eq!(mode(&out_dir.join("tls/server-key.pem")), 0o600);
+        // A second generate would orphan every credential: refused.
+        let again = generate(&out_dir, &ns, &options, &mut Vec::new());
+        assert!(again.is_err_and(|e| e.downcast_ref::<crate::UsageError>().is_some()));
+
+        // Rotation: new credentials beside the old, then the old key revoked.
+        let old_key = user_key(
+            &std::fs::read_to_string(creds_path(&out_dir, Identity::MailerWorker)).expect("old"),
+        )
+        .expect("key");
+        mint(
+            &out_dir,
+            &ns,
+            Identity::MailerWorker,
+            Options::default(),
+            None,
+            &mut out,
+        )
+        .expect("mint");
+        let previous = out_dir.join("creds/mailer-worker.creds.previous");
+        let new_key = user_key(
+            &std::fs::read_to_string(creds_path(&out_dir, Identity::MailerWorker)).expect("new"),
+        )
+        .expect("key");
+        assert_ne!(old_key, new_key);
+        revoke(&out_dir, previous.to_str().expect("path"), &mut out).expect("revoke");
+        let revoked = std::fs::read_to_string(out_dir.join("nats-server.conf")).expect("conf");
+        let (operator_before, _) = preloaded(&conf);
+        let (operator_after, accounts) = preloaded(&revoked);
+        assert_eq!(
+            operator_before, operator_after,
+            "the operator must not change: a reload refuses that"
+        );
+        let account = accounts
+            .iter()
+            .find(|a| a["name"] == ACCOUNT_NAME)
+            .expect("the account");
+        assert!(
+            account["nats"]["revocations"][&old_key].is_i64(),
+            "{account}"
+        );
+        assert!(account["nats"]["revocations"][&new_key].is_null());
+        assert!(account["nats"]["tls"].is_null());
+        assert!(revoked.contains("tls {"), "TLS kept on rewrite");
+    }
+}
