@@ -22,7 +22,8 @@ const NATS: Dependency = Dependency {
 /// of NATS decentralized auth, or a user and password) and TLS (the CA that signs the server's
 /// certificate, and a client certificate for mutual TLS). Without any of them the client
 /// connects anonymously in plaintext, which is allowed only to a loopback server unless
-/// `NATS_ALLOW_PLAINTEXT=true` says the network is private.
+/// `NATS_ALLOW_PLAINTEXT=true` says the network is private and `NATS_ALLOW_ANONYMOUS=true`
+/// that the server wants no credentials.
 #[derive(Clone, Default)]
 pub struct NatsClientSettings {
     pub creds_file: Option<PathBuf>,
@@ -32,6 +33,7 @@ pub struct NatsClientSettings {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub allow_plaintext: bool,
+    pub allow_anonymous: bool,
 }
 
 impl fmt::Debug for NatsClientSettings {
@@ -44,6 +46,7 @@ impl fmt::Debug for NatsClientSettings {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("allow_plaintext", &self.allow_plaintext)
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
@@ -77,6 +80,11 @@ impl NatsClientSettings {
                 "false",
                 "`true` allows a plaintext connection to a NATS server that is not on loopback (a private network you trust). `false`: such a NATS_URL is refused at start-up unless TLS is configured (`tls://`, or NATS_TLS_CA_FILE).",
             ),
+            allow_anonymous: env.value(
+                "NATS_ALLOW_ANONYMOUS",
+                "false",
+                "`true` connects without credentials to a NATS server that is not on loopback. `false`: such a NATS_URL is refused at start-up unless NATS_CREDS_FILE (or NATS_USER) says who this service is.",
+            ),
         };
         if settings.user.is_some() != settings.password.is_some() {
             env.problem("NATS_USER", "NATS_USER and NATS_PASSWORD go together");
@@ -100,6 +108,16 @@ impl NatsClientSettings {
             env.problem(
                 "NATS_URL",
                 "a NATS server that is not on loopback needs TLS (a tls:// URL, or NATS_TLS_CA_FILE); NATS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
+            );
+        }
+        let anonymous = settings.creds_file.is_none() && settings.user.is_none();
+        if anonymous
+            && !settings.allow_anonymous
+            && !crate::exposure::is_loopback_host(url.0.host())
+        {
+            env.problem(
+                "NATS_CREDS_FILE",
+                "a NATS server that is not on loopback needs this service's credentials (a .creds file from `gcal-ops nats-auth generate`); NATS_ALLOW_ANONYMOUS=true connects without",
             );
         }
         settings

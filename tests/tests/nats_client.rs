@@ -132,21 +132,42 @@ async fn mutual_tls_needs_the_client_certificate() {
 }
 
 #[test]
-fn plaintext_to_a_server_off_loopback_is_a_configuration_problem() {
+fn plaintext_or_anonymous_to_a_server_off_loopback_is_a_configuration_problem() {
     let url: NatsUrl = "nats://10.0.0.5:4222".parse().expect("url");
     let mut env = Env::from_pairs(Vec::<(String, String)>::new());
     NatsClientSettings::from_env(&mut env, &url);
     let error = env.finish().expect_err("refused").to_string();
     assert!(error.contains("NATS_URL"), "{error}");
     assert!(error.contains("NATS_ALLOW_PLAINTEXT"), "{error}");
+    let creds = ("NATS_CREDS_FILE", "/run/secrets/api.creds");
     for allowed in [
-        settings("tls://10.0.0.5:4222", &[]),
-        settings("nats://10.0.0.5:4222", &[("NATS_ALLOW_PLAINTEXT", "true")]),
+        settings("tls://10.0.0.5:4222", &[creds]),
+        settings(
+            "nats://10.0.0.5:4222",
+            &[creds, ("NATS_ALLOW_PLAINTEXT", "true")],
+        ),
         settings("nats://localhost:4222", &[]),
         settings("nats://[::1]:4222", &[]),
     ] {
         drop(allowed);
     }
+    // Off loopback a service says who it is, unless told the server wants no one.
+    let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+    NatsClientSettings::from_env(&mut env, &"tls://10.0.0.5:4222".parse().expect("url"));
+    let error = env
+        .finish()
+        .expect_err("anonymous off loopback")
+        .to_string();
+    assert!(error.contains("NATS_CREDS_FILE"), "{error}");
+    assert!(error.contains("NATS_ALLOW_ANONYMOUS"), "{error}");
+    drop(settings(
+        "tls://10.0.0.5:4222",
+        &[("NATS_ALLOW_ANONYMOUS", "true")],
+    ));
+    drop(settings(
+        "tls://10.0.0.5:4222",
+        &[("NATS_USER", "api"), ("NATS_PASSWORD", "x")],
+    ));
     let mut env = Env::from_pairs([("NATS_USER", "alone")]);
     NatsClientSettings::from_env(&mut env, &"nats://127.0.0.1:4222".parse().expect("url"));
     assert!(env.finish().is_err(), "a user without a password");
