@@ -32,6 +32,8 @@ static AUTH: OnceLock<TestAuth> = OnceLock::new();
 /// The binary's authority, made on first use.
 pub fn auth() -> &'static TestAuth {
     AUTH.get_or_init(|| {
+        // Every client of these servers speaks TLS: tests, benchmarks and floors alike.
+        service_kit::tls::install_crypto_provider();
         let dir = crate::process::scratch_dir("nats-auth");
         let tls = write_server_tls(
             &dir.join("tls"),

@@ -98,6 +98,7 @@ pub fn driver_settings() -> [(&'static str, String); 2] {
 
 /// Connects with `creds`, over TLS trusting `ca` unless it is empty.
 pub async fn connect_with(url: &str, creds: &str, ca: &str) -> async_nats::Client {
+    service_kit::tls::install_crypto_provider();
     let mut options = async_nats::ConnectOptions::with_credentials_file(creds)
         .await
         .expect("creds");
