@@ -10,6 +10,8 @@
 # generate` (an operator, the permissions of NATS_NAMESPACE, one .creds file per identity); every
 # client needs its identity's file (NATS_CREDS_FILE), anonymous clients are refused. The local run
 # stays plaintext on loopback. GCAL_OPS names a built gcal-ops binary (else `cargo run` builds it).
+# The permissions are those of NATS_NAMESPACE at the first run: after changing it, remove
+# .local/nats-auth/ (and restart NATS) so they are written again.
 # Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), REDIS_PORT (6379), MONGO_PORT (27017),
 #              MONGO_CACHE_SIZE (512M), START_TIMEOUT seconds to wait for each server (30).
 # The binaries come from scripts/infra/install.sh.
