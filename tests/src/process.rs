@@ -96,6 +96,16 @@ pub fn wait_for_line(
     }
 }
 
+/// Sends `signal` to process `pid` (SIGSTOP to make a server hang with its sockets open,
+/// SIGCONT to let it go on, SIGHUP to reload it).
+pub fn signal(pid: u32, signal: libc::c_int) {
+    let pid = i32::try_from(pid).expect("a pid");
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal})");
+}
+
 /// Sends SIGTERM, waits up to 5 s, then SIGKILL.
 pub fn terminate(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {

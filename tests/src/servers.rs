@@ -23,6 +23,16 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Stops the process in its tracks (SIGSTOP): connections stay open, nothing answers.
+    fn freeze(&self) {
+        crate::process::signal(self.pid().expect("the server runs"), libc::SIGSTOP);
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    fn thaw(&self) {
+        crate::process::signal(self.pid().expect("the server runs"), libc::SIGCONT);
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
@@ -118,12 +128,8 @@ impl NatsServer {
 
     /// Makes the server read its configuration again (SIGHUP), as `nats-server --signal
     /// reload` does: new revocations apply to connected clients too.
-    #[allow(unsafe_code)]
     pub fn reload(&self) {
-        let pid = self.pid().expect("nats-server runs") as libc::pid_t;
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
-        assert_eq!(sent, 0, "SIGHUP to nats-server");
+        crate::process::signal(self.pid().expect("nats-server runs"), libc::SIGHUP);
     }
 
     /// Starts it again on the same port with the same JetStream data.
@@ -238,6 +244,15 @@ impl RedisServer {
     pub fn stop(&mut self) {
         self.0.stop();
     }
+
+    /// Makes it hang (SIGSTOP): connections stay open and nothing answers, until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.0.freeze();
+    }
+
+    pub fn thaw(&self) {
+        self.0.thaw();
+    }
 }
 
 /// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked),
@@ -327,6 +342,15 @@ impl MongoServer {
     /// Stops the server (SIGTERM); its data stays for [`Self::restart`].
     pub fn stop(&mut self) {
         self.0.stop();
+    }
+
+    /// Makes it hang (SIGSTOP): connections stay open and nothing answers, until [`Self::thaw`].
+    pub fn freeze(&self) {
+        self.0.freeze();
+    }
+
+    pub fn thaw(&self) {
+        self.0.thaw();
     }
 
     /// Starts it again on the same port with the same data.

@@ -193,3 +193,64 @@ async fn readyz_turns_red_naming_nats_when_it_stops_and_green_when_it_returns() 
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// A dependency that hangs (SIGSTOP: its sockets stay open, nothing answers) makes every
+/// service's `/readyz` answer 503 naming it, within a second; when it comes back, ready again.
+#[tokio::test]
+async fn readyz_answers_within_a_second_while_redis_or_mongodb_hangs() {
+    let ctx = TestContext::new();
+    let redis = e2e::servers::RedisServer::start();
+    let mongo = e2e::servers::MongoServer::start();
+    let (redis_url, mongo_uri) = (redis.url(), mongo.uri());
+    let overrides = [
+        ("REDIS_URL", redis_url.as_str()),
+        ("MONGODB_URI", mongo_uri.as_str()),
+    ];
+    let mut services = start_all(&ctx, &overrides).await;
+    for service in &mut services {
+        service.wait_ready(READY).await;
+    }
+    for (dependency, freeze, thaw) in [
+        (
+            "redis",
+            Box::new(|| redis.freeze()) as Box<dyn Fn()>,
+            Box::new(|| redis.thaw()) as Box<dyn Fn()>,
+        ),
+        (
+            "mongodb",
+            Box::new(|| mongo.freeze()),
+            Box::new(|| mongo.thaw()),
+        ),
+    ] {
+        freeze();
+        for service in &services {
+            for _ in 0..2 {
+                let started = std::time::Instant::now();
+                let (status, body) = service.get("/readyz").await;
+                let took = started.elapsed();
+                assert!(
+                    took < Duration::from_secs(1),
+                    "{}: /readyz took {took:?} while {dependency} hangs",
+                    service.name
+                );
+                assert_eq!(status, 503, "{}: {body}", service.name);
+                assert_eq!(
+                    body["checks"][dependency]["ok"], false,
+                    "{}: {body}",
+                    service.name
+                );
+            }
+        }
+        thaw();
+        for service in &mut services {
+            service.wait_ready(READY).await;
+        }
+    }
+    for service in services {
+        let name = service.name;
+        service
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
