@@ -63,9 +63,10 @@ service_command() {
         -m "$NATS_MONITOR_PORT" -js -sd "$DATA_DIR/nats" -n gcal-local)
       ;;
     redis)
-      # Redis holds only what may be lost (OAuth state, caches, locks): no persistence.
+      # Redis holds the OAuth state of every link already mailed: it must outlive a restart.
+      # Append-only file, fsynced before each answer, so a crash loses no acknowledged write.
       CMD=(redis-server --bind "$BIND_HOST" --port "$REDIS_PORT" --dir "$DATA_DIR/redis"
-        --save "" --appendonly no --daemonize no --protected-mode yes)
+        --save "" --appendonly yes --appendfsync always --daemonize no --protected-mode yes)
       ;;
     mongo)
       CMD=(secantusd-rs --config "$MONGO_CONFIG" --host "$BIND_HOST" --port "$MONGO_PORT"

@@ -1,9 +1,11 @@
 //! Redis: the connection manager (one multiplexed connection that reconnects by itself) and
 //! every key name the services use, in one place.
 //!
-//! Redis only holds what may be lost: OAuth state, cached access tokens, refresh locks, read
-//! caches, rate-limit budgets and the count of webhook deliveries awaiting a retry. Every key is
-//! written with an expiry.
+//! Redis holds OAuth state, cached access tokens, refresh locks, read caches, rate-limit budgets
+//! and the count of webhook deliveries awaiting a retry. Every key is written with an expiry.
+//! All of it may be lost except the OAuth state: a lost state makes a link already mailed
+//! answer "expired", so Redis must persist it (the local run and compose use an append-only
+//! file fsynced before each answer; see the operator guide's "Scaling out").
 
 use std::path::PathBuf;
 use std::time::Duration;

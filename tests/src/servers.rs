@@ -141,7 +141,8 @@ impl NatsServer {
     }
 }
 
-/// redis-server without persistence, and any extra flags it was started with (TLS).
+/// redis-server (without persistence unless started with [`RedisServer::start_persistent`]),
+/// and any extra flags it was started with (TLS, persistence).
 #[derive(Debug)]
 pub struct RedisServer(ServerProcess, Vec<String>);
 
@@ -170,6 +171,21 @@ impl RedisServer {
         ])
     }
 
+    /// Persistent as the local run and compose run it: every acknowledged write is in the
+    /// append-only file, fsynced, before Redis answers; a SIGKILL loses nothing.
+    pub fn start_persistent() -> Self {
+        Self::start_with(&[
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+        ])
+    }
+
+    fn tls(extra: &[String]) -> bool {
+        extra.iter().any(|a| a == "--tls-cert-file")
+    }
+
     fn start_with(extra: &[String]) -> Self {
         let dir = scratch_dir("redis");
         let log = dir.join("redis.log");
@@ -196,16 +212,17 @@ impl RedisServer {
     fn launch(server: &mut ServerProcess, extra: &[String]) -> Result<(), String> {
         let port = server.port.to_string();
         // With TLS the port is the TLS one and plaintext is off.
-        let (port_flag, plain) = if extra.is_empty() {
-            ("--port", None)
-        } else {
+        let (port_flag, plain) = if Self::tls(extra) {
             ("--tls-port", Some(["--port", "0"]))
+        } else {
+            ("--port", None)
         };
         let mut cmd = Command::new(binary("redis-server"));
+        // The defaults first: `extra` (persistence) overrides them.
         cmd.args(["--bind", "127.0.0.1", port_flag, &port])
             .args(plain.into_iter().flatten())
-            .args(extra)
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(&server.dir);
         let mut child = spawn(cmd, &server.log).expect("redis-server starts");
@@ -226,7 +243,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again, empty, on the same port (after [`Self::stop`]).
+    /// Starts it again on the same port (after [`Self::stop`]): empty unless persistent.
     pub fn restart(&mut self) {
         self.0.stop();
         let _ = std::fs::write(&self.0.log, "");
@@ -234,13 +251,29 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 
+    /// Kills it (SIGKILL, as a crash) and starts it again on the same port: only what it
+    /// persisted comes back.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.0.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::write(&self.0.log, "");
+        Self::launch(&mut self.0, &self.1)
+            .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
+    }
+
     pub fn url(&self) -> String {
-        let scheme = if self.1.is_empty() { "redis" } else { "rediss" };
+        let scheme = if Self::tls(&self.1) {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}", self.0.port)
     }
 
-    /// Stops the server (SIGTERM). Redis keeps nothing on disk here: a stop loses its data,
-    /// as a real Redis outage may.
+    /// Stops the server (SIGTERM). Without persistence a stop loses its data, as an outage of
+    /// a Redis without persistence does.
     pub fn stop(&mut self) {
         self.0.stop();
     }

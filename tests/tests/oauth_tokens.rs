@@ -413,3 +413,32 @@ async fn reauth_required_is_kept_until_the_stream_can_take_it() {
         stored[0].get_str("_id").expect("id")
     );
 }
+
+/// A mailed link outlives a Redis crash: with Redis persisting as the local run and compose
+/// run it (append-only file, fsync before each answer), the OAuth state written when the link
+/// was issued is still there after a SIGKILL and restart, and the consent completes.
+#[tokio::test]
+async fn a_link_issued_before_a_redis_crash_still_connects_after_it() {
+    let mut redis = e2e::servers::RedisServer::start_persistent();
+    let mut ctx = TestContext::new();
+    ctx.redis_url = redis.url();
+    let stack = OAuthStack::start(ctx, &[]).await;
+    let (_, auth_url) = stack.issue_link("user@example.com").await;
+
+    redis.crash_and_restart();
+    let callback = stack.consent(&auth_url, allow()).await;
+    // The worker's connection comes back by itself; give it a moment on a busy machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let page = stack.open(&callback).await;
+        if page.status != 503 || tokio::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        stack.google_auth(EMAIL).await.is_some(),
+        "the account is connected"
+    );
+}
