@@ -69,8 +69,10 @@ service_command() {
         --save "" --appendonly yes --appendfsync always --daemonize no --protected-mode yes)
       ;;
     mongo)
+      # --sync-on-commit: the log is fsynced before a write is acknowledged. Without it an
+      # acknowledged write can be lost when the server is killed (tests/tests/infrastructure.rs).
       CMD=(secantusd-rs --config "$MONGO_CONFIG" --host "$BIND_HOST" --port "$MONGO_PORT"
-        --storage-path "$DATA_DIR/mongo" --cache-size "$MONGO_CACHE_SIZE")
+        --storage-path "$DATA_DIR/mongo" --cache-size "$MONGO_CACHE_SIZE" --sync-on-commit)
       ;;
   esac
 }

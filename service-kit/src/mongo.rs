@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Database, IndexModel};
 use schemas::SubaccountId;
 use schemas::documents::{calendar, connector_subaccount, google_auth, webhook};
@@ -75,6 +75,17 @@ impl TenantDatabases {
                     cause: format!("cannot be used: {}", e.kind),
                 })?;
         options.app_name = Some(app_name.to_owned());
+        // An acknowledged write is a kept promise (the outbox, "stored, then answered"): written
+        // to the journal on a majority of the replica set before the server answers. A
+        // connection string that sets its own write concern (`w=`, `journal=`) keeps it.
+        if options.write_concern.is_none() {
+            options.write_concern = Some(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .build(),
+            );
+        }
         // Fail a single operation fast when the server is gone, so callers can retry or park
         // the work instead of hanging for the driver's 30 s default.
         options.server_selection_timeout = Some(Duration::from_secs(5));

@@ -289,9 +289,17 @@ impl RedisServer {
 }
 
 /// secantusd-rs, the MongoDB-wire server (GPL-2.0: always a separate process, never linked),
-/// and the TLS files it serves with, if any: `(cert, key, ca)`.
+/// and how it was started.
 #[derive(Debug)]
-pub struct MongoServer(ServerProcess, Option<(String, String, String)>);
+pub struct MongoServer(ServerProcess, MongoFlags);
+
+#[derive(Debug, Clone, Default)]
+struct MongoFlags {
+    /// The TLS files it serves with: `(cert, key, ca)`.
+    tls: Option<(String, String, String)>,
+    /// `--sync-on-commit`: the log is fsynced before a write is acknowledged.
+    sync_on_commit: bool,
+}
 
 impl MongoServer {
     /// The server process, while it runs (for resource accounting).
@@ -300,16 +308,28 @@ impl MongoServer {
     }
 
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(MongoFlags::default())
     }
 
     /// Serving TLS only, with `cert` and `key`; [`Self::uri`] then asks for TLS and trusts
     /// `ca`.
     pub fn start_tls(cert: &str, key: &str, ca: &str) -> Self {
-        Self::start_with(Some((cert.into(), key.into(), ca.into())))
+        Self::start_with(MongoFlags {
+            tls: Some((cert.into(), key.into(), ca.into())),
+            sync_on_commit: false,
+        })
     }
 
-    fn start_with(tls: Option<(String, String, String)>) -> Self {
+    /// As the local run starts it: `--sync-on-commit`, so an acknowledged write survives a
+    /// crash (without it, writes acknowledged just before a SIGKILL are lost).
+    pub fn start_durable() -> Self {
+        Self::start_with(MongoFlags {
+            tls: None,
+            sync_on_commit: true,
+        })
+    }
+
+    fn start_with(flags: MongoFlags) -> Self {
         let dir = scratch_dir("mongo");
         let log = dir.join("mongo.log");
         // An explicit (empty) config file stops it from reading ~/.secantus or /etc/secantus.
@@ -322,15 +342,11 @@ impl MongoServer {
             log,
         };
         // --port 0: the server picks a free port and logs it; no race with other processes.
-        server.port = Self::launch(&mut server, "0", tls.as_ref());
-        Self(server, tls)
+        server.port = Self::launch(&mut server, "0", &flags);
+        Self(server, flags)
     }
 
-    fn launch(
-        server: &mut ServerProcess,
-        port: &str,
-        tls: Option<&(String, String, String)>,
-    ) -> u16 {
+    fn launch(server: &mut ServerProcess, port: &str, flags: &MongoFlags) -> u16 {
         let mut cmd = Command::new(binary("secantusd-rs"));
         cmd.arg("--config")
             .arg(server.dir.join("secantusd.toml"))
@@ -346,8 +362,11 @@ impl MongoServer {
             ])
             .arg("--storage-path")
             .arg(server.dir.join("data"));
-        if let Some((cert, key, _)) = tls {
+        if let Some((cert, key, _)) = &flags.tls {
             cmd.args(["--tls-cert-file", cert, "--tls-key-file", key]);
+        }
+        if flags.sync_on_commit {
+            cmd.arg("--sync-on-commit");
         }
         let mut child = spawn(cmd, &server.log).expect("secantusd-rs starts");
         let line = wait_for_line(
@@ -362,7 +381,7 @@ impl MongoServer {
     }
 
     pub fn uri(&self) -> String {
-        match &self.1 {
+        match &self.1.tls {
             Some((_, _, ca)) => format!(
                 "mongodb://127.0.0.1:{}/?tls=true&tlsCAFile={}",
                 self.0.port,
@@ -386,12 +405,23 @@ impl MongoServer {
         self.0.thaw();
     }
 
+    /// Kills it (SIGKILL, as a crash) and starts it again on the same port and data.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.0.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::write(&self.0.log, "");
+        let port = self.0.port.to_string();
+        Self::launch(&mut self.0, &port, &self.1);
+    }
+
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.0.stop();
         let _ = std::fs::write(&self.0.log, "");
         let port = self.0.port.to_string();
-        Self::launch(&mut self.0, &port, self.1.as_ref());
+        Self::launch(&mut self.0, &port, &self.1);
     }
 }
 
