@@ -193,7 +193,8 @@ sink_wanted() {
 launch_args() {
   if [[ "$1" == "$SINK" ]]; then
     resolve_addr "$SINK"
-    printf '%s\n' --smtp "$(sink_smtp_addr)" --http "$ADDR"
+    # --journal: what it accepted survives a restart of the sink.
+    printf '%s\n' --smtp "$(sink_smtp_addr)" --http "$ADDR" --journal "$DATA_DIR/dev-smtp-sink.jsonl"
   fi
 }
 

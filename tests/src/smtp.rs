@@ -5,6 +5,9 @@
 //!   provoke a permanent failure; [`SmtpSink::defer_next_recipients`] answers the next `n`
 //!   recipients with `451` (a transient failure); [`SmtpSink::delay_acceptance`] makes the
 //!   server slow to accept a message it already holds.
+//! - [`SmtpSink::start_journaled`] also appends each message to a file, fsynced, before it
+//!   answers `250`, and reads that file back on start: a sink that is killed loses nothing it
+//!   accepted (the local run's `dev-smtp-sink --journal`).
 //! - mailin-embedded's server blocks in `accept` forever and has no stop: a sink lives until the
 //!   process ends. Dropping an [`SmtpSink`] only makes it answer `421` to new sessions. To test
 //!   "SMTP is down", reserve a port with [`crate::process::free_port`], point the mailer at it
@@ -88,9 +91,31 @@ struct Inbox {
     /// How long the `250` after DATA is held back (milliseconds); the message is in the inbox
     /// meanwhile, as on a real server that stored it but has not answered yet.
     accept_delay_ms: AtomicU64,
+    /// Where accepted messages are appended (one JSON line each), if anywhere.
+    journal: Option<Mutex<std::fs::File>>,
 }
 
 impl Inbox {
+    /// Appends `message` to the journal and syncs it; an error means "not accepted".
+    fn journal(&self, message: &ReceivedMessage) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "from": message.from,
+            "to": message.to,
+            "data": base64::engine::general_purpose::STANDARD.encode(&message.data),
+            "receivedAt": message.received_at.to_rfc3339(),
+        }))?;
+        line.push(b'\n');
+        let mut file = journal
+            .lock()
+            .map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        file.write_all(&line)?;
+        file.sync_data()
+    }
+
     fn deliver(&self, message: ReceivedMessage) {
         let n = match self.messages.lock() {
             Ok(mut messages) => {
@@ -157,12 +182,17 @@ impl Handler for Session {
     }
 
     fn data_end(&mut self) -> Response {
-        self.inbox.deliver(ReceivedMessage {
+        let message = ReceivedMessage {
             from: std::mem::take(&mut self.from),
             to: std::mem::take(&mut self.to),
             data: std::mem::take(&mut self.data),
             received_at: Utc::now(),
-        });
+        };
+        if let Err(e) = self.inbox.journal(&message) {
+            eprintln!("SMTP sink: message not journaled, refused for a retry: {e}");
+            return Response::custom(451, "4.3.0 Cannot store the message now".to_owned());
+        }
+        self.inbox.deliver(message);
         let delay = self.inbox.accept_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             // This session's own thread: holding it back delays only this client.
@@ -194,14 +224,36 @@ impl SmtpSink {
 
     /// A sink on `addr`; the port is listening when this returns.
     pub fn start_at(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_journaled(addr, None)
+    }
+
+    /// A sink on `addr` that appends every message it accepts to `journal` (synced before the
+    /// `250`) and starts with the messages already there.
+    pub fn start_journaled(
+        addr: SocketAddr,
+        journal: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        let (kept, journal) = match journal {
+            Some(path) => (
+                read_journal(path)?,
+                Some(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                )),
+            ),
+            None => (Vec::new(), None),
+        };
         let inbox = Arc::new(Inbox {
-            messages: Mutex::default(),
-            count: watch::Sender::new(0),
+            count: watch::Sender::new(kept.len()),
+            messages: Mutex::new(kept),
             deferrals: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             accept_delay_ms: AtomicU64::new(0),
+            journal,
         });
         let mut server = Server::new(Session {
             inbox: inbox.clone(),
@@ -311,6 +363,36 @@ impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.inbox.closed.store(true, Ordering::SeqCst);
     }
+}
+
+/// The messages a journal holds; a torn last line (a crash mid-write, never acknowledged) is
+/// skipped.
+fn read_journal(path: &std::path::Path) -> std::io::Result<Vec<ReceivedMessage>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some(ReceivedMessage {
+                from: v["from"].as_str()?.to_owned(),
+                to: v["to"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
+                data: base64::engine::general_purpose::STANDARD
+                    .decode(v["data"].as_str()?)
+                    .ok()?,
+                received_at: DateTime::parse_from_rfc3339(v["receivedAt"].as_str()?)
+                    .ok()?
+                    .with_timezone(&Utc),
+            })
+        })
+        .collect())
 }
 
 fn strip_brackets(path: &str) -> &str {

@@ -685,3 +685,73 @@ async fn the_mailers_credentials_rotate_while_links_flow_and_none_is_lost() {
     }
     new.service.stop().await.expect("stops");
 }
+
+/// The local run's SMTP sink is not what loses mail: with `--journal`, every message it
+/// answered `250` to is still in its mailbox after it is SIGKILLed and started again.
+#[tokio::test]
+async fn the_dev_smtp_sink_keeps_what_it_accepted_across_a_crash() {
+    use std::io::{BufRead, BufReader, Write};
+    const MESSAGES: usize = 20;
+    let dir = e2e::process::scratch_dir("sink-journal");
+    let journal = dir.join("sink.jsonl");
+    let (smtp_port, http_port) = (free_port(), free_port());
+    // Through the harness's spawner: the sink dies with the test, whatever happens.
+    let start = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dev-smtp-sink"));
+        command
+            .args(["--smtp", &format!("127.0.0.1:{smtp_port}")])
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .arg("--journal")
+            .arg(&journal);
+        e2e::process::spawn(command, &dir.join("sink.log")).expect("dev-smtp-sink starts")
+    };
+    let mailbox = || async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(reply) = reqwest::get(format!("http://127.0.0.1:{http_port}/messages")).await
+                && let Ok(messages) = reply.json::<serde_json::Value>().await
+            {
+                return messages.as_array().expect("a list").len();
+            }
+            assert!(Instant::now() < deadline, "the sink did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut sink = start();
+    assert_eq!(mailbox().await, 0);
+    // Plain SMTP, one session per message; each counts once the sink answered 250 to DATA.
+    for i in 0..MESSAGES {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", smtp_port)).expect("SMTP");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        let mut expect = |code: &str| {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).expect("reply");
+                if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                    break;
+                }
+            }
+            assert!(line.starts_with(code), "expected {code}, got {line:?}");
+        };
+        expect("220");
+        for (command, code) in [
+            ("HELO test\r\n".to_owned(), "250"),
+            ("MAIL FROM:<a@example.com>\r\n".to_owned(), "250"),
+            (format!("RCPT TO:<user{i}@example.com>\r\n"), "250"),
+            ("DATA\r\n".to_owned(), "354"),
+            (format!("Subject: {i}\r\n\r\nbody {i}\r\n.\r\n"), "250"),
+        ] {
+            writer.write_all(command.as_bytes()).expect("send");
+            expect(code);
+        }
+        let _ = writer.write_all(b"QUIT\r\n");
+    }
+    sink.kill().expect("SIGKILL");
+    let _ = sink.wait();
+    let mut sink = start();
+    assert_eq!(mailbox().await, MESSAGES, "accepted mail lost in a crash");
+    let _ = sink.kill();
+    let _ = sink.wait();
+}

@@ -3,16 +3,19 @@
 //! default `SMTP_URL` (smtp://127.0.0.1:1025) works with no configuration.
 //!
 //! ```text
-//! dev-smtp-sink [--smtp ADDR] [--http ADDR]
-//!   --smtp ADDR   where SMTP listens     (DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025)
-//!   --http ADDR   where the mailbox is   (DEV_SMTP_SINK_HTTP_ADDR, default 127.0.0.1:8025)
+//! dev-smtp-sink [--smtp ADDR] [--http ADDR] [--journal FILE]
+//!   --smtp ADDR     where SMTP listens     (DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025)
+//!   --http ADDR     where the mailbox is   (DEV_SMTP_SINK_HTTP_ADDR, default 127.0.0.1:8025)
+//!   --journal FILE  keep messages in FILE  (DEV_SMTP_SINK_JOURNAL; default: memory only)
 //!
 //!   GET /          the received messages, newest first (HTML; each message's text part)
 //!   GET /messages  the same as JSON: [{id, receivedAt, from, to, subject, text, html}]
 //!   GET /healthz, /readyz   200 while it runs (run-local.sh waits on /readyz)
 //! ```
 //!
-//! Messages live in memory only. Every recipient is accepted except local parts starting with
+//! With `--journal` (the local run sets it) each message is appended to the file, synced,
+//! before it is accepted, and the file is read back on start: killing the sink loses nothing it
+//! accepted. Without it, messages live in memory only. Every recipient is accepted except local parts starting with
 //! `reject` (550), as in the test suite. Not for production: anyone on loopback can read them.
 
 use std::net::SocketAddr;
@@ -26,13 +29,15 @@ use axum::routing::get;
 use e2e::smtp::SmtpSink;
 use serde_json::json;
 
-const USAGE: &str = "usage: dev-smtp-sink [--smtp ADDR] [--http ADDR]
-  --smtp ADDR   SMTP listen address (env DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025)
-  --http ADDR   mailbox web page    (env DEV_SMTP_SINK_HTTP_ADDR, default 127.0.0.1:8025)";
+const USAGE: &str = "usage: dev-smtp-sink [--smtp ADDR] [--http ADDR] [--journal FILE]
+  --smtp ADDR     SMTP listen address (env DEV_SMTP_SINK_SMTP_ADDR, default 127.0.0.1:1025)
+  --http ADDR     mailbox web page    (env DEV_SMTP_SINK_HTTP_ADDR, default 127.0.0.1:8025)
+  --journal FILE  append each accepted message to FILE and read it back on start
+                  (env DEV_SMTP_SINK_JOURNAL; default: memory only)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (smtp_addr, http_addr) = match addresses(std::env::args().skip(1)) {
+    let (smtp_addr, http_addr, journal) = match addresses(std::env::args().skip(1)) {
         Ok(Some(addrs)) => addrs,
         Ok(None) => {
             println!("{USAGE}");
@@ -43,7 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let sink = match SmtpSink::start_at(smtp_addr) {
+    let sink = match SmtpSink::start_journaled(smtp_addr, journal.as_deref()) {
         Ok(sink) => Arc::new(sink),
         Err(e) => {
             eprintln!("dev-smtp-sink: cannot listen for SMTP on {smtp_addr}: {e}");
@@ -92,15 +97,20 @@ async fn main() -> ExitCode {
 
 /// The SMTP and HTTP addresses from the flags, then the environment, then the defaults;
 /// `None` when help was asked for.
-fn addresses(
-    mut args: impl Iterator<Item = String>,
-) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
+/// The SMTP and HTTP addresses, and the journal file if any.
+type Settings = (SocketAddr, SocketAddr, Option<std::path::PathBuf>);
+
+fn addresses(mut args: impl Iterator<Item = String>) -> Result<Option<Settings>, String> {
     let mut smtp = std::env::var("DEV_SMTP_SINK_SMTP_ADDR").ok();
     let mut http = std::env::var("DEV_SMTP_SINK_HTTP_ADDR").ok();
+    let mut journal = std::env::var("DEV_SMTP_SINK_JOURNAL")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smtp" => smtp = Some(args.next().ok_or("--smtp needs an address")?),
             "--http" => http = Some(args.next().ok_or("--http needs an address")?),
+            "--journal" => journal = Some(args.next().ok_or("--journal needs a file")?),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -117,6 +127,7 @@ fn addresses(
     Ok(Some((
         parse(smtp, "127.0.0.1:1025", "SMTP")?,
         parse(http, "127.0.0.1:8025", "HTTP")?,
+        journal.map(std::path::PathBuf::from),
     )))
 }
 
