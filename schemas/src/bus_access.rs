@@ -387,9 +387,17 @@ pub fn permissions(identity: Identity, ns: &Namespace, options: Options) -> Perm
         }
     }
     let events = ns.events_stream();
-    if options.api_reads_events && identity == Identity::Api {
+    let api_reads = options.api_reads_events && identity == Identity::Api;
+    if api_reads {
         read_stream(&mut p, &events);
     }
+    // Whoever reads the domain stream through ephemeral consumers holds wildcards that would
+    // cover the services' durables too.
+    let reads_events = api_reads
+        || matches!(
+            decide(identity, Subject::EventsStream),
+            Access::Read | Access::ReadAndPurge
+        );
     for durable in Durable::ALL {
         let name = durable.name();
         if durable.owner() == identity {
@@ -407,9 +415,8 @@ pub fn permissions(identity: Identity, ns: &Namespace, options: Options) -> Perm
             p.subscribe_allow.push(format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{events}.{name}"
             ));
-        } else if reads_events(&p, &events) {
-            // Nobody else touches a service's durable consumer, even with read access to
-            // the stream, whose wildcards would cover it (deny wins over allow).
+        } else if reads_events {
+            // Nobody else touches a service's durable consumer (deny wins over allow).
             p.publish_deny.extend([
                 format!("{api}.CONSUMER.CREATE.{events}.{name}"),
                 format!("{api}.CONSUMER.CREATE.{events}.{name}.>"),
@@ -430,12 +437,6 @@ pub fn permissions(identity: Identity, ns: &Namespace, options: Options) -> Perm
     p.subscribe_allow.sort();
     p.subscribe_allow.dedup();
     p
-}
-
-/// Whether `p` reads `stream` through ephemeral consumers (wildcard consumer names).
-fn reads_events(p: &Permissions, stream: &str) -> bool {
-    p.publish_allow
-        .contains(&format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"))
 }
 
 /// Ordered (ephemeral, unacknowledged) consumers and direct message reads on `stream`.

@@ -38,6 +38,15 @@ impl ServerProcess {
             terminate(&mut child);
         }
     }
+
+    /// Kills the process (SIGKILL, as a crash) and empties its log for the next start.
+    fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::write(&self.log, "");
+    }
 }
 
 impl Drop for ServerProcess {
@@ -254,11 +263,7 @@ impl RedisServer {
     /// Kills it (SIGKILL, as a crash) and starts it again on the same port: only what it
     /// persisted comes back.
     pub fn crash_and_restart(&mut self) {
-        if let Some(mut child) = self.0.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::write(&self.0.log, "");
+        self.0.crash();
         Self::launch(&mut self.0, &self.1)
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
@@ -407,11 +412,7 @@ impl MongoServer {
 
     /// Kills it (SIGKILL, as a crash) and starts it again on the same port and data.
     pub fn crash_and_restart(&mut self) {
-        if let Some(mut child) = self.0.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::write(&self.0.log, "");
+        self.0.crash();
         let port = self.0.port.to_string();
         Self::launch(&mut self.0, &port, &self.1);
     }

@@ -34,6 +34,17 @@ async fn start_all(ctx: &TestContext, overrides: &[(&str, &str)]) -> Vec<Running
     ]
 }
 
+/// Stops every service, each cleanly.
+async fn stop_all(services: Vec<RunningService>) {
+    for service in services {
+        let name = service.name;
+        service
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("{name} stopped with an error: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn all_four_services_become_ready_on_real_infrastructure_and_stop_cleanly() {
     let ctx = TestContext::new();
@@ -74,13 +85,7 @@ async fn all_four_services_become_ready_on_real_infrastructure_and_stop_cleanly(
         );
     }
 
-    for service in services {
-        let name = service.name;
-        service
-            .stop()
-            .await
-            .unwrap_or_else(|e| panic!("{name} stopped with an error: {e}"));
-    }
+    stop_all(services).await;
 }
 
 #[tokio::test]
@@ -185,13 +190,7 @@ async fn readyz_turns_red_naming_nats_when_it_stops_and_green_when_it_returns() 
     for service in &mut services {
         service.wait_ready(READY).await;
     }
-    for service in services {
-        let name = service.name;
-        service
-            .stop()
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
+    stop_all(services).await;
 }
 
 /// A dependency that hangs (SIGSTOP: its sockets stay open, nothing answers) makes every
@@ -246,11 +245,5 @@ async fn readyz_answers_within_a_second_while_redis_or_mongodb_hangs() {
             service.wait_ready(READY).await;
         }
     }
-    for service in services {
-        let name = service.name;
-        service
-            .stop()
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
+    stop_all(services).await;
 }
