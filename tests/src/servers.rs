@@ -24,8 +24,28 @@ impl ServerProcess {
     }
 
     /// Stops the process in its tracks (SIGSTOP): connections stay open, nothing answers.
+    /// Returns once the kernel reports it stopped (the signal is delivered asynchronously).
     fn freeze(&self) {
-        crate::process::signal(self.pid().expect("the server runs"), libc::SIGSTOP);
+        let pid = self.pid().expect("the server runs");
+        crate::process::signal(pid, libc::SIGSTOP);
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) STATE …`: the state follows the last ')'.
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                })
+                == Some('T')
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Lets a frozen process go on (SIGCONT).
