@@ -85,10 +85,9 @@ pub async fn connect(settings: &Settings, limit: Duration) -> anyhow::Result<asy
             ""
         };
         anyhow!(
-            "cannot reach NATS at {}:{} within {limit:?} (check NATS_URL or --nats-url; \
+            "cannot reach NATS at {} within {limit:?} (check NATS_URL or --nats-url; \
                  --connect-timeout waits longer): {cause}{hint}",
-            settings.nats_url.0.host(),
-            settings.nats_url.0.port()
+            settings.nats_url
         )
     })
 }
@@ -111,7 +110,7 @@ mod tests {
         let s = resolve(&flags(&[]), Env::from_pairs(Vec::<(String, String)>::new()))
             .expect("defaults");
         assert_eq!(s.namespace.prefix(), "gcal");
-        assert_eq!(s.nats_url.0.port(), 4222);
+        assert_eq!(s.nats_url.0[0].port(), 4222);
 
         let env = || {
             Env::from_pairs([
@@ -120,14 +119,20 @@ mod tests {
             ])
         };
         let s = resolve(&flags(&[]), env()).expect("env");
-        assert_eq!((s.namespace.prefix(), s.nats_url.0.port()), ("prod", 5555));
+        assert_eq!(
+            (s.namespace.prefix(), s.nats_url.0[0].port()),
+            ("prod", 5555)
+        );
 
         let s = resolve(
             &flags(&["--namespace", "t-9", "--nats-url", "nats://127.0.0.1:6666"]),
             env(),
         )
         .expect("flags");
-        assert_eq!((s.namespace.prefix(), s.nats_url.0.port()), ("t-9", 6666));
+        assert_eq!(
+            (s.namespace.prefix(), s.nats_url.0[0].port()),
+            ("t-9", 6666)
+        );
     }
 
     #[test]

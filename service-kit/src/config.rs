@@ -259,6 +259,39 @@ impl ByteSize {
     }
 }
 
+/// How many copies JetStream keeps of each stream (`STREAM_REPLICAS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamReplicas {
+    /// Three on a cluster (a majority survives one node), one on a single server.
+    Auto,
+    Count(usize),
+}
+
+impl StreamReplicas {
+    /// Replicas on the server the client is connected to: `clustered` when that server reports
+    /// a cluster name.
+    pub fn count(self, clustered: bool) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Auto if clustered => 3,
+            Self::Auto => 1,
+        }
+    }
+}
+
+impl FromStr for StreamReplicas {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        match raw.parse::<usize>() {
+            Ok(n) if (1..=5).contains(&n) => Ok(Self::Count(n)),
+            _ => Err("must be `auto` or a number between 1 and 5".into()),
+        }
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -279,16 +312,57 @@ impl FromStr for LogFormat {
     }
 }
 
-/// A NATS server address, checked the way the client will read it.
+/// The NATS servers to connect to: one address, or a comma-separated list of a cluster's seeds
+/// (`tls://n1:4222,tls://n2:4222,tls://n3:4222`), each checked the way the client will read it.
+/// The client connects to any of them and learns the rest of the cluster from the server.
 #[derive(Debug, Clone)]
-pub struct NatsUrl(pub async_nats::ServerAddr);
+pub struct NatsUrl(pub Vec<async_nats::ServerAddr>);
+
+impl NatsUrl {
+    /// Whether every seed is on loopback.
+    pub fn is_loopback(&self) -> bool {
+        self.0
+            .iter()
+            .all(|addr| crate::exposure::is_loopback_host(addr.host()))
+    }
+
+    /// Whether any seed asks for TLS (`tls://`); the client then requires it of every server.
+    pub fn tls_required(&self) -> bool {
+        self.0.iter().any(async_nats::ServerAddr::tls_required)
+    }
+}
+
+impl fmt::Display for NatsUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}", addr.host(), addr.port())?;
+        }
+        Ok(())
+    }
+}
 
 impl FromStr for NatsUrl {
     type Err = String;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        raw.parse::<async_nats::ServerAddr>()
-            .map(NatsUrl)
-            .map_err(|e| format!("not a NATS server address such as nats://127.0.0.1:4222 ({e})"))
+        let servers = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|seed| !seed.is_empty())
+            .map(|seed| {
+                seed.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    format!(
+                        "{seed:?} is not a NATS server address such as nats://127.0.0.1:4222 ({e})"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err("names no server (one address, or a comma-separated list of seeds)".into());
+        }
+        Ok(NatsUrl(servers))
     }
 }
 
@@ -467,7 +541,7 @@ pub struct StreamSettings {
     pub events_max_age: Duration,
     pub duplicate_window: Duration,
     pub dead_letter_max_age: Duration,
-    pub replicas: usize,
+    pub replicas: StreamReplicas,
     /// The domain stream's disk budget; once full, every publish is refused (discard New)
     /// rather than older, possibly unconsumed, events being dropped.
     pub events_max_bytes: i64,
@@ -491,18 +565,15 @@ impl CommonConfig {
         if redis_key_prefix.contains(char::is_whitespace) {
             env.problem("REDIS_KEY_PREFIX", "may not contain white space");
         }
-        let replicas: usize = env.value(
+        let replicas: StreamReplicas = env.value(
             "STREAM_REPLICAS",
-            "1",
-            "JetStream replicas of each stream (3 on a NATS cluster).",
+            "auto",
+            "JetStream replicas of each stream and consumer, 1 to 5; `auto`: 3 when the NATS server is a member of a cluster, 1 on a single server (set a number for a cluster of another size).",
         );
-        if !(1..=5).contains(&replicas) {
-            env.problem("STREAM_REPLICAS", "must be between 1 and 5");
-        }
         let nats_url: NatsUrl = env.value(
             "NATS_URL",
             "nats://127.0.0.1:4222",
-            "NATS server with JetStream enabled.",
+            "NATS server with JetStream enabled; for a cluster, a comma-separated list of seeds (`tls://n1:4222,tls://n2:4222,tls://n3:4222`): the client connects to any of them, learns the other members from the server and moves to another when its server goes away.",
         );
         let nats = crate::nats::NatsClientSettings::from_env(env, &nats_url);
         let redis_url: RedisUrl = env.value(
@@ -575,7 +646,7 @@ impl CommonConfig {
 }
 
 impl StreamSettings {
-    fn from_env(env: &mut Env, replicas: usize) -> Self {
+    fn from_env(env: &mut Env, replicas: StreamReplicas) -> Self {
         let events_max_age = env
             .value::<HumanDuration>(
                 "EVENTS_MAX_AGE",
@@ -739,8 +810,8 @@ mod tests {
         let mut env = Env::from_pairs([("NATS_URL", "  ")]);
         let config = CommonConfig::from_env(&mut env);
         env.finish().expect("empty means default");
-        assert_eq!(config.nats_url.0.host(), "127.0.0.1");
-        assert_eq!(config.nats_url.0.port(), 4222);
+        assert_eq!(config.nats_url.0[0].host(), "127.0.0.1");
+        assert_eq!(config.nats_url.0[0].port(), 4222);
     }
 
     #[test]

@@ -101,20 +101,14 @@ impl NatsClientSettings {
                 "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together",
             );
         }
-        if !settings.allow_plaintext
-            && !settings.uses_tls(url)
-            && !crate::exposure::is_loopback_host(url.0.host())
-        {
+        if !settings.allow_plaintext && !settings.uses_tls(url) && !url.is_loopback() {
             env.problem(
                 "NATS_URL",
                 "a NATS server that is not on loopback needs TLS (a tls:// URL, or NATS_TLS_CA_FILE); NATS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
             );
         }
         let anonymous = settings.creds_file.is_none() && settings.user.is_none();
-        if anonymous
-            && !settings.allow_anonymous
-            && !crate::exposure::is_loopback_host(url.0.host())
-        {
+        if anonymous && !settings.allow_anonymous && !url.is_loopback() {
             env.problem(
                 "NATS_CREDS_FILE",
                 "a NATS server that is not on loopback needs this service's credentials (a .creds file from `gcal-ops nats-auth generate`); NATS_ALLOW_ANONYMOUS=true connects without",
@@ -124,7 +118,7 @@ impl NatsClientSettings {
     }
 
     fn uses_tls(&self, url: &NatsUrl) -> bool {
-        self.tls_ca_file.is_some() || self.tls_cert_file.is_some() || url.0.tls_required()
+        self.tls_ca_file.is_some() || self.tls_cert_file.is_some() || url.tls_required()
     }
 
     /// `options` with these credentials and TLS settings.
@@ -200,7 +194,13 @@ pub async fn connect(
 /// possibly unconsumed, events. The dead-letter stream has no per-subject bound (its subjects
 /// are per consumer, not per tenant) but is just as bounded and just as unwilling to drop: a
 /// full one makes parking fail, and the consumer keeps the message pending.
-pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Config; 2] {
+///
+/// `replicas` is [`StreamSettings::replicas`] resolved for the server at hand.
+pub fn stream_configs(
+    ns: &Namespace,
+    settings: &StreamSettings,
+    replicas: usize,
+) -> [stream::Config; 2] {
     [
         stream::Config {
             name: ns.events_stream(),
@@ -217,7 +217,7 @@ pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Con
             max_message_size: settings.events_max_msg_size,
             max_age: settings.events_max_age,
             duplicate_window: settings.duplicate_window,
-            num_replicas: settings.replicas,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -235,7 +235,7 @@ pub fn stream_configs(ns: &Namespace, settings: &StreamSettings) -> [stream::Con
             max_message_size: UNLIMITED_SIZE,
             max_age: settings.dead_letter_max_age,
             duplicate_window: settings.duplicate_window,
-            num_replicas: settings.replicas,
+            num_replicas: replicas,
             ..Default::default()
         },
     ]
@@ -254,14 +254,18 @@ pub enum StreamChange {
 }
 
 /// Creates the domain and dead-letter streams, or brings existing ones to the configured
-/// settings. Safe to run from every replica at once.
+/// settings. Safe to run from every replica at once. The replica count is resolved here, from
+/// the server the client is connected to (`STREAM_REPLICAS=auto`: 3 on a cluster, else 1);
+/// consumers inherit it.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     ns: &Namespace,
     settings: &StreamSettings,
 ) -> Result<Vec<(String, StreamChange)>, StartupError> {
     let mut changes = Vec::new();
-    for config in stream_configs(ns, settings) {
+    let clustered = js.client().server_info().cluster.is_some();
+    let replicas = settings.replicas.count(clustered);
+    for config in stream_configs(ns, settings, replicas) {
         let name = config.name.clone();
         let budget = if name == ns.events_stream() {
             "EVENTS_MAX_BYTES"
@@ -280,7 +284,7 @@ pub async fn ensure_streams(
                 cause: format!("cannot provision JetStream stream {name} (is JetStream enabled on the server?): {cause}"),
             },
         })?;
-        tracing::info!(stream = %name, ?change, "stream ready");
+        tracing::info!(stream = %name, ?change, replicas, "stream ready");
         changes.push((name, change));
     }
     Ok(changes)
@@ -584,7 +588,7 @@ mod tests {
     #[test]
     fn the_domain_stream_refuses_per_subject_and_the_dead_letters_never_drop() {
         let ns = Namespace::new("t").expect("ns");
-        let [events, dead] = stream_configs(&ns, &settings());
+        let [events, dead] = stream_configs(&ns, &settings(), 1);
         assert_eq!(events.discard, stream::DiscardPolicy::New);
         assert!(events.discard_new_per_subject);
         assert_eq!(events.max_bytes, 10 << 30);
@@ -598,7 +602,7 @@ mod tests {
     #[test]
     fn unlimited_reads_the_same_however_the_server_spells_it() {
         let ns = Namespace::new("t").expect("ns");
-        let [_, wanted] = stream_configs(&ns, &settings());
+        let [_, wanted] = stream_configs(&ns, &settings(), 1);
         // What the server answers for the dead-letter stream: -1 for unset limits.
         let mut current = wanted.clone();
         current.max_messages_per_subject = -1;
@@ -617,7 +621,7 @@ mod tests {
     #[test]
     fn an_old_unbounded_stream_is_brought_to_the_bounds() {
         let ns = Namespace::new("t").expect("ns");
-        let [wanted, _] = stream_configs(&ns, &settings());
+        let [wanted, _] = stream_configs(&ns, &settings(), 1);
         let old = stream::Config {
             name: wanted.name.clone(),
             subjects: wanted.subjects.clone(),
