@@ -16,6 +16,8 @@ pub struct ApiConfig {
     pub common: CommonConfig,
     /// Where the REST API (and its health endpoints) listen.
     pub http_addr: SocketAddr,
+    /// `SO_REUSEPORT` on the listener: replicas on one machine share `http_addr`.
+    pub http_reuse_port: bool,
     /// How user tokens are verified.
     pub auth: JwtConfig,
     /// How long a connect request waits for the oauth-worker's reply before answering 503.
@@ -78,6 +80,11 @@ impl ServiceConfig for ApiConfig {
             "127.0.0.1:3002",
             "Address the REST API listens on.",
         );
+        let http_reuse_port = env.value(
+            "API_HTTP_REUSE_PORT",
+            "false",
+            "`true` opens the listener with SO_REUSEPORT, so several replicas on one machine share API_HTTP_ADDR and the kernel spreads new connections across them; a replica joins once its dependencies are connected and a killed one takes only the connections it had accepted. `false`: a second process on the address fails to start.",
+        );
         let auth = JwtConfig::from_env(env);
         let connect_request_timeout: Duration = env
             .value::<HumanDuration>(
@@ -124,6 +131,7 @@ impl ServiceConfig for ApiConfig {
             limits,
             common,
             http_addr,
+            http_reuse_port,
             auth,
             connect_request_timeout,
             connector_cache_ttl,

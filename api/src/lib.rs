@@ -28,8 +28,8 @@ pub mod state;
 pub mod try_it;
 
 use service_kit::auth::JwtVerifier;
+use service_kit::http::Listen;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
-use tokio::net::TcpListener;
 
 pub use config::ApiConfig;
 
@@ -45,7 +45,7 @@ pub const SERVICE: &str = "api";
 /// and the NATS connection.
 pub async fn run(
     config: ApiConfig,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let verifier = JwtVerifier::new(&config.auth)?;
@@ -85,6 +85,8 @@ pub async fn run(
         try_it: config.try_it.clone(),
         limiter: crate::limits::Limiter::new(config.limits.clone(), &infra),
     });
+    // Bound only now, with everything connected: see `Listen`.
+    let listener = listen.into().bind().await?;
     let served = service_kit::http::serve(
         SERVICE,
         listener,

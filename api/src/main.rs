@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use api::ApiConfig;
+use service_kit::http::Listen;
 
 /// mimalloc instead of glibc malloc: in tests/benches/connect.rs it cut the api's CPU per
 /// request by ~18 % and the oauth-worker's by ~14 %, for ~12 MiB more peak RSS per service.
@@ -10,8 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     service_kit::service::main(api::SERVICE, |config: ApiConfig, shutdown| async move {
-        let listener = service_kit::http::bind("API_HTTP_ADDR", config.http_addr).await?;
-        api::run(config, listener, shutdown).await
+        let listen = Listen::at("API_HTTP_ADDR", config.http_addr, config.http_reuse_port);
+        api::run(config, listen, shutdown).await
     })
     .await
 }

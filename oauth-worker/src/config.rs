@@ -15,6 +15,8 @@ pub struct OAuthWorkerConfig {
     pub common: CommonConfig,
     /// Address of the OAuth redirect callback and the health endpoints.
     pub http_addr: SocketAddr,
+    /// `SO_REUSEPORT` on the listener: replicas on one machine share `http_addr`.
+    pub http_reuse_port: bool,
     pub provider: ProviderConfig,
     /// How long an authorization link (its state and PKCE verifier) stays usable.
     pub state_ttl: Duration,
@@ -181,6 +183,11 @@ impl ServiceConfig for OAuthWorkerConfig {
             "127.0.0.1:3004",
             "Address of the OAuth redirect callback and the health endpoints.",
         );
+        let http_reuse_port = env.value(
+            "OAUTH_WORKER_HTTP_REUSE_PORT",
+            "false",
+            "`true` opens the listener with SO_REUSEPORT, so several replicas on one machine share OAUTH_WORKER_HTTP_ADDR and the kernel spreads new connections across them; a replica joins once its dependencies are connected and a killed one takes only the connections it had accepted. `false`: a second process on the address fails to start.",
+        );
         let provider = ProviderConfig {
             client_id: env.value(
                 "GOOGLE_CLIENT_ID",
@@ -331,6 +338,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             limiter_timeout,
             common,
             http_addr,
+            http_reuse_port,
             provider,
             state_ttl,
             frontend_redirect_url,

@@ -23,8 +23,8 @@ use schemas::events::DisconnectRequested;
 use schemas::subjects::DISCONNECT_CONSUMER;
 use service_kit::consumer::{self, ConsumerSpec};
 
+use service_kit::http::Listen;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
-use tokio::net::TcpListener;
 
 pub use config::OAuthWorkerConfig;
 
@@ -45,7 +45,7 @@ pub const SERVICE: &str = "oauth-worker";
 /// serves HTTP (health, metrics) on `listener`; then finishes in-flight work and drains NATS.
 pub async fn run(
     config: OAuthWorkerConfig,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
@@ -143,6 +143,8 @@ pub async fn run(
     let router = service_kit::health::router(SERVICE, infra.clone())
         .merge(callback::router(callback))
         .merge(consent_page::router(consent_page));
+    // Bound only now, with consumers and RPC subscriptions in place: see `Listen`.
+    let listener = listen.into().bind().await?;
     let http = service_kit::http::serve(SERVICE, listener, router, shutdown.clone(), grace);
     let (requests, served, ()) = tokio::join!(requests, http, disconnects);
     let _ = relay.await;

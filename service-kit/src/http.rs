@@ -113,13 +113,75 @@ pub async fn no_sniffing(mut response: Response) -> Response {
 
 /// Binds `addr`; a failure names the setting it came from.
 pub async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|cause| StartupError::Bind {
+    Listen::at(setting, addr, false).bind().await
+}
+
+/// Where a service's HTTP server listens.
+#[derive(Debug)]
+pub enum Listen {
+    /// A listener bound already (a test picks a free port before the service starts).
+    Bound(TcpListener),
+    /// An address bound by [`Listen::bind`], which the service calls once its dependencies are
+    /// connected: until then nothing listens, so a client is refused at once instead of waiting
+    /// in the backlog of a process that cannot answer yet.
+    At {
+        /// The setting the address came from, for errors.
+        setting: &'static str,
+        addr: SocketAddr,
+        /// `SO_REUSEPORT`: several replicas on one machine share `addr` and the kernel spreads
+        /// new connections across the ones listening. A replica that dies takes only the
+        /// connections it had accepted (and those queued on its own socket) with it; the next
+        /// connections go to the others. Only processes of the same user can join the group.
+        reuse_port: bool,
+    },
+}
+
+impl From<TcpListener> for Listen {
+    fn from(listener: TcpListener) -> Self {
+        Self::Bound(listener)
+    }
+}
+
+impl Listen {
+    pub fn at(setting: &'static str, addr: SocketAddr, reuse_port: bool) -> Self {
+        Self::At {
+            setting,
+            addr,
+            reuse_port,
+        }
+    }
+
+    /// The listener; a failure names the setting the address came from.
+    pub async fn bind(self) -> Result<TcpListener, StartupError> {
+        let (setting, addr, reuse_port) = match self {
+            Self::Bound(listener) => return Ok(listener),
+            Self::At {
+                setting,
+                addr,
+                reuse_port,
+            } => (setting, addr, reuse_port),
+        };
+        let error = |cause| StartupError::Bind {
             setting,
             addr: addr.to_string(),
             cause,
-        })
+        };
+        if !reuse_port {
+            return TcpListener::bind(addr).await.map_err(error);
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(error)?;
+        // As `TcpListener::bind` does on Unix: a restarted replica may bind while connections
+        // of its predecessor linger in TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(error)?;
+        socket.set_reuseport(true).map_err(error)?;
+        socket.bind(addr).map_err(error)?;
+        socket.listen(1024).map_err(error)
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting
