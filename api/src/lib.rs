@@ -41,8 +41,20 @@ use crate::state::{AppState, Shared};
 /// The name in logs, metrics and the NATS connection.
 pub const SERVICE: &str = "api";
 
-/// Runs the api on `listener` until `shutdown` is cancelled, then drains in-flight requests
-/// and the NATS connection.
+/// What the `api` binary does: reads its settings from the environment, runs until SIGTERM or
+/// SIGINT, and turns a start-up failure into a message and an exit code
+/// ([`service_kit::service::main`]). The chaos run (tests/tests/chaos.rs) starts its replicas
+/// through this too.
+pub async fn main_from_env() -> std::process::ExitCode {
+    service_kit::service::main(SERVICE, |config: ApiConfig, shutdown| async move {
+        let listen = Listen::at("API_HTTP_ADDR", config.http_addr, config.http_reuse_port);
+        run(config, listen, shutdown).await
+    })
+    .await
+}
+
+/// Runs the api on `listen` (bound once its dependencies are connected) until `shutdown` is
+/// cancelled, then drains in-flight requests and the NATS connection.
 pub async fn run(
     config: ApiConfig,
     listen: impl Into<Listen>,

@@ -38,6 +38,19 @@ const RETRY_HEADROOM: i64 = 1000;
 /// progress is harmless: it finds the send claim and backs off.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// What the `mailer-worker` binary does: reads its settings from the environment, runs until SIGTERM or
+/// SIGINT, and turns a start-up failure into a message and an exit code
+/// ([`service_kit::service::main`]). The chaos run (tests/tests/chaos.rs) starts its replicas
+/// through this too.
+pub async fn main_from_env() -> std::process::ExitCode {
+    service_kit::service::main(SERVICE, |config: MailerWorkerConfig, shutdown| async move {
+        let listener =
+            service_kit::http::bind("MAILER_WORKER_HEALTH_ADDR", config.health_addr).await?;
+        run(config, listener, shutdown).await
+    })
+    .await
+}
+
 /// Runs the mailer-worker until `shutdown` is cancelled: provisions the streams and its durable
 /// consumer, serves health and metrics on `listener` while consuming, then lets in-flight
 /// emails finish (up to `SHUTDOWN_GRACE`) and drains the NATS connection.

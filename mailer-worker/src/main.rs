@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use mailer_worker::MailerWorkerConfig;
-
 /// mimalloc instead of glibc malloc: in tests/benches/connect.rs it cut the api's CPU per
 /// request by ~18 % and the oauth-worker's by ~14 %, for ~12 MiB more peak RSS per service.
 #[global_allocator]
@@ -9,13 +7,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    service_kit::service::main(
-        mailer_worker::SERVICE,
-        |config: MailerWorkerConfig, shutdown| async move {
-            let listener =
-                service_kit::http::bind("MAILER_WORKER_HEALTH_ADDR", config.health_addr).await?;
-            mailer_worker::run(config, listener, shutdown).await
-        },
-    )
-    .await
+    mailer_worker::main_from_env().await
 }

@@ -33,6 +33,22 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The name in logs, metrics, the NATS connection and durable consumer names.
 pub const SERVICE: &str = "metadata-worker";
 
+/// What the `metadata-worker` binary does: reads its settings from the environment, runs until SIGTERM or
+/// SIGINT, and turns a start-up failure into a message and an exit code
+/// ([`service_kit::service::main`]). The chaos run (tests/tests/chaos.rs) starts its replicas
+/// through this too.
+pub async fn main_from_env() -> std::process::ExitCode {
+    service_kit::service::main(
+        SERVICE,
+        |config: MetadataWorkerConfig, shutdown| async move {
+            let listener =
+                service_kit::http::bind("METADATA_WORKER_HEALTH_ADDR", config.health_addr).await?;
+            run(config, listener, shutdown).await
+        },
+    )
+    .await
+}
+
 /// Runs the metadata-worker until `shutdown` is cancelled: provisions the streams it uses, serves
 /// health and metrics on `listener`, then drains the NATS connection.
 pub async fn run(

@@ -41,8 +41,25 @@ use crate::vault::TokenVault;
 /// The name in logs, metrics, the NATS connection and durable consumer names.
 pub const SERVICE: &str = "oauth-worker";
 
+/// What the `oauth-worker` binary does: reads its settings from the environment, runs until SIGTERM or
+/// SIGINT, and turns a start-up failure into a message and an exit code
+/// ([`service_kit::service::main`]). The chaos run (tests/tests/chaos.rs) starts its replicas
+/// through this too.
+pub async fn main_from_env() -> std::process::ExitCode {
+    service_kit::service::main(SERVICE, |config: OAuthWorkerConfig, shutdown| async move {
+        let listen = Listen::at(
+            "OAUTH_WORKER_HTTP_ADDR",
+            config.http_addr,
+            config.http_reuse_port,
+        );
+        run(config, listen, shutdown).await
+    })
+    .await
+}
+
 /// Runs the oauth-worker until `shutdown` is cancelled: answers connect requests over NATS and
-/// serves HTTP (health, metrics) on `listener`; then finishes in-flight work and drains NATS.
+/// serves the callback, health and metrics on `listen` (bound once everything is connected);
+/// then finishes in-flight work and drains NATS.
 pub async fn run(
     config: OAuthWorkerConfig,
     listen: impl Into<Listen>,

@@ -1,8 +1,5 @@
 use std::process::ExitCode;
 
-use oauth_worker::OAuthWorkerConfig;
-use service_kit::http::Listen;
-
 /// mimalloc instead of glibc malloc: in tests/benches/connect.rs it cut the api's CPU per
 /// request by ~18 % and the oauth-worker's by ~14 %, for ~12 MiB more peak RSS per service.
 #[global_allocator]
@@ -10,16 +7,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    service_kit::service::main(
-        oauth_worker::SERVICE,
-        |config: OAuthWorkerConfig, shutdown| async move {
-            let listen = Listen::at(
-                "OAUTH_WORKER_HTTP_ADDR",
-                config.http_addr,
-                config.http_reuse_port,
-            );
-            oauth_worker::run(config, listen, shutdown).await
-        },
-    )
-    .await
+    oauth_worker::main_from_env().await
 }
