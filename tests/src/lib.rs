@@ -11,10 +11,14 @@
 //! - [`jwt`]: mints user JWTs for tests that call the api.
 //! - [`nats_auth`]: the NATS operator, TLS and per-test credentials every test server runs with.
 //! - [`stream`]: reads what a JetStream stream holds.
+//! - [`cluster`]: the cluster shape (three NATS nodes, two replicas of every service), every
+//!   process killable; [`chaos`]: the chaos run on it (tests/tests/chaos.rs).
 //!
 //! Logs of the services under test are silent unless `TEST_LOG=1`.
 
 pub mod browser;
+pub mod chaos;
+pub mod cluster;
 pub mod context;
 pub mod fake_google;
 pub mod jwt;
