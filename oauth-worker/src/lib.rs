@@ -110,8 +110,9 @@ pub async fn run(
         concurrency: 4,
         retry_delays: config.disconnect_retry_delays.clone(),
     };
-    let disconnect_consumer =
-        consumer::ensure_consumer(&infra.jetstream, &infra.namespace, &disconnect_spec).await?;
+    let disconnect_consumer = infra
+        .ensure_consumer(&disconnect_spec, config.common.startup_timeout)
+        .await?;
     let disconnects = consumer::run::<DisconnectRequested, _>(
         infra.jetstream.clone(),
         infra.namespace.clone(),

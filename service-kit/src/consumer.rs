@@ -171,12 +171,9 @@ pub async fn ensure_consumer(
     ns: &Namespace,
     spec: &ConsumerSpec,
 ) -> Result<PullConsumer, StartupError> {
-    let misconfigured = |cause: String| StartupError::Misconfigured {
-        setting: "NATS_URL",
-        cause: format!(
-            "cannot provision JetStream consumer {}: {cause}",
-            spec.durable
-        ),
+    let misconfigured = |cause: String| StartupError::Provisioning {
+        what: format!("JetStream consumer {}", spec.durable),
+        cause,
     };
     let stream = js
         .get_stream(ns.events_stream())

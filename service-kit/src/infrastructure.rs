@@ -110,10 +110,28 @@ impl Infrastructure {
         }
     }
 
-    /// Provisions the domain and dead-letter streams (idempotent; updates changed settings).
+    /// Provisions the domain and dead-letter streams (idempotent; updates changed settings),
+    /// retrying for up to `STARTUP_TIMEOUT` while JetStream does not answer (as after a
+    /// cluster node's restart).
     pub async fn ensure_streams(&self, config: &CommonConfig) -> Result<(), StartupError> {
-        crate::nats::ensure_streams(&self.jetstream, &self.namespace, &config.streams).await?;
+        crate::startup::retry_provisioning(config.startup_timeout, || {
+            crate::nats::ensure_streams(&self.jetstream, &self.namespace, &config.streams)
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Creates (or updates) a durable consumer of the domain stream, retrying like
+    /// [`Self::ensure_streams`] for up to `limit` (`STARTUP_TIMEOUT`).
+    pub async fn ensure_consumer(
+        &self,
+        spec: &crate::consumer::ConsumerSpec,
+        limit: Duration,
+    ) -> Result<jetstream::consumer::PullConsumer, StartupError> {
+        crate::startup::retry_provisioning(limit, || {
+            crate::consumer::ensure_consumer(&self.jetstream, &self.namespace, spec)
+        })
+        .await
     }
 
     /// Checks each dependency, concurrently, each within `timeout`.

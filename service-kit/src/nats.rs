@@ -279,9 +279,9 @@ pub async fn ensure_streams(
                     "the NATS server cannot reserve it for stream {name} ({cause}): lower it, or raise the server's JetStream max_file_store"
                 ),
             },
-            ProvisionError::Other(cause) => StartupError::Misconfigured {
-                setting: "NATS_URL",
-                cause: format!("cannot provision JetStream stream {name} (is JetStream enabled on the server?): {cause}"),
+            ProvisionError::Other(cause) => StartupError::Provisioning {
+                what: format!("JetStream stream {name} (is JetStream enabled on the server?)"),
+                cause,
             },
         })?;
         tracing::info!(stream = %name, ?change, replicas, "stream ready");

@@ -28,6 +28,10 @@ pub enum StartupError {
         setting: &'static str,
         cause: String,
     },
+    /// JetStream did not create or update a stream or consumer. Often passing: for a few seconds
+    /// after a cluster node restarts, JetStream API requests time out while a leader is elected.
+    #[error("NATS_URL: cannot provision {what}: {cause}")]
+    Provisioning { what: String, cause: String },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<StartupError>),
     /// Shutdown was requested before start-up finished (not a failure: exit code 0).
@@ -51,6 +55,32 @@ impl StartupError {
             errors.remove(0)
         } else {
             StartupError::Several(errors)
+        }
+    }
+}
+
+/// Runs `attempt` again while it fails with [`StartupError::Provisioning`] (backing off from
+/// 100 ms to 2 s), until it succeeds, fails otherwise, or `limit` would pass.
+pub async fn retry_provisioning<T, F, Fut>(
+    limit: Duration,
+    mut attempt: F,
+) -> Result<T, StartupError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StartupError>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(e @ StartupError::Provisioning { .. })
+                if tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, retry_in = ?delay, "JetStream is not answering yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
         }
     }
 }
