@@ -17,8 +17,8 @@ use std::time::Duration;
 use schemas::events::AuthLinkIssued;
 use schemas::subjects::{MAILER_CONSUMER, Namespace};
 use service_kit::consumer::{self, Consumer, ConsumerSpec, Fairness};
+use service_kit::http::Listen;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
-use tokio::net::TcpListener;
 
 pub use config::MailerWorkerConfig;
 use handlers::auth_link_issued::AuthLinkIssuedHandler;
@@ -44,19 +44,18 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// through this too.
 pub async fn main_from_env() -> std::process::ExitCode {
     service_kit::service::main(SERVICE, |config: MailerWorkerConfig, shutdown| async move {
-        let listener =
-            service_kit::http::bind("MAILER_WORKER_HEALTH_ADDR", config.health_addr).await?;
-        run(config, listener, shutdown).await
+        let listen = Listen::at("MAILER_WORKER_HEALTH_ADDR", config.health_addr, false);
+        run(config, listen, shutdown).await
     })
     .await
 }
 
 /// Runs the mailer-worker until `shutdown` is cancelled: provisions the streams and its durable
-/// consumer, serves health and metrics on `listener` while consuming, then lets in-flight
+/// consumer, serves health and metrics on `listen` (bound once everything is connected) while consuming, then lets in-flight
 /// emails finish (up to `SHUTDOWN_GRACE`) and drains the NATS connection.
 pub async fn run(
     config: MailerWorkerConfig,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let sender = SmtpSender::new(&config.smtp_url, config.smtp_timeout).map_err(|cause| {
@@ -68,7 +67,9 @@ pub async fn run(
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
     let (spec, fairness) = consumer_spec(&config, &infra.namespace);
-    let consumer = consumer::ensure_consumer(&infra.jetstream, &infra.namespace, &spec).await?;
+    let consumer = infra
+        .ensure_consumer(&spec, config.common.startup_timeout)
+        .await?;
     tracing::info!(smtp = sender.server(), from = %config.mail_from, "emailing authorization links");
     // A claim outlives the longest delivery, so only a dead one's claim is taken over.
     let lease = sender.max_send_duration() + Duration::from_secs(30);
@@ -85,6 +86,9 @@ pub async fn run(
     let consumers = vec![Consumer::fair::<AuthLinkIssued, _>(
         consumer, spec, fairness, handler,
     )];
+    // Bound only now, with the consumers in place: until then a probe is refused at once
+    // rather than left waiting in the backlog of a process that cannot answer yet.
+    let listener = listen.into().bind().await?;
     let served = consumer::consume_all_and_serve(
         SERVICE,
         &infra,

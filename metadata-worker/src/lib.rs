@@ -14,8 +14,8 @@ use schemas::subjects::{
     METADATA_CONSUMER, Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER,
 };
 use service_kit::consumer::{self, Consumer, ConsumerSpec, Fairness};
+use service_kit::http::Listen;
 use service_kit::{CancellationToken, Infrastructure, StartupError};
-use tokio::net::TcpListener;
 
 pub use config::MetadataWorkerConfig;
 
@@ -41,25 +41,26 @@ pub async fn main_from_env() -> std::process::ExitCode {
     service_kit::service::main(
         SERVICE,
         |config: MetadataWorkerConfig, shutdown| async move {
-            let listener =
-                service_kit::http::bind("METADATA_WORKER_HEALTH_ADDR", config.health_addr).await?;
-            run(config, listener, shutdown).await
+            let listen = Listen::at("METADATA_WORKER_HEALTH_ADDR", config.health_addr, false);
+            run(config, listen, shutdown).await
         },
     )
     .await
 }
 
 /// Runs the metadata-worker until `shutdown` is cancelled: provisions the streams it uses, serves
-/// health and metrics on `listener`, then drains the NATS connection.
+/// health and metrics on `listen` (bound once everything is connected), then drains the NATS connection.
 pub async fn run(
     config: MetadataWorkerConfig,
-    listener: TcpListener,
+    listen: impl Into<Listen>,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
     let infra = Infrastructure::connect(&config.common, SERVICE, &shutdown).await?;
     infra.ensure_streams(&config.common).await?;
     let spec = consumer_spec(&config, &infra.namespace);
-    let consumer = consumer::ensure_consumer(&infra.jetstream, &infra.namespace, &spec).await?;
+    let consumer = infra
+        .ensure_consumer(&spec, config.common.startup_timeout)
+        .await?;
     let handler = Arc::new(ConnectionEventHandler::new(
         infra.clone(),
         config.missing_connector_deliveries,
@@ -69,6 +70,9 @@ pub async fn run(
         consumer, spec, handler,
     )];
     consumers.extend(webhook_consumers(&config, &infra).await?);
+    // Bound only now, with the consumers in place: until then a probe is refused at once
+    // rather than left waiting in the backlog of a process that cannot answer yet.
+    let listener = listen.into().bind().await?;
     let served = consumer::consume_all_and_serve(
         SERVICE,
         &infra,
@@ -112,8 +116,12 @@ async fn webhook_consumers(
         ..consumer_spec(config, ns)
     };
     let (delivery_spec, delivery_fairness) = delivery_spec(webhooks, ns);
-    let fan_out = consumer::ensure_consumer(&infra.jetstream, ns, &fan_out_spec).await?;
-    let delivery = consumer::ensure_consumer(&infra.jetstream, ns, &delivery_spec).await?;
+    let fan_out = infra
+        .ensure_consumer(&fan_out_spec, config.common.startup_timeout)
+        .await?;
+    let delivery = infra
+        .ensure_consumer(&delivery_spec, config.common.startup_timeout)
+        .await?;
     let retries = RetryCap::new(
         infra.redis.clone(),
         infra.keys.clone(),
