@@ -351,10 +351,13 @@ impl FromStr for NatsUrl {
             .split(',')
             .map(str::trim)
             .filter(|seed| !seed.is_empty())
-            .map(|seed| {
+            .enumerate()
+            .map(|(i, seed)| {
+                // The seed is not echoed: it may carry a user and password.
                 seed.parse::<async_nats::ServerAddr>().map_err(|e| {
                     format!(
-                        "{seed:?} is not a NATS server address such as nats://127.0.0.1:4222 ({e})"
+                        "seed {} is not a NATS server address such as nats://127.0.0.1:4222 ({e})",
+                        i + 1
                     )
                 })
             })
@@ -737,7 +740,7 @@ mod tests {
     fn every_bad_setting_is_reported_at_once_by_name_without_its_value() {
         let mut env = Env::from_pairs([
             ("MONGODB_URI", "definitely not a uri with s3cr3t"),
-            ("NATS_URL", "nats://[::1"),
+            ("NATS_URL", "nats://127.0.0.1:4222,nats://user:s3cr3t@[::1"),
             ("STARTUP_TIMEOUT", "soon"),
             ("NATS_NAMESPACE", "a.b"),
             ("MONGODB_DATABASE_TEMPLATE", "tenant"),
@@ -759,6 +762,7 @@ mod tests {
             assert!(names.contains(&expected), "{expected} missing from {err}");
         }
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        assert!(err.to_string().contains("seed 2 is not"), "{err}");
     }
 
     #[test]
