@@ -27,8 +27,89 @@ MONGO_CONFIG="$LOCAL_DIR/secantusd.toml"
 # (start.sh): the server's configuration and one credentials file per service.
 NATS_AUTH_DIR="$LOCAL_DIR/nats-auth"
 
+# NATS comes in one of two shapes, chosen with NATS_CLUSTER (or start.sh --cluster):
+#   single (NATS_CLUSTER unset or 0)  one node "nats": clients NATS_PORT, monitoring
+#       NATS_MONITOR_PORT, JetStream store .local/data/nats
+#   cluster (NATS_CLUSTER=1)  three nodes "nats-1".."nats-3" of one JetStream cluster: node N takes
+#       clients on NATS_PORT+N-1 (4222-4224), routes on NATS_ROUTE_PORT+N-1 (6222-6224),
+#       monitoring on NATS_MONITOR_PORT+N-1 (8222-8224), its store in .local/data/nats-N
+# The stores are separate on purpose: a single node's store (streams with one replica, no cluster
+# metadata) cannot join a cluster, so each shape keeps its own and switching needs no cleanup.
+# Both shapes share the auth in .local/nats-auth/, Redis and MongoDB.
+NATS_ROUTE_PORT="${NATS_ROUTE_PORT:-6222}"
+NATS_CLUSTER_NAME="gcal-local"
+NATS_SINGLE_NODES=(nats)
+NATS_CLUSTER_NODES=(nats-1 nats-2 nats-3)
+# Whether the caller chose a shape (stop.sh and status.sh otherwise go by what runs).
+NATS_SHAPE_GIVEN=0
+[[ -z "${NATS_CLUSTER:-}" ]] || NATS_SHAPE_GIVEN=1
+
+# Sets NATS_CLUSTER (1 or 0), NATS_NODES (the shape's nodes), NATS_OTHER_NODES (the other shape's)
+# and SERVICES (what start.sh starts) from $1: 1/true/yes/on for the cluster, 0/false/no/off or
+# nothing for a single node. Fails on anything else.
 # shellcheck disable=SC2034 # used by the scripts that source this file
-SERVICES=(nats redis mongo)
+select_nats_shape() {
+  case "${1,,}" in
+    1 | true | yes | on)
+      NATS_CLUSTER=1
+      NATS_NODES=("${NATS_CLUSTER_NODES[@]}")
+      NATS_OTHER_NODES=("${NATS_SINGLE_NODES[@]}")
+      ;;
+    0 | false | no | off | "")
+      NATS_CLUSTER=0
+      NATS_NODES=("${NATS_SINGLE_NODES[@]}")
+      NATS_OTHER_NODES=("${NATS_CLUSTER_NODES[@]}")
+      ;;
+    *) return 1 ;;
+  esac
+  SERVICES=("${NATS_NODES[@]}" redis mongo)
+}
+if ! select_nats_shape "${NATS_CLUSTER:-}"; then
+  printf 'error: NATS_CLUSTER=%s: use 1 (a three-node NATS cluster) or 0 (one node)\n' "$NATS_CLUSTER" >&2
+  exit 2
+fi
+
+# Without a shape chosen: the cluster when one of its nodes runs and the single node does not.
+autodetect_nats_shape() {
+  ((NATS_SHAPE_GIVEN)) && return 0
+  local node
+  running_pid nats >/dev/null && return 0
+  for node in "${NATS_CLUSTER_NODES[@]}"; do
+    if running_pid "$node" >/dev/null; then
+      select_nats_shape 1
+      return 0
+    fi
+  done
+}
+
+# True if $1 names a NATS node of either shape.
+is_nats_node() {
+  [[ "$1" == nats || "$1" =~ ^nats-[0-9]+$ ]]
+}
+
+# NATS node $1's ports: nats-N adds N-1 to the base port; the single node uses the base.
+nats_offset() {
+  if [[ "$1" =~ ^nats-([0-9]+)$ ]]; then
+    printf '%s' $((BASH_REMATCH[1] - 1))
+  else
+    printf 0
+  fi
+}
+nats_client_port() { printf '%s' $((NATS_PORT + $(nats_offset "$1"))); }
+nats_monitor_port() { printf '%s' $((NATS_MONITOR_PORT + $(nats_offset "$1"))); }
+nats_route_port() { printf '%s' $((NATS_ROUTE_PORT + $(nats_offset "$1"))); }
+
+# NATS_URL for the chosen shape: the one node, or the three nodes as seeds.
+nats_url() {
+  local node urls=()
+  for node in "${NATS_NODES[@]}"; do
+    urls+=("nats://$BIND_HOST:$(nats_client_port "$node")")
+  done
+  (
+    IFS=,
+    printf '%s' "${urls[*]}"
+  )
+}
 
 say() { printf '%s\n' "$*"; }
 
@@ -38,7 +119,7 @@ log_file() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
 # The port that tells whether service $1 is up.
 service_port() {
   case "$1" in
-    nats) printf '%s' "$NATS_PORT" ;;
+    nats | nats-*) nats_client_port "$1" ;;
     redis) printf '%s' "$REDIS_PORT" ;;
     mongo) printf '%s' "$MONGO_PORT" ;;
   esac
@@ -47,7 +128,7 @@ service_port() {
 # The environment variable that overrides service $1's port (for error messages).
 service_port_var() {
   case "$1" in
-    nats) printf 'NATS_PORT' ;;
+    nats | nats-*) printf 'NATS_PORT' ;;
     redis) printf 'REDIS_PORT' ;;
     mongo) printf 'MONGO_PORT' ;;
   esac
@@ -55,12 +136,24 @@ service_port_var() {
 
 # Sets the global array CMD to the command line that runs service $1 in the foreground.
 service_command() {
+  local node routes=()
   case "$1" in
     nats)
       # -m: monitoring (/healthz, /jsz) on the same host as -a.
       # -c: operator-mode auth; anonymous clients are refused (see start.sh).
       CMD=(nats-server -c "$NATS_AUTH_DIR/nats-server.conf" -a "$BIND_HOST" -p "$NATS_PORT"
         -m "$NATS_MONITOR_PORT" -js -sd "$DATA_DIR/nats" -n gcal-local)
+      ;;
+    nats-*)
+      # A cluster node: the same auth, its own ports and store, routes to the two others
+      # (routes carry no auth: loopback only).
+      for node in "${NATS_CLUSTER_NODES[@]}"; do
+        [[ "$node" == "$1" ]] || routes+=("nats-route://$BIND_HOST:$(nats_route_port "$node")")
+      done
+      CMD=(nats-server -c "$NATS_AUTH_DIR/nats-server.conf" -a "$BIND_HOST"
+        -p "$(nats_client_port "$1")" -m "$(nats_monitor_port "$1")" -js -sd "$DATA_DIR/$1" -n "$1"
+        --cluster_name "$NATS_CLUSTER_NAME" --cluster "nats://$BIND_HOST:$(nats_route_port "$1")"
+        --routes "$(IFS=, && printf '%s' "${routes[*]}")")
       ;;
     redis)
       # Redis holds the OAuth state of every link already mailed: it must outlive a restart.
@@ -128,4 +221,32 @@ running_pid() {
 # True if something accepts TCP connections on $BIND_HOST:$1.
 port_open() {
   (exec 3<>"/dev/tcp/$BIND_HOST/$1") 2>/dev/null
+}
+
+# GET http://$BIND_HOST:$1$2 (a NATS monitoring port): prints the body, fails unless 200. Uses
+# curl, or bash's /dev/tcp when curl is missing.
+monitor_get() {
+  local out
+  if command -v curl >/dev/null 2>&1; then
+    curl -sf --connect-timeout 2 --max-time 3 "http://$BIND_HOST:$1$2" 2>/dev/null
+    return
+  fi
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  out="$(timeout 3 bash -c '
+    exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n" "$2" "$0" >&3
+    cat <&3' "$BIND_HOST" "$1" "$2" 2>/dev/null)" || return 1
+  [[ "${out%%$'\r'*}" =~ ^HTTP/1\.[01]\ 200 ]] || return 1
+  printf '%s' "${out#*$'\r\n\r\n'}"
+}
+
+# How many other nodes cluster node $1 has routes to (0 when its monitoring does not answer).
+nats_route_peers() {
+  local body
+  body="$(monitor_get "$(nats_monitor_port "$1")" /routez)" || {
+    printf 0
+    return 0
+  }
+  # Several connections per peer (route pooling): count the peers' names.
+  grep -o '"remote_name": *"[^"]*"' <<<"$body" | sort -u | wc -l | tr -d ' '
 }
