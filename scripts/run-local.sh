@@ -6,16 +6,40 @@
 #                                     each is ready, then stay in the foreground; Ctrl-C stops everything
 #   scripts/run-local.sh --detach     the same, but exit once everything is ready and leave it running
 #   scripts/run-local.sh --stop       stop what a --detach run (or a running run-local.sh) started
+#   scripts/run-local.sh --cluster    the cluster shape: three NATS nodes and two replicas of each
+#                                     service (see "Cluster shape" below); combines with the others
 #
 # Options:
 #   --release     build and run the release binaries (default: debug)
 #   --keep-infra  on exit (or with --stop) leave NATS, Redis and MongoDB running
 #   --detach      start everything, print the summary and exit 0, leaving it running
-#   --stop        stop the services, then the infrastructure
+#   --stop        stop the services, then the infrastructure (of either shape)
+#   --cluster     three NATS nodes, two replicas of every service (also: NATS_CLUSTER=1)
 #   -h, --help    this text
 #
 #   services  .local/logs/<service>.log    .local/run/<service>.pid   (dev-smtp-sink too)
 #   infra     .local/logs/{nats,redis,mongo}.log and .local/data/ (see scripts/infra/start.sh)
+#
+# Cluster shape (--cluster), all on loopback:
+#   NATS     nats-1, nats-2, nats-3 in one JetStream cluster (scripts/infra/start.sh --cluster):
+#            clients 4222-4224, routes 6222-6224, monitoring 8222-8224; the services get the three
+#            as seeds in NATS_URL (unless NATS_URL is set) and make their streams with 3 replicas
+#            (STREAM_REPLICAS=auto). Its JetStream store is .local/data/nats-1..3, apart from the
+#            single node's .local/data/nats (a single node's store cannot join a cluster): switch
+#            shapes with --stop in between; Redis and MongoDB are the same in both.
+#   services api-1/api-2 share API_HTTP_ADDR (3002) and oauth-worker-1/-2 share
+#            OAUTH_WORKER_HTTP_ADDR (3004, the OAuth callback) through SO_REUSEPORT
+#            (API_HTTP_REUSE_PORT / OAUTH_WORKER_HTTP_REUSE_PORT=true): the kernel spreads new
+#            connections over the replicas that listen, and a replica joins only once its
+#            dependencies are connected. metadata-worker-1/-2 answer on 3005 and 3015,
+#            mailer-worker-1/-2 on 3006 and 3016 (METADATA_WORKER_2_HEALTH_ADDR,
+#            MAILER_WORKER_2_HEALTH_ADDR). dev-smtp-sink and fake-google stay single.
+#   files    .local/run/api-1.pid, .local/logs/api-1.log, ... one pair per replica; nats-1..3.
+#   ready    a replica on a shared address once its log since its start says "listening" and the
+#            address answers /readyz 200; a worker replica by its own /readyz.
+#   in the foreground, a replica that exits is reported and the run goes on while another replica
+#   of its service runs. Try it: kill -9 "$(cat .local/run/api-1.pid)", then
+#   curl http://127.0.0.1:3002/readyz keeps answering 200 (from api-2).
 #
 # The services read their settings from the environment and from a .env file in the repository
 # root (they run from there), with loopback defaults. This script reads the same places only to
@@ -42,16 +66,20 @@
 #   SERVICE_STOP_TIMEOUT   seconds a service gets to exit after SIGTERM before SIGKILL (25)
 #   NATS_PORT, REDIS_PORT, MONGO_PORT   infrastructure ports (see scripts/infra/start.sh); when
 #                          set, NATS_URL / REDIS_URL / MONGODB_URI follow unless set themselves
+#                          (--cluster: NATS_PORT, NATS_ROUTE_PORT, NATS_MONITOR_PORT are the
+#                          first node's; the others take the next two ports)
+#   NATS_CLUSTER           1: the same as --cluster
+#   METADATA_WORKER_2_HEALTH_ADDR, MAILER_WORKER_2_HEALTH_ADDR   --cluster: the second worker
+#                          replicas' health addresses (127.0.0.1:3015, 127.0.0.1:3016)
 #   CARGO_TARGET_DIR       where cargo puts the binaries (target/)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# Infrastructure ports chosen for start.sh also apply to the services (unless given explicitly).
-if [[ -n "${NATS_PORT:-}" && -z "${NATS_URL:-}" ]]; then
-  export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
-fi
+# Infrastructure ports chosen for start.sh also apply to the services (unless given explicitly);
+# NATS_URL once the shape is known (configure_nats_url).
+NATS_PORT_GIVEN="${NATS_PORT:+1}"
 if [[ -n "${REDIS_PORT:-}" && -z "${REDIS_URL:-}" ]]; then
   export REDIS_URL="redis://127.0.0.1:${REDIS_PORT}"
 fi
@@ -69,7 +97,20 @@ SINK=dev-smtp-sink
 # The fake Google (a binary of the e2e package) stands in for Google when no GOOGLE_CLIENT_ID is
 # configured, so the whole connect flow can be tried in a browser with no credentials.
 FAKE_GOOGLE=fake-google
-ALL_PROCESSES=("$SINK" "$FAKE_GOOGLE" api oauth-worker metadata-worker mailer-worker)
+# The four services; --cluster runs REPLICAS of each, named <service>-1, <service>-2.
+SERVICE_NAMES=(api oauth-worker metadata-worker mailer-worker)
+REPLICAS=2
+SINGLE_PROCESSES=("$SINK" "$FAKE_GOOGLE" "${SERVICE_NAMES[@]}")
+CLUSTER_PROCESSES=("$SINK" "$FAKE_GOOGLE")
+for _service in "${SERVICE_NAMES[@]}"; do
+  for ((_replica = 1; _replica <= REPLICAS; _replica++)); do
+    CLUSTER_PROCESSES+=("$_service-$_replica")
+  done
+done
+unset _service _replica
+# What this run starts (the shape's processes, set in main); --stop looks for both shapes'.
+ALL_PROCESSES=("${SINGLE_PROCESSES[@]}")
+KNOWN_PROCESSES=("${SINGLE_PROCESSES[@]}" "${CLUSTER_PROCESSES[@]:2}")
 APP_SERVICES=("${ALL_PROCESSES[@]}")
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
 SERVICE_STOP_TIMEOUT="${SERVICE_STOP_TIMEOUT:-25}"
@@ -81,6 +122,8 @@ RUNNER_PID_FILE="$RUN_DIR/run-local.pid"
 PROFILE=debug
 KEEP_INFRA=0
 MODE=foreground # foreground | detach | stop
+# 1 for the cluster shape (--cluster or NATS_CLUSTER=1; lib.sh read the latter).
+CLUSTER="$NATS_CLUSTER"
 
 # State for the exit trap.
 CLEANUP_ON_EXIT=0    # set once this run owns something to clean up
@@ -98,26 +141,89 @@ die() {
 
 # --- service facts -------------------------------------------------------------------------------
 
-# The setting that holds service $1's listen address, and its built-in default.
+# The service (and binary) that process $1 runs: a replica's (api-2: api), else its own name.
+service_of() {
+  if [[ "$1" =~ ^(api|oauth-worker|metadata-worker|mailer-worker)-[0-9]+$ ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+  else
+    printf '%s' "$1"
+  fi
+}
+
+# The replica number of process $1 (api-2: 2); 1 for a process that is not a replica.
+replica_of() {
+  if [[ "$(service_of "$1")" != "$1" ]]; then
+    printf '%s' "${1##*-}"
+  else
+    printf 1
+  fi
+}
+
+# True when process $1 is a replica that shares its service's address with the other replicas
+# (SO_REUSEPORT): the api's and the oauth-worker's.
+shares_addr() {
+  [[ "$1" =~ ^(api|oauth-worker)-[0-9]+$ ]]
+}
+
+# The setting that holds process $1's listen address, and its built-in default. The api's and
+# oauth-worker's replicas share one; a worker's replica N > 1 has its own, 10 * (N - 1) ports up.
 addr_setting() {
-  case "$1" in
+  local n
+  n="$(replica_of "$1")"
+  case "$(service_of "$1")" in
     api) printf 'API_HTTP_ADDR' ;;
     oauth-worker) printf 'OAUTH_WORKER_HTTP_ADDR' ;;
-    metadata-worker) printf 'METADATA_WORKER_HEALTH_ADDR' ;;
-    mailer-worker) printf 'MAILER_WORKER_HEALTH_ADDR' ;;
+    metadata-worker) ((n > 1)) && printf 'METADATA_WORKER_%s_HEALTH_ADDR' "$n" || printf 'METADATA_WORKER_HEALTH_ADDR' ;;
+    mailer-worker) ((n > 1)) && printf 'MAILER_WORKER_%s_HEALTH_ADDR' "$n" || printf 'MAILER_WORKER_HEALTH_ADDR' ;;
     dev-smtp-sink) printf 'DEV_SMTP_SINK_HTTP_ADDR' ;;
     fake-google) printf 'FAKE_GOOGLE_ADDR' ;;
   esac
 }
 addr_default() {
-  case "$1" in
+  local n
+  n="$(replica_of "$1")"
+  case "$(service_of "$1")" in
     api) printf '127.0.0.1:3002' ;;
     oauth-worker) printf '127.0.0.1:3004' ;;
-    metadata-worker) printf '127.0.0.1:3005' ;;
-    mailer-worker) printf '127.0.0.1:3006' ;;
+    metadata-worker) printf '127.0.0.1:%s' $((3005 + 10 * (n - 1))) ;;
+    mailer-worker) printf '127.0.0.1:%s' $((3006 + 10 * (n - 1))) ;;
     dev-smtp-sink) printf '127.0.0.1:8025' ;;
     fake-google) printf '127.0.0.1:3010' ;;
   esac
+}
+
+# The settings process $1 gets on top of the environment and .env, one NAME=value a line: a
+# replica on a shared address joins it with SO_REUSEPORT; a worker's replica N > 1 is told its
+# own health address.
+replica_env() {
+  shares_addr "$1" || [[ "$(replica_of "$1")" -gt 1 ]] || return 0
+  case "$(service_of "$1")" in
+    api) printf '%s\n' API_HTTP_REUSE_PORT=true ;;
+    oauth-worker) printf '%s\n' OAUTH_WORKER_HTTP_REUSE_PORT=true ;;
+    metadata-worker)
+      resolve_addr "$1"
+      printf 'METADATA_WORKER_HEALTH_ADDR=%s\n' "$ADDR"
+      ;;
+    mailer-worker)
+      resolve_addr "$1"
+      printf 'MAILER_WORKER_HEALTH_ADDR=%s\n' "$ADDR"
+      ;;
+  esac
+}
+
+# Where the services find NATS: NATS_URL as configured; else the cluster's three seeds, or the
+# one node on NATS_PORT when that was given.
+configure_nats_url() {
+  if ((CLUSTER)); then
+    if [[ -n "$(setting_value NATS_URL)" ]]; then
+      log "NATS_URL is configured ($(setting_value NATS_URL)): the services use it, not the cluster's seeds"
+    else
+      NATS_URL="$(nats_url)"
+      export NATS_URL
+    fi
+  elif [[ -n "$NATS_PORT_GIVEN" && -z "${NATS_URL:-}" ]]; then
+    export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
+  fi
 }
 
 # True when no real provider is configured: the fake Google is started and the oauth-worker
@@ -238,7 +344,7 @@ resolve_addr() {
   fi
 }
 
-# Prints the pid of service $1 if its pid file names a live process running that binary.
+# Prints the pid of process $1 if its pid file names a live process running its service's binary.
 service_pid() {
   local name="$1" pid_f pid exe
   pid_f="$(pid_file "$name")"
@@ -249,7 +355,7 @@ service_pid() {
     # " (deleted)" when the binary was rebuilt while it ran.
     exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
     exe="${exe% (deleted)}"
-    [[ -z "$exe" || "${exe##*/}" == "$name" ]] || return 1
+    [[ -z "$exe" || "${exe##*/}" == "$(service_of "$name")" ]] || return 1
   fi
   printf '%s' "$pid"
 }
@@ -423,7 +529,8 @@ stop_all() {
     done
     process_alive "$pid" && err "run-local.sh pid $pid still running after ${limit}s; stopping its services directly"
   fi
-  APP_SERVICES=("${ALL_PROCESSES[@]}")
+  # Either shape's processes, whichever run.
+  APP_SERVICES=("${KNOWN_PROCESSES[@]}")
   stop_services || status=1
   if ((KEEP_INFRA)); then
     log "infrastructure left running (--keep-infra)"
@@ -431,7 +538,7 @@ stop_all() {
     stop_infra || status=1
   fi
   local name left=()
-  for name in "${ALL_PROCESSES[@]}"; do
+  for name in "${KNOWN_PROCESSES[@]}"; do
     service_pid "$name" >/dev/null && left+=("$name")
   done
   if ((${#left[@]} > 0)); then
@@ -450,16 +557,30 @@ preflight() {
   if pid="$(runner_pid)"; then
     die "run-local.sh is already running (pid $pid); stop it with Ctrl-C there or: scripts/run-local.sh --stop"
   fi
-  for name in "${APP_SERVICES[@]}"; do
+  # Either shape's: a --detach run of the other shape holds the same ports.
+  for name in "${KNOWN_PROCESSES[@]}"; do
     if pid="$(service_pid "$name")"; then
       die "$name is already running (pid $pid, from an earlier --detach run); stop it first: scripts/run-local.sh --stop"
     fi
   done
+  # NATS of the other shape (left by --keep-infra) takes the ports this one needs.
+  local node
+  for node in "${NATS_OTHER_NODES[@]}"; do
+    if pid="$(running_pid "$node")"; then
+      die "NATS runs as $( ((CLUSTER)) && printf 'one node' || printf 'a three-node cluster') ($node, pid $pid)," \
+        "but this run wants $( ((CLUSTER)) && printf 'the cluster' || printf 'one node'); stop it first:" \
+        "scripts/run-local.sh --stop (or scripts/infra/stop.sh); both keep their data"
+    fi
+  done
+  # Replicas that share an address are checked once.
+  local -A checked=()
   for name in "${APP_SERVICES[@]}"; do
     resolve_addr "$name"
     if [[ ! "$PORT" =~ ^[0-9]+$ ]]; then
       continue # not an address; the service itself reports the bad setting (exit 78)
     fi
+    [[ -z "${checked[$ADDR]:-}" ]] || continue
+    checked[$ADDR]=1
     if port_in_use "$HOST" "$PORT"; then
       owner="$(port_owner "$PORT")"
       err "$name: port $PORT ($HOST:$PORT) is already in use${owner:+ by $owner}." \
@@ -498,24 +619,58 @@ build() {
   "$cargo" "${args[@]}" || die "cargo ${args[*]} failed"
 }
 
-# Starts service $1 in the background, in its own session (so a terminal's Ctrl-C reaches only
+# Starts process $1 in the background, in its own session (so a terminal's Ctrl-C reaches only
 # this script, which then stops the services in order).
 launch() {
-  local name="$1" bin="$TARGET_DIR/$PROFILE/$1" log_f pid args=()
+  local name="$1" service bin log_f pid args=()
+  service="$(service_of "$name")"
+  bin="$TARGET_DIR/$PROFILE/$service"
   log_f="$(log_file "$name")"
   [[ -x "$bin" ]] || die "$bin not found after the build"
   mapfile -t args < <(launch_args "$name")
   printf '\n==== %s run-local.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$bin" >>"$log_f"
-  # Each service connects to NATS as its own identity (unless NATS_CREDS_FILE is configured).
-  local creds="$NATS_AUTH_DIR/creds/$name.creds" env_args=()
+  # Where this start's output begins (readiness reads only what follows).
+  LOG_START["$name"]="$(wc -c <"$log_f" | tr -d ' ')"
+  # Each service connects to NATS as its own identity (unless NATS_CREDS_FILE is configured);
+  # replicas share their service's.
+  local creds="$NATS_AUTH_DIR/creds/$service.creds" env_args=()
   if [[ -f "$creds" && -z "$(setting_value NATS_CREDS_FILE)" ]]; then
     env_args=("NATS_CREDS_FILE=$creds")
   fi
+  local setting
+  while IFS= read -r setting; do
+    env_args+=("$setting")
+  done < <(replica_env "$name")
   # In a non-interactive shell setsid execs in place (as env does), so $! is the service's pid.
   env "${env_args[@]+"${env_args[@]}"}" setsid "$bin" "${args[@]+"${args[@]}"}" >>"$log_f" 2>&1 </dev/null &
   pid=$!
   printf '%s\n' "$pid" >"$(pid_file "$name")"
   log "$name: started (pid $pid), log $log_f"
+}
+
+declare -A LOG_START=()
+
+# True if process $1 logged text $2 since its start by this run.
+logged_since_start() {
+  local log_f text
+  log_f="$(log_file "$1")"
+  [[ -r "$log_f" ]] || return 1
+  text="$(tail -c "+$((${LOG_START[$1]:-0} + 1))" "$log_f")"
+  [[ "$text" == *"$2"* ]]
+}
+
+# Whether process $1 is ready: its /readyz answers 200 and, for a replica on a shared address
+# (which any replica answers), it has logged "listening" since its start. Sets ADDR, URL, ...
+# (resolve_addr) and HTTP_CODE, HTTP_BODY (http_get). Returns 0 ready, 1 not (no 200), 2 the
+# address is ready but this replica has not joined it yet.
+process_ready() {
+  resolve_addr "$1"
+  http_get /readyz
+  [[ "$HTTP_CODE" == 200 ]] || return 1
+  if shares_addr "$1" && ! logged_since_start "$1" listening; then
+    return 2
+  fi
+  return 0
 }
 
 # Waits until every service's /readyz returns 200; on a service that exits or is not ready in
@@ -536,13 +691,19 @@ wait_ready() {
         err "$name exited during startup with status $rc ($(explain_exit "$rc")); full log: $(log_file "$name")"
         return 1
       fi
-      resolve_addr "$name"
-      http_get /readyz
-      if [[ "$HTTP_CODE" == 200 ]]; then
-        log "$name: ready ($URL/readyz)"
+      local ready=0
+      process_ready "$name" || ready=$?
+      if ((ready == 0)); then
+        if shares_addr "$name"; then
+          log "$name: ready (listening on the shared $ADDR; $URL/readyz)"
+        else
+          log "$name: ready ($URL/readyz)"
+        fi
       else
         next+=("$name")
-        if [[ "$HTTP_CODE" == 000 ]]; then
+        if ((ready == 2)); then
+          LAST_READYZ["$name"]="200 from another replica on $URL, but $name has not logged \"listening\" since its start"
+        elif [[ "$HTTP_CODE" == 000 ]]; then
           LAST_READYZ["$name"]="no HTTP answer on $URL"
         else
           LAST_READYZ["$name"]="$HTTP_CODE $HTTP_BODY"
@@ -563,18 +724,23 @@ wait_ready() {
 }
 declare -A LAST_READYZ=()
 
-row() { printf '  %-16s %-8s %-24s %-9s %s\n' "$@"; }
+# Width of the SERVICE column (metadata-worker-2 needs more).
+ROW_WIDTH=16
+row() { printf "  %-${ROW_WIDTH}s %-8s %-24s %-9s %s\n" "$@"; }
 
 summary() {
-  local name pid ready
+  local name pid ready rc
   printf '\n'
   row SERVICE PID URL READY LOG
   for name in "${APP_SERVICES[@]}"; do
-    resolve_addr "$name"
     pid="$(service_pid "$name" || printf '-')"
-    http_get /readyz
-    ready="no ($HTTP_CODE)"
-    [[ "$HTTP_CODE" != 200 ]] || ready=yes
+    rc=0
+    process_ready "$name" || rc=$?
+    case "$rc" in
+      0) ready=yes ;;
+      2) ready="no (not listening)" ;;
+      *) ready="no ($HTTP_CODE)" ;;
+    esac
     row "$name" "$pid" "$URL" "$ready" "${LOG_DIR#"$ROOT"/}/$name.log"
   done
   printf '\n'
@@ -594,10 +760,31 @@ summary() {
     resolve_addr "$FAKE_GOOGLE"
     printf '  Google: the local fake Google at %s (consent page with Allow/Deny; any account email)\n' "$URL"
   fi
-  printf '  Infrastructure: NATS %s (monitoring http://%s:%s), Redis %s, MongoDB %s\n' \
-    "${NATS_URL:-nats://$BIND_HOST:$NATS_PORT}" "$BIND_HOST" "$NATS_MONITOR_PORT" \
-    "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
-  printf '  Logs: %s/<service>.log (infrastructure: nats.log, redis.log, mongo.log)\n' "${LOG_DIR#"$ROOT"/}"
+  if ((CLUSTER)); then
+    local node monitors=() logs=()
+    for node in "${NATS_NODES[@]}"; do
+      monitors+=("http://$BIND_HOST:$(nats_monitor_port "$node")")
+      logs+=("$node.log")
+    done
+    printf '  Infrastructure: NATS cluster %s of %s: %s (monitoring %s), Redis %s, MongoDB %s\n' \
+      "$NATS_CLUSTER_NAME" "${NATS_NODES[*]}" "$(setting_value NATS_URL)" "${monitors[*]}" \
+      "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
+    printf '  Logs: %s/<service>-<replica>.log (infrastructure: %s, redis.log, mongo.log)\n' \
+      "${LOG_DIR#"$ROOT"/}" "${logs[*]}"
+    resolve_addr api-1
+    local api_url="$URL"
+    resolve_addr oauth-worker-1
+    printf '  Replicas: api-1/api-2 share %s and oauth-worker-1/-2 share %s (SO_REUSEPORT). Kill one:\n' \
+      "$api_url" "$URL"
+    # shellcheck disable=SC2016 # a command for the reader to run
+    printf '    kill -9 "$(cat %s)"; curl %s/readyz   # still 200, from api-2\n' \
+      "${RUN_DIR#"$ROOT"/}/api-1.pid" "$api_url"
+  else
+    printf '  Infrastructure: NATS %s (monitoring http://%s:%s), Redis %s, MongoDB %s\n' \
+      "${NATS_URL:-nats://$BIND_HOST:$NATS_PORT}" "$BIND_HOST" "$NATS_MONITOR_PORT" \
+      "${REDIS_URL:-redis://$BIND_HOST:$REDIS_PORT}" "${MONGODB_URI:-mongodb://$BIND_HOST:$MONGO_PORT}"
+    printf '  Logs: %s/<service>.log (infrastructure: nats.log, redis.log, mongo.log)\n' "${LOG_DIR#"$ROOT"/}"
+  fi
   if [[ "$MODE" == detach ]]; then
     printf '  Running in the background. Stop with: scripts/run-local.sh --stop%s\n' \
       "$( ((KEEP_INFRA)) && printf ' (add --keep-infra to leave NATS, Redis and MongoDB running)')"
@@ -608,23 +795,53 @@ summary() {
   printf '\n'
 }
 
-# Foreground: returns only if a service exits by itself (Ctrl-C/SIGTERM go through on_signal).
-watch_services() {
-  local name pid pids=() rc
+# True if a process of service $1 other than $2 runs.
+other_replica_runs() {
+  local name
   for name in "${APP_SERVICES[@]}"; do
-    pids+=("$(tr -dc '0-9' <"$(pid_file "$name")")")
+    [[ "$name" != "$2" && "$(service_of "$name")" == "$1" ]] || continue
+    service_pid "$name" >/dev/null && return 0
   done
+  return 1
+}
+
+# Foreground: returns only if a service exits by itself (Ctrl-C/SIGTERM go through on_signal).
+# In the cluster shape a replica may exit while another replica of its service runs: that is
+# reported and the run goes on.
+watch_services() {
+  local name pid rc timer="" watched=("${APP_SERVICES[@]}") alive pids
   while true; do
-    rc=0
-    wait -n "${pids[@]}" || rc=$?
-    for name in "${APP_SERVICES[@]}"; do
-      if ! service_pid "$name" >/dev/null; then
-        rm -f "$(pid_file "$name")"
-        show_log_tail "$name"
-        err "$name exited unexpectedly (status $rc: $(explain_exit "$rc")); stopping everything"
-        return 1
+    alive=()
+    pids=()
+    for name in "${watched[@]}"; do
+      pid="$(tr -dc '0-9' <"$(pid_file "$name")" 2>/dev/null)" || pid=""
+      if service_pid "$name" >/dev/null; then
+        alive+=("$name")
+        pids+=("$pid")
+        continue
       fi
+      # Its own exit status (bash keeps it after reaping).
+      rc=0
+      [[ -z "$pid" ]] || wait "$pid" 2>/dev/null || rc=$?
+      rm -f "$(pid_file "$name")"
+      if [[ "$(service_of "$name")" != "$name" ]] && other_replica_runs "$(service_of "$name")" "$name"; then
+        log "$name exited (status $rc: $(explain_exit "$rc")); its service goes on with its other replica; log: $(log_file "$name")"
+        continue
+      fi
+      show_log_tail "$name"
+      err "$name exited unexpectedly (status $rc: $(explain_exit "$rc")); stopping everything"
+      return 1
     done
+    watched=("${alive[@]}")
+    # Returns when one of them exits, or after 5 s at the latest: a process that exits (and is
+    # reaped) between the check above and this wait is not a job wait -n can see any more.
+    # (The timer runs out by itself: a killed one would be reported as "Terminated".)
+    if [[ -z "$timer" ]] || ! process_alive "$timer"; then
+      [[ -z "$timer" ]] || wait "$timer" 2>/dev/null || true
+      sleep 5 >/dev/null 2>&1 &
+      timer=$!
+    fi
+    wait -n "${pids[@]}" "$timer" 2>/dev/null || true
   done
 }
 
@@ -635,6 +852,7 @@ start_all() {
   fi
   if fake_google_wanted; then
     use_fake_google
+    resolve_addr "$FAKE_GOOGLE"
     log "no GOOGLE_CLIENT_ID configured: using the local fake Google at $URL"
   else
     without "$FAKE_GOOGLE"
@@ -650,6 +868,10 @@ start_all() {
   # both unless configured (production keeps both false, the default).
   [[ -n "$(setting_value WEBHOOK_ALLOW_HTTP)" ]] || export WEBHOOK_ALLOW_HTTP=true
   [[ -n "$(setting_value WEBHOOK_ALLOW_PRIVATE_TARGETS)" ]] || export WEBHOOK_ALLOW_PRIVATE_TARGETS=true
+  configure_nats_url
+  if ((CLUSTER)); then
+    log "cluster shape: three NATS nodes (${NATS_URL:-$(setting_value NATS_URL)}), two replicas of each service"
+  fi
   preflight
   mkdir -p "$LOG_DIR" "$RUN_DIR"
   printf '%s\n' "$$" >"$RUNNER_PID_FILE"
@@ -663,7 +885,11 @@ start_all() {
   fi
   # Built first: start.sh writes the NATS credentials with gcal-ops on the first run.
   build
-  log "starting NATS, Redis and MongoDB ..."
+  if ((CLUSTER)); then
+    log "starting a three-node NATS cluster, Redis and MongoDB ..."
+  else
+    log "starting NATS, Redis and MongoDB ..."
+  fi
   INFRA_STARTED=1
   GCAL_OPS="$TARGET_DIR/$PROFILE/gcal-ops" "$ROOT/scripts/infra/start.sh"
 
@@ -689,6 +915,10 @@ main() {
       --keep-infra) KEEP_INFRA=1 ;;
       --detach) [[ "$MODE" == stop ]] && die "--detach and --stop exclude each other"; MODE=detach ;;
       --stop) [[ "$MODE" == detach ]] && die "--detach and --stop exclude each other"; MODE=stop ;;
+      --cluster)
+        CLUSTER=1
+        NATS_SHAPE_GIVEN=1
+        ;;
       -h | --help)
         usage
         exit 0
@@ -700,6 +930,19 @@ main() {
     esac
     shift
   done
+  # The shape: the processes to start, and what scripts/infra/*.sh are told (--stop without a
+  # shape leaves them to stop whatever runs).
+  select_nats_shape "$CLUSTER"
+  if [[ "$MODE" != stop ]] || ((NATS_SHAPE_GIVEN)); then
+    export NATS_CLUSTER
+  fi
+  if ((CLUSTER)); then
+    ALL_PROCESSES=("${CLUSTER_PROCESSES[@]}")
+    ROW_WIDTH=18
+  else
+    ALL_PROCESSES=("${SINGLE_PROCESSES[@]}")
+  fi
+  APP_SERVICES=("${ALL_PROCESSES[@]}")
 
   trap on_exit EXIT
   trap 'on_signal SIGINT' INT
