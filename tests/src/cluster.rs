@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     /// The oauth-worker's address, when the caller needs it before the start (the provider
     /// must know the callback URL); else a free port.
     pub oauth: Option<SocketAddr>,
+    /// Where the members' logs and data go; else a scratch directory (removed by the next test
+    /// process once this one has exited).
+    pub dir: Option<PathBuf>,
 }
 
 /// What kind of process a member is.
@@ -219,7 +222,13 @@ pub struct Cluster {
 impl Cluster {
     /// Starts everything and waits until every member is ready.
     pub async fn start(options: &ClusterOptions) -> Result<Self, String> {
-        let dir = scratch_dir("cluster");
+        let dir = match &options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                dir.clone()
+            }
+            None => scratch_dir("cluster"),
+        };
         let auth = crate::nats_auth::auth();
         let nats_config = auth.config.to_string_lossy().into_owned();
         let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();

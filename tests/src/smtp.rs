@@ -309,7 +309,7 @@ impl SmtpSink {
 
     /// Every message received so far, oldest first, as the mailbox's JSON (`dev-smtp-sink`'s
     /// `/messages`, which the api's try-it page reads): `[{id, receivedAt, from, to, subject,
-    /// text, html}]`, `id` counting from 1.
+    /// messageId, text, html}]`, `id` counting from 1.
     pub fn messages_json(&self) -> serde_json::Value {
         serde_json::Value::Array(
             self.messages()
@@ -322,6 +322,7 @@ impl SmtpSink {
                         "from": message.header("From").unwrap_or_else(|| message.from.clone()),
                         "to": message.to,
                         "subject": message.subject(),
+                        "messageId": message.header("Message-ID"),
                         "text": message.text(),
                         "html": message.html(),
                     })
