@@ -12,6 +12,12 @@
 //! meanwhile — a re-publish under a new message id, or a redelivery after a lost ack — finds the
 //! claim and backs off instead of sending a second copy. A claim older than its lease belongs to
 //! a delivery that died mid-send; the next delivery takes it over, so nothing is lost.
+//!
+//! SMTP cannot do better than at-least-once: a mailer killed after the server's `250` and
+//! before `mark_sent` leaves a claim whose email did go out, and the takeover sends it again.
+//! The copy carries the same `Message-ID` (it derives from the event id, see `email.rs`), so a
+//! receiving system that de-duplicates by Message-ID shows one mail; the chaos run counts such
+//! copies as "resent", apart from duplicates (two events for one link), which must not happen.
 
 use std::time::Duration;
 
