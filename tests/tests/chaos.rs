@@ -1,9 +1,9 @@
 //! The chaos run (`e2e::chaos`): connect flows on the cluster shape while processes are
 //! SIGKILLed and restarted, then the checks. In the suite it drives a few flows
-//! (`CHAOS_FLOWS`, 40 by default); the README's "Failure behaviour" figures come from
+//! (`CHAOS_FLOWS`, 150 by default); the README's "Failure behaviour" figures come from
 //!
 //! ```text
-//! CHAOS_FLOWS=1000 CHAOS_REPORT=chaos-report.md cargo test -p e2e --release --test chaos
+//! CHAOS_FLOWS=1000 CHAOS_REPORT=chaos-report.md scripts/test.sh -p e2e --test chaos
 //! ```
 //!
 //! The report (`CHAOS_REPORT`, default `$TMPDIR/chaos-report.md`) lists every kill and every
@@ -20,7 +20,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Flows when `CHAOS_FLOWS` is not set: enough for a few kills, well inside CI's time.
-const DEFAULT_FLOWS: usize = 40;
+const DEFAULT_FLOWS: usize = 150;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -23,8 +23,9 @@ use super::report::{Check, Ending, Figures, Log};
 use super::users::{Flow, Users};
 use crate::cluster::{Cluster, READY_TIMEOUT, Role};
 
-/// How long the system may take to settle after the last flow.
-const SETTLE: Duration = Duration::from_secs(120);
+/// How long the system may take to settle after the last flow: a delivery that a killed
+/// mailer had claimed waits out the claim's lease and the retry delays (a few minutes).
+const SETTLE: Duration = Duration::from_secs(360);
 
 pub async fn run(
     cluster: &mut Cluster,
@@ -108,13 +109,18 @@ pub async fn run(
 
     // Exactly one email per link answered with emailSent: true.
     let deadline = Instant::now() + SETTLE;
-    let (emails, lost_emails, duplicates) = loop {
-        let (emails, lost, duplicates) = match users.mailbox().await {
+    let tally = loop {
+        let tally = match users.mailbox().await {
             Ok(messages) => tally_emails(flows, &messages),
-            Err(e) => (0, vec![e], Vec::new()),
+            Err(e) => EmailTally {
+                emails: 0,
+                lost: vec![e],
+                duplicated: Vec::new(),
+                resent: Vec::new(),
+            },
         };
-        if lost.is_empty() || Instant::now() > deadline {
-            break (emails, lost, duplicates);
+        if tally.lost.is_empty() || Instant::now() > deadline {
+            break tally;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
@@ -125,15 +131,28 @@ pub async fn run(
         .count();
     checks.push(Check {
         name: "every link answered with emailSent: true was emailed",
-        passed: lost_emails.is_empty(),
-        summary: format!("{} lost of {mailed}", lost_emails.len()),
-        details: lost_emails.clone(),
+        passed: tally.lost.is_empty(),
+        summary: format!("{} lost of {mailed}", tally.lost.len()),
+        details: tally.lost.clone(),
     });
     checks.push(Check {
-        name: "no link was emailed twice",
-        passed: duplicates.is_empty(),
-        summary: format!("{} duplicated of {emails} emails", duplicates.len()),
-        details: duplicates.clone(),
+        name: "no link was emailed for two events",
+        passed: tally.duplicated.is_empty(),
+        summary: format!(
+            "{} duplicated of {} emails",
+            tally.duplicated.len(),
+            tally.emails
+        ),
+        details: tally.duplicated.clone(),
+    });
+    // SMTP has no exactly-once: a mailer killed after the server's 250 and before it recorded
+    // the send leaves a claim that the next delivery takes over and sends again, under the
+    // same Message-ID. Listed, not failed: see mailer-worker/src/sent.rs.
+    checks.push(Check {
+        name: "resent after a mailer died between SMTP's 250 and recording it (same Message-ID)",
+        passed: true,
+        summary: format!("{} resent", tally.resent.len()),
+        details: tally.resent.clone(),
     });
 
     let hung: Vec<String> = requests
@@ -161,32 +180,29 @@ pub async fn run(
         details: hung.clone(),
     });
 
-    // Replica kills: nothing that started while a service replica was down (and so was not
-    // held by it) may be refused or left unanswered.
+    // Replica kills: a request in flight at a kill may fail; one that started while a service
+    // replica was down (and so was not held by it) must not be refused or left unanswered.
     let mut stretch = Vec::new();
-    for kill in &kills {
+    for r in requests.iter().filter(|r| !r.ending.is_answer()) {
+        let Some((kill, false)) = super::report::cause(r, &kills) else {
+            continue;
+        };
         let service = cluster
             .members
             .iter()
             .find(|m| m.name == kill.member)
             .is_some_and(|m| matches!(m.role, Role::Service(_)));
-        if !service {
-            continue;
-        }
-        let until = kill.ready_at.unwrap_or(Duration::MAX);
-        for r in &requests {
-            if r.started > kill.at && r.started < until && !r.ending.is_answer() {
-                stretch.push(format!(
-                    "{} down since {:.3}s: flow {} {:?} at {:.3}s {:?}; request {}",
-                    kill.member,
-                    kill.at.as_secs_f64(),
-                    r.flow,
-                    r.step,
-                    r.started.as_secs_f64(),
-                    r.ending,
-                    r.request_id
-                ));
-            }
+        if service {
+            stretch.push(format!(
+                "{} down since {:.3}s: flow {} {:?} at {:.3}s {:?}; request {}",
+                kill.member,
+                kill.at.as_secs_f64(),
+                r.flow,
+                r.step,
+                r.started.as_secs_f64(),
+                r.ending,
+                r.request_id
+            ));
         }
     }
     checks.push(Check {
@@ -233,19 +249,17 @@ pub async fn run(
         details: dead_letters.clone(),
     });
 
-    let failed_requests = requests
-        .iter()
-        .filter(|r| !matches!(r.ending, Ending::Answered(s) if s < 500))
-        .count();
+    let failed_requests = requests.iter().filter(|r| r.failed()).count();
     let figures = Figures {
         flows: flows.len(),
         connected: connected.len(),
         kills: kills.len(),
-        lost: lost_connections + lost_emails.len(),
-        duplicated: duplicates.len(),
+        lost: lost_connections + tally.lost.len(),
+        duplicated: tally.duplicated.len(),
+        resent: tally.resent.len(),
         hung: hung.len(),
         dead_letters: dead_letters.len(),
-        emails,
+        emails: tally.emails,
         requests: requests.len(),
         failed_requests,
     };
@@ -386,17 +400,31 @@ async fn unstored(users: &Users, connected: &[&Flow]) -> Result<Vec<String>, Str
         .collect())
 }
 
-/// Emails counted by the link's `state`: (emails, links answered `emailSent: true` with no
-/// email, states emailed more than once).
-fn tally_emails(
-    flows: &[Flow],
-    messages: &[serde_json::Value],
-) -> (usize, Vec<String>, Vec<String>) {
-    let mut per_state: HashMap<String, usize> = HashMap::new();
+/// The mailbox, per link answered `emailSent: true`.
+struct EmailTally {
+    emails: usize,
+    /// Links with no email.
+    lost: Vec<String>,
+    /// Links emailed for two different events (two Message-IDs): something sent a link twice.
+    duplicated: Vec<String>,
+    /// Links whose one event was emailed twice (same Message-ID): the mailer died between the
+    /// SMTP server's `250` and recording the send, and the next delivery sent it again.
+    resent: Vec<String>,
+}
+
+fn tally_emails(flows: &[Flow], messages: &[serde_json::Value]) -> EmailTally {
+    // Per link: the Message-ID (it names the event) and arrival of each copy.
+    let mut per_state: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for message in messages {
         let text = message["text"].as_str().unwrap_or_default();
         if let Some(state) = state_in(text) {
-            *per_state.entry(state).or_default() += 1;
+            per_state.entry(state).or_default().push((
+                message["messageId"]
+                    .as_str()
+                    .unwrap_or("no Message-ID")
+                    .to_owned(),
+                message["receivedAt"].as_str().unwrap_or("?").to_owned(),
+            ));
         }
     }
     let mut lost = Vec::new();
@@ -413,12 +441,30 @@ fn tally_emails(
             }
         }
     }
-    let duplicates = per_state
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(state, n)| format!("link {state} emailed {n} times"))
-        .collect();
-    (messages.len(), lost, duplicates)
+    let (mut duplicated, mut resent) = (Vec::new(), Vec::new());
+    for (state, copies) in per_state.iter().filter(|(_, copies)| copies.len() > 1) {
+        let ids: HashSet<&str> = copies.iter().map(|(id, _)| id.as_str()).collect();
+        let line = format!(
+            "link {state} emailed {} times: {}",
+            copies.len(),
+            copies
+                .iter()
+                .map(|(id, at)| format!("{id} at {at}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if ids.len() > 1 {
+            duplicated.push(line);
+        } else {
+            resent.push(line);
+        }
+    }
+    EmailTally {
+        emails: messages.len(),
+        lost,
+        duplicated,
+        resent,
+    }
 }
 
 /// The `state` of the consent link in an email's text.

@@ -39,7 +39,7 @@ pub struct Options {
     pub users: usize,
     /// Subaccounts the flows are spread over (`CHAOS_SUBACCOUNTS`).
     pub subaccounts: usize,
-    /// Time between the end of one outage and the next kill (`CHAOS_KILL_EVERY`, `2s..5s`).
+    /// Time between the end of one outage and the next kill (`CHAOS_KILL_EVERY`, `1s..4s`).
     pub kill_every: (Duration, Duration),
     /// How long a killed process stays down (`CHAOS_PAUSE`, `200ms..3s`).
     pub pause: (Duration, Duration),
@@ -49,12 +49,17 @@ pub struct Options {
     pub report: PathBuf,
     /// Replicas of each service (`CHAOS_REPLICAS`, 2).
     pub replicas: usize,
+    /// Where the processes' logs and data go (`CHAOS_DIR`, `gcal-chaos-<pid>` in the temporary
+    /// directory); removed after a run that passed unless `CHAOS_KEEP=1`.
+    pub dir: PathBuf,
+    pub keep: bool,
 }
 
 impl Options {
     /// Reads `CHAOS_FLOWS` (default `default_flows`), `CHAOS_USERS` (8), `CHAOS_SUBACCOUNTS`
-    /// (10), `CHAOS_KILL_EVERY` (`2s..5s`), `CHAOS_PAUSE` (`200ms..3s`), `CHAOS_SEED`,
-    /// `CHAOS_REPORT` (`chaos-report.md` in the temporary directory), `CHAOS_REPLICAS` (2).
+    /// (10), `CHAOS_KILL_EVERY` (`1s..4s`), `CHAOS_PAUSE` (`200ms..3s`), `CHAOS_SEED`,
+    /// `CHAOS_REPORT` (`chaos-report.md` in the temporary directory), `CHAOS_REPLICAS` (2),
+    /// `CHAOS_DIR`, `CHAOS_KEEP`.
     pub fn from_env(default_flows: usize) -> Result<Self, String> {
         let seed = match std::env::var("CHAOS_SEED") {
             Ok(raw) => parse("CHAOS_SEED", &raw)?,
@@ -67,13 +72,19 @@ impl Options {
             flows: env_or("CHAOS_FLOWS", default_flows)?,
             users: env_or("CHAOS_USERS", 8)?,
             subaccounts: env_or("CHAOS_SUBACCOUNTS", 10)?,
-            kill_every: range("CHAOS_KILL_EVERY", "2s..5s")?,
+            kill_every: range("CHAOS_KILL_EVERY", "1s..4s")?,
             pause: range("CHAOS_PAUSE", "200ms..3s")?,
             seed,
             report: std::env::var_os("CHAOS_REPORT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("chaos-report.md")),
             replicas: env_or("CHAOS_REPLICAS", 2)?,
+            dir: std::env::var_os("CHAOS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("gcal-chaos-{}", std::process::id()))
+                }),
+            keep: env_or("CHAOS_KEEP", 0u8)? == 1,
         };
         if options.flows == 0 || options.users == 0 || options.subaccounts == 0 {
             return Err("CHAOS_FLOWS, CHAOS_USERS and CHAOS_SUBACCOUNTS must be at least 1".into());
@@ -174,6 +185,7 @@ pub async fn run(
         replicas: options.replicas,
         service_env,
         oauth: Some(oauth),
+        dir: Some(options.dir.clone()),
     };
     let mut cluster = Cluster::start(&cluster_options).await?;
     eprintln!(
@@ -230,5 +242,8 @@ pub async fn run(
         .map_err(|e| format!("cannot write {}: {e}", options.report.display()))?;
     users.shutdown().await;
     drop(cluster);
+    if passed && !options.keep {
+        let _ = std::fs::remove_dir_all(&options.dir);
+    }
     Ok(Outcome { report, passed })
 }

@@ -222,6 +222,8 @@ pub struct Figures {
     pub kills: usize,
     pub lost: usize,
     pub duplicated: usize,
+    /// Copies of one event's email sent again after a mailer died mid-send (same Message-ID).
+    pub resent: usize,
     pub hung: usize,
     pub dead_letters: usize,
     pub emails: usize,
@@ -261,7 +263,7 @@ impl Report {
             text,
             "Reproduce: `CHAOS_SEED={} CHAOS_FLOWS={} CHAOS_USERS={} CHAOS_SUBACCOUNTS={} \
              CHAOS_KILL_EVERY={:?}..{:?} CHAOS_PAUSE={:?}..{:?} CHAOS_REPLICAS={} \
-             cargo test -p e2e --release --test chaos` (the kill schedule depends on timing too).\n",
+             scripts/test.sh -p e2e --test chaos` (the kill schedule depends on timing too).\n",
             options.seed,
             options.flows,
             options.users,
@@ -281,17 +283,18 @@ impl Report {
         let _ = writeln!(text, "## Figures\n");
         let _ = writeln!(
             text,
-            "| flows | connected | kills | lost | duplicated | hung | dead letters | emails | requests | failed requests | flow time |"
+            "| flows | connected | kills | lost | duplicated | resent (same Message-ID) | hung | dead letters | emails | requests | failed requests | flow time |"
         );
-        let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |\n",
             figures.flows,
             figures.connected,
             figures.kills,
             figures.lost,
             figures.duplicated,
+            figures.resent,
             figures.hung,
             figures.dead_letters,
             figures.emails,
@@ -323,11 +326,19 @@ impl Report {
         let _ = writeln!(text, "\n## What each kill did to requests\n");
         let _ = writeln!(
             text,
-            "| member | kills | failed requests started while it was down | of which refused/unanswered |"
+            "A failed request (no answer, or 5xx) is put down to a kill during it (held), else to \
+             the member that was down when it started.\n"
         );
-        let _ = writeln!(text, "|---|---|---|---|");
-        for (member, (count, failed, unanswered)) in per_member(&kills, &requests) {
-            let _ = writeln!(text, "| {member} | {count} | {failed} | {unanswered} |");
+        let _ = writeln!(
+            text,
+            "| member | kills | failed, held at the kill | failed, started while down | of which refused or unanswered |"
+        );
+        let _ = writeln!(text, "|---|---|---|---|---|");
+        for (member, [count, held, down, unanswered]) in per_member(&kills, &requests) {
+            let _ = writeln!(
+                text,
+                "| {member} | {count} | {held} | {down} | {unanswered} |"
+            );
         }
         let _ = writeln!(text, "\n## Kills\n");
         for kill in &kills {
@@ -349,10 +360,7 @@ impl Report {
             }
         }
         let _ = writeln!(text, "\n## Failed requests\n");
-        for request in requests
-            .iter()
-            .filter(|r| !matches!(r.ending, Ending::Answered(s) if s < 500))
-        {
+        for request in requests.iter().filter(|r| r.failed()) {
             let _ = writeln!(
                 text,
                 "- {:>8.3}s flow {} {:?} {:?} after {:.0} ms; request {} correlation {}",
@@ -397,22 +405,46 @@ impl Report {
     }
 }
 
-/// Per member: kills, failed requests started while it was down (killed, not yet ready), and
-/// how many of those got no answer at all.
-fn per_member(kills: &[Kill], requests: &[Request]) -> Vec<(String, (usize, usize, usize))> {
-    let mut table: std::collections::BTreeMap<String, (usize, usize, usize)> =
+impl Request {
+    /// Whether it failed: no answer, or a 5xx.
+    pub fn failed(&self) -> bool {
+        !matches!(self.ending, Ending::Answered(s) if s < 500)
+    }
+}
+
+/// The kill a failed request is put down to: one that happened while it was in flight (it was
+/// held by the process killed, or waited on it), else the last one before it started whose
+/// member was not ready yet (it started while that member was down). `held` says which.
+pub fn cause<'k>(request: &Request, kills: &'k [Kill]) -> Option<(&'k Kill, bool)> {
+    let end = request.started + request.elapsed;
+    if let Some(kill) = kills
+        .iter()
+        .rev()
+        .find(|k| k.at >= request.started && k.at <= end)
+    {
+        return Some((kill, true));
+    }
+    kills
+        .iter()
+        .rev()
+        .find(|k| k.at < request.started && k.ready_at.is_none_or(|ready| ready > request.started))
+        .map(|k| (k, false))
+}
+
+/// Per member: kills, failed requests held at one of its kills, failed requests started while
+/// it was down, and how many of those two got no answer at all.
+fn per_member(kills: &[Kill], requests: &[Request]) -> Vec<(String, [usize; 4])> {
+    let mut table: std::collections::BTreeMap<String, [usize; 4]> =
         std::collections::BTreeMap::new();
     for kill in kills {
-        let row = table.entry(kill.member.clone()).or_default();
-        row.0 += 1;
-        let until = kill.ready_at.unwrap_or(Duration::MAX);
-        for request in requests {
-            let failed = !matches!(request.ending, Ending::Answered(s) if s < 500);
-            if failed && request.started >= kill.at && request.started < until {
-                row.1 += 1;
-                if !request.ending.is_answer() {
-                    row.2 += 1;
-                }
+        table.entry(kill.member.clone()).or_default()[0] += 1;
+    }
+    for request in requests.iter().filter(|r| r.failed()) {
+        if let Some((kill, held)) = cause(request, kills) {
+            let row = table.entry(kill.member.clone()).or_default();
+            row[if held { 1 } else { 2 }] += 1;
+            if !request.ending.is_answer() {
+                row[3] += 1;
             }
         }
     }
