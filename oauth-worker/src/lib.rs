@@ -76,6 +76,9 @@ pub async fn run(
         config.connect_limits.clone(),
         config.limiter_timeout,
     );
+    let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
+    let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
     let handler = Arc::new(ConnectRequestedHandler {
         provider: client.clone(),
         profile: config.provider.profile,
@@ -84,15 +87,13 @@ pub async fn run(
         infra: infra.clone(),
         product_name: config.product_name.clone(),
         consent_page: consent_page::url(&config.provider.redirect_uri),
+        outbox: outbox.clone(),
     });
     let consent_page = Arc::new(consent_page::ConsentPage {
         states: states.clone(),
         product_name: config.product_name.clone(),
         scopes: config.provider.scopes.0.clone(),
     });
-    let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
-    let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
-    let relay = tokio::spawn(relay.run(shutdown.clone()));
     let provider = Provider::new(&config.provider, client.clone());
     let access_tokens = Arc::new(AccessTokens {
         infra: infra.clone(),

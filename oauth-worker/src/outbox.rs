@@ -5,7 +5,10 @@
 //!   the tokens (`pendingEvent`, one single-document write);
 //! - connection-failed (including reauth-required) has no such document (nothing was stored,
 //!   or only a status changes), so it is written to the tenant's `outbox` collection first
-//!   ([`Outbox::publish_durably`]), before the callback answers or the token RPC replies.
+//!   ([`Outbox::publish_durably`]), before the callback answers or the token RPC replies;
+//! - auth-link-issued (the email job) is published directly, and only when JetStream cannot
+//!   take it at that moment (a stream electing a leader after a node died) is it written to the
+//!   `outbox` collection ([`Outbox::keep`]), so the link's `emailSent: true` still holds.
 //!
 //! When JetStream is unreachable at that moment the [`Relay`] keeps trying, and at start-up
 //! (and every [`SCAN_EVERY`]) it scans every tenant for entries a crash left behind. The event
@@ -18,7 +21,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bson::{Document, doc};
 use schemas::documents::google_auth::PendingEvent;
 use schemas::documents::outbox::{COLLECTION as OUTBOX, OutboxEntry};
-use schemas::events::{ConnectionFailed, ConnectionSucceeded};
+use schemas::events::{AuthLinkIssued, ConnectionFailed, ConnectionSucceeded};
 use schemas::{Envelope, Event, RawEnvelope, StreamEvent, SubaccountId};
 use service_kit::Infrastructure;
 use service_kit::nats::{RawEvent, publish_event, publish_raw};
@@ -119,6 +122,19 @@ impl Outbox {
         ));
     }
 
+    /// Keeps an event that could not be published just now in the tenant's `outbox` collection
+    /// and hands the tenant to the relay, which publishes it once JetStream takes it. `Ok` once
+    /// stored: a crash after that cannot lose it.
+    pub async fn keep<E: Event + serde::Serialize>(
+        &self,
+        event: &Envelope<E>,
+    ) -> Result<(), mongodb::error::Error> {
+        self.store_alone(&event.subaccount_id, &Self::entry(event))
+            .await?;
+        let _ = self.retry.send(event.subaccount_id.clone());
+        Ok(())
+    }
+
     /// Writes an entry to the `outbox` collection; storing the same event twice keeps one.
     async fn store_alone(
         &self,
@@ -205,17 +221,21 @@ impl Outbox {
         entry: &PendingEvent,
     ) -> Result<(), String> {
         let raw = RawEnvelope::decode_raw(entry.envelope.as_bytes()).map_err(|e| e.to_string())?;
-        let event_type = match raw.event_type.as_str() {
-            ConnectionSucceeded::TYPE => ConnectionSucceeded::TYPE,
-            ConnectionFailed::TYPE => ConnectionFailed::TYPE,
+        let namespace = &self.infra.namespace;
+        let (event_type, subject) = match raw.event_type.as_str() {
+            ConnectionSucceeded::TYPE => (
+                ConnectionSucceeded::TYPE,
+                namespace.event::<ConnectionSucceeded>(subaccount),
+            ),
+            ConnectionFailed::TYPE => (
+                ConnectionFailed::TYPE,
+                namespace.event::<ConnectionFailed>(subaccount),
+            ),
+            AuthLinkIssued::TYPE => (
+                AuthLinkIssued::TYPE,
+                namespace.event::<AuthLinkIssued>(subaccount),
+            ),
             other => return Err(format!("outbox entry of unknown type {other}")),
-        };
-        let subject = match event_type {
-            ConnectionSucceeded::TYPE => self
-                .infra
-                .namespace
-                .event::<ConnectionSucceeded>(subaccount),
-            _ => self.infra.namespace.event::<ConnectionFailed>(subaccount),
         };
         let ack = publish_raw(
             &self.infra.jetstream,

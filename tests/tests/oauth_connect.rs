@@ -151,6 +151,66 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
 }
 
 #[tokio::test]
+async fn an_email_job_jetstream_cannot_take_is_kept_and_published_once_it_can() {
+    use futures::TryStreamExt;
+    let ctx = TestContext::new();
+    let worker = start_worker(&ctx).await;
+    let nats = ctx.nats().await;
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let js = jetstream::new(nats.clone());
+    // No stream takes the event subjects: JetStream answers "no responders", as it does for the
+    // seconds a stream elects a new leader after the node that led it died.
+    js.delete_stream(ns.events_stream()).await.expect("delete");
+
+    let (request, reply) = connect(&nats, &ns, "user@example.com", true).await;
+    let ConnectRequestedReply::Issued { email_sent, .. } = reply else {
+        panic!("rejected: {reply:?}");
+    };
+    assert!(email_sent, "the outbox holds the job, so the promise holds");
+    let outbox = mongodb::Client::with_uri_str(&ctx.mongodb_uri)
+        .await
+        .expect("mongo")
+        .database(&format!("{}_{SUBACCOUNT}", ctx.id))
+        .collection::<bson::Document>("outbox");
+    let kept: Vec<bson::Document> = outbox
+        .find(bson::doc! {})
+        .await
+        .expect("query")
+        .try_collect()
+        .await
+        .expect("read");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].get_str("eventType"), Ok("auth-link-issued"));
+
+    // The stream is back: the relay publishes the job (once) and clears the outbox.
+    let settings = ctx.common(&[]).streams;
+    service_kit::nats::ensure_streams(&js, &ns, &settings)
+        .await
+        .expect("streams");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let issued = loop {
+        let issued = e2e::stream::messages(
+            &js,
+            &ns.events_stream(),
+            Some(ns.event_filter::<AuthLinkIssued>()),
+        )
+        .await
+        .unwrap_or_default();
+        let left = outbox.count_documents(bson::doc! {}).await.expect("count");
+        if (!issued.is_empty() && left == 0) || std::time::Instant::now() > deadline {
+            assert_eq!(left, 0, "the outbox is cleared once JetStream has the job");
+            break issued;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(issued.len(), 1, "exactly one email job");
+    let event: Envelope<AuthLinkIssued> = Envelope::decode(&issued[0].payload).expect("decodes");
+    assert_eq!(event.correlation_id, request.correlation_id);
+    assert_eq!(kept[0].get_str("_id"), Ok(event.id.to_string().as_str()));
+    worker.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn no_email_requested_means_no_email_job_and_each_link_is_unique() {
     let ctx = TestContext::new();
     let worker = start_worker(&ctx).await;

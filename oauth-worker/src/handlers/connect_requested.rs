@@ -1,5 +1,6 @@
 //! Answers connect-requested: issue an authorization link, remember the attempt, and — when
-//! asked — queue the email, replying only once JetStream has the email job. The caller gets
+//! asked — queue the email, replying only once JetStream (or, while JetStream cannot take it,
+//! the outbox in MongoDB) has the email job. The caller gets
 //! the provider's URL (the spec's `authUrl`); the email links to the consent page, which says
 //! who asks and leads on to the same URL.
 
@@ -11,7 +12,12 @@ use schemas::{DisplayName, Envelope, SubaccountId};
 use service_kit::Infrastructure;
 
 use crate::authorization::{ProviderClient, issue_link};
+use crate::outbox::Outbox;
 use crate::state_store::{PendingAttempt, Put, StateStore};
+
+/// How long the email job's publish may wait for JetStream before the outbox keeps it: well
+/// inside the api's wait for this reply (`CONNECT_REQUEST_TIMEOUT`, 5 s by default).
+const EMAIL_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct ConnectRequestedHandler {
@@ -25,6 +31,8 @@ pub struct ConnectRequestedHandler {
     pub product_name: DisplayName,
     /// The consent page (next to the callback); the email links to it with the state.
     pub consent_page: url::Url,
+    /// Keeps the email job when JetStream cannot take it at once.
+    pub outbox: Outbox,
 }
 
 impl crate::rpc::Responder for ConnectRequestedHandler {
@@ -139,8 +147,12 @@ impl ConnectRequestedHandler {
         }
     }
 
-    /// Publishes auth-link-issued and waits for JetStream's ack. `false` when not stored: the
-    /// link is still valid and is returned to the caller, who can pass it on.
+    /// Publishes auth-link-issued and waits for JetStream's ack; when JetStream cannot take it
+    /// now (a stream electing a new leader after a node died answers "no responders" for a few
+    /// seconds), keeps it in the outbox, which publishes it as soon as JetStream can. `true`
+    /// once either holds the email job. `false` when neither does, or when a stream bound
+    /// refused it (retrying would not help): the link is still valid and is returned to the
+    /// caller, who can pass it on.
     async fn queue_email(
         &self,
         subaccount: &SubaccountId,
@@ -148,12 +160,30 @@ impl ConnectRequestedHandler {
         payload: AuthLinkIssued,
     ) -> bool {
         let event = Envelope::new(subaccount.clone(), correlation_id, payload);
-        match service_kit::nats::publish_event(&self.infra.jetstream, &self.infra.namespace, &event)
-            .await
-        {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "email job not accepted by JetStream; replying emailSent=false");
+        let published = tokio::time::timeout(
+            EMAIL_PUBLISH_TIMEOUT,
+            service_kit::nats::publish_event(&self.infra.jetstream, &self.infra.namespace, &event),
+        )
+        .await;
+        let cause = match published {
+            Ok(Ok(_)) => return true,
+            Ok(Err(e)) if e.refused_by.is_some() => {
+                tracing::error!(error = %e, "email job refused by a stream bound; replying emailSent=false");
+                return false;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("JetStream did not answer within {EMAIL_PUBLISH_TIMEOUT:?}"),
+        };
+        match self.outbox.keep(&event).await {
+            Ok(()) => {
+                tracing::warn!(%cause, event_id = %event.id,
+                    "email job kept in the outbox; it is published once JetStream takes it");
+                metrics::counter!("email_jobs_deferred_total").increment(1);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%cause, %error,
+                    "email job neither accepted by JetStream nor kept in the outbox; replying emailSent=false");
                 false
             }
         }

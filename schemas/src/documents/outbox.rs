@@ -1,6 +1,7 @@
 //! The tenant's `outbox`: events that must not be lost but have no other document to be
-//! written with (connection-failed, including reauth-required), stored before they are
-//! published and removed once JetStream has them. connection-succeeded rides in its
+//! written with (connection-failed, including reauth-required, stored before they are
+//! published; auth-link-issued, stored only when JetStream could not take it at once),
+//! removed once JetStream has them. connection-succeeded rides in its
 //! `googleauths` document instead ([`super::google_auth::PendingEvent`]), in the same write
 //! as the tokens.
 
@@ -16,7 +17,7 @@ pub struct OutboxEntry {
     /// one event.
     #[serde(rename = "_id")]
     pub event_id: String,
-    /// The event type (`connection-failed`).
+    /// The event type (`connection-failed`, `auth-link-issued`).
     pub event_type: String,
     /// The envelope's JSON, exactly as it goes on the wire.
     pub envelope: String,
