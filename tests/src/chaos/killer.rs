@@ -16,13 +16,27 @@ use crate::cluster::{Cluster, READY_TIMEOUT};
 pub async fn run(cluster: &mut Cluster, options: &Options, log: &Log, stop: CancellationToken) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let http = reqwest::Client::new();
+    let victims: Vec<usize> = (0..cluster.members.len())
+        .filter(|&i| {
+            let name = &cluster.members[i].name;
+            options.victims.is_empty()
+                || options.victims.iter().any(|v| name.starts_with(v.as_str()))
+        })
+        .collect();
+    if victims.is_empty() {
+        eprintln!(
+            "chaos: CHAOS_VICTIMS {:?} names no member; nothing is killed",
+            options.victims
+        );
+        return;
+    }
     loop {
         let wait = between(&mut rng, options.kill_every);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let victim = rng.random_range(0..cluster.members.len());
+        let victim = victims[rng.random_range(0..victims.len())];
         let member = &mut cluster.members[victim];
         let pid = member.pid();
         member.kill();

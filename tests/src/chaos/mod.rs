@@ -53,13 +53,16 @@ pub struct Options {
     /// directory); removed after a run that passed unless `CHAOS_KEEP=1`.
     pub dir: PathBuf,
     pub keep: bool,
+    /// Which members may be killed (`CHAOS_VICTIMS`): names or name prefixes, comma-separated
+    /// (`nats,redis` kills only NATS nodes and Redis); empty, every member.
+    pub victims: Vec<String>,
 }
 
 impl Options {
     /// Reads `CHAOS_FLOWS` (default `default_flows`), `CHAOS_USERS` (8), `CHAOS_SUBACCOUNTS`
     /// (10), `CHAOS_KILL_EVERY` (`1s..4s`), `CHAOS_PAUSE` (`200ms..3s`), `CHAOS_SEED`,
     /// `CHAOS_REPORT` (`chaos-report.md` in the temporary directory), `CHAOS_REPLICAS` (2),
-    /// `CHAOS_DIR`, `CHAOS_KEEP`.
+    /// `CHAOS_DIR`, `CHAOS_KEEP`, `CHAOS_VICTIMS` (every member).
     pub fn from_env(default_flows: usize) -> Result<Self, String> {
         let seed = match std::env::var("CHAOS_SEED") {
             Ok(raw) => parse("CHAOS_SEED", &raw)?,
@@ -85,6 +88,13 @@ impl Options {
                     std::env::temp_dir().join(format!("gcal-chaos-{}", std::process::id()))
                 }),
             keep: env_or("CHAOS_KEEP", 0u8)? == 1,
+            victims: std::env::var("CHAOS_VICTIMS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect(),
         };
         if options.flows == 0 || options.users == 0 || options.subaccounts == 0 {
             return Err("CHAOS_FLOWS, CHAOS_USERS and CHAOS_SUBACCOUNTS must be at least 1".into());

@@ -263,7 +263,8 @@ impl Report {
             text,
             "Reproduce: `CHAOS_SEED={} CHAOS_FLOWS={} CHAOS_USERS={} CHAOS_SUBACCOUNTS={} \
              CHAOS_KILL_EVERY={:?}..{:?} CHAOS_PAUSE={:?}..{:?} CHAOS_REPLICAS={} \
-             scripts/test.sh -p e2e --test chaos` (the kill schedule depends on timing too).\n",
+             CHAOS_VICTIMS={} scripts/test.sh -p e2e --test chaos` (the kill schedule depends \
+             on timing too).\n",
             options.seed,
             options.flows,
             options.users,
@@ -273,6 +274,7 @@ impl Report {
             options.pause.0,
             options.pause.1,
             options.replicas,
+            options.victims.join(","),
         );
         let _ = writeln!(
             text,
