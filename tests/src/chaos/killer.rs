@@ -1,11 +1,13 @@
 //! The kills: every [`Options::kill_every`] a random member of the cluster — any NATS node,
-//! Redis, the MongoDB-wire server, the SMTP sink, any replica of any service — gets SIGKILL,
+//! Redis, the MongoDB-wire server, the SMTP sink, any replica of any service; each once per
+//! round of as many kills as there are members, in a random order — gets SIGKILL,
 //! stays down for a random [`Options::pause`], is started again as it was and waited on until
 //! ready. One process is down at a time, so a majority of the NATS nodes is always up (the
 //! cluster shape promises to survive one failure, not two).
 
 use std::time::Duration;
 
+use rand::seq::SliceRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +32,20 @@ pub async fn run(cluster: &mut Cluster, options: &Options, log: &Log, stop: Canc
         );
         return;
     }
+    let mut deck: Vec<usize> = Vec::new();
     loop {
         let wait = between(&mut rng, options.kill_every);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let victim = victims[rng.random_range(0..victims.len())];
+        // A shuffled deck, dealt to the end before it is shuffled again: random, yet every
+        // member is killed once in every round of as many kills as there are members.
+        if deck.is_empty() {
+            deck.clone_from(&victims);
+            deck.shuffle(&mut rng);
+        }
+        let victim = deck.pop().expect("refilled above");
         let member = &mut cluster.members[victim];
         let pid = member.pid();
         member.kill();
