@@ -41,7 +41,7 @@ fn tenant(id: &str) -> SubaccountId {
 
 struct Fixture {
     cap: RetryCap,
-    redis: redis::aio::ConnectionManager,
+    redis: service_kit::redis::RedisConnection,
     keys: RedisKeys,
 }
 

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use schemas::events::ConnectLimit;
 use schemas::{DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use service_kit::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
-use service_kit::redis::RedisKeys;
+use service_kit::redis::{RedisConnection, RedisKeys};
 use uuid::Uuid;
 
 /// What the callback needs to finish an attempt. Holds the PKCE verifier: a secret, so it has
@@ -64,7 +63,7 @@ impl std::fmt::Debug for PendingAttempt {
 
 #[derive(Clone)]
 pub struct StateStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisKeys,
     ttl: Duration,
     limits: ConnectLimits,
@@ -145,7 +144,7 @@ pub enum StateStoreError {
 
 impl StateStore {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: RedisKeys,
         ttl: Duration,
         limits: ConnectLimits,

@@ -1,5 +1,5 @@
-//! Redis: the connection manager (one multiplexed connection that reconnects by itself) and
-//! every key name the services use, in one place.
+//! Redis: the connection (one multiplexed connection that reconnects by itself, see
+//! [`RedisConnection`]) and every key name the services use, in one place.
 //!
 //! Redis holds OAuth state, cached access tokens, refresh locks, read caches, rate-limit budgets
 //! and the count of webhook deliveries awaiting a retry. Every key is written with an expiry.
@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::SubaccountId;
+
+mod connection;
+
+pub use connection::RedisConnection;
 
 use crate::config::{Env, RedisUrl};
 use crate::startup::{Dependency, StartupError, retry_for};
@@ -99,7 +103,7 @@ pub async fn connect(
     url: &RedisUrl,
     tls: &RedisTls,
     limit: Duration,
-) -> Result<ConnectionManager, StartupError> {
+) -> Result<RedisConnection, StartupError> {
     let client = tls.client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -117,10 +121,11 @@ pub async fn connect(
     .await?;
     ConnectionManager::new_with_config(client, config)
         .await
+        .map(RedisConnection::direct)
         .map_err(|e| REDIS.unreachable(limit, e.to_string()))
 }
 
-pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+pub async fn ping(conn: &mut RedisConnection) -> redis::RedisResult<()> {
     redis::cmd("PING")
         .query_async::<String>(conn)
         .await
@@ -211,7 +216,7 @@ const CACHE_VERSION_TTL_MS: i64 = 3_600_000;
 /// counter, then deletes `keys`, in one transaction. A read that began before (and so may hold
 /// the old document) then cannot put it back (see [`fill_connector_cache`]).
 pub async fn invalidate_connector_caches(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
     keys: &[String],
 ) -> redis::RedisResult<()> {
@@ -229,7 +234,7 @@ pub async fn invalidate_connector_caches(
 
 /// The invalidation counter a read notes before it reads MongoDB (`"0"` before the first).
 pub async fn connector_cache_version(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
 ) -> redis::RedisResult<String> {
     let version: Option<String> = redis::cmd("GET")
@@ -243,7 +248,7 @@ pub async fn connector_cache_version(
 /// invalidated since the read noted `version`: cache-aside without the race in which a slow
 /// read puts back the document a concurrent write just replaced.
 pub async fn fill_connector_cache(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
     version: &str,
     key: &str,
