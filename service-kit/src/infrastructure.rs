@@ -84,7 +84,7 @@ impl Infrastructure {
                 service,
                 limit
             ),
-            crate::redis::connect(&config.redis_url, &config.redis_tls, limit),
+            crate::redis::connect(&config.redis, limit),
         );
         match (nats, mongo, redis) {
             (Ok(nats), Ok(mongo), Ok(redis)) => {
