@@ -75,7 +75,8 @@ pub async fn run(
         config.state_ttl,
         config.connect_limits.clone(),
         config.limiter_timeout,
-    );
+    )
+    .waiting_for_replicas(config.wait_replicas);
     let handler = Arc::new(ConnectRequestedHandler {
         provider: client.clone(),
         profile: config.provider.profile,

@@ -1,14 +1,21 @@
 //! Redis behind Sentinel (issue 16), with real processes: a primary, one replica and three
 //! sentinels on loopback (tests/src/redis_sentinel.rs). The services' connection finds the
 //! primary through the sentinels, keeps working through a failover without being rebuilt by
-//! hand, and never keeps writing to a server that was demoted.
+//! hand, and never keeps writing to a server that was demoted. The oauth-worker runs on it,
+//! and with `REDIS_WAIT_REPLICAS` issues a link only once a replica has its state.
 
 use std::time::{Duration, Instant};
 
 use e2e::redis_sentinel::{SETTLE_TIMEOUT, SentinelTopology, TopologyOptions};
 use e2e::servers::RedisServer;
+use e2e::{RunningService, TestContext};
+use oauth_worker::OAuthWorkerConfig;
+use oauth_worker::state_store::{PendingAttempt, Put, StateStore, StateStoreError};
 use redis::AsyncCommands;
-use service_kit::redis::{RedisConnection, calls_for_new_primary, connect};
+use schemas::events::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
+use schemas::subjects::Namespace;
+use schemas::{Envelope, SubaccountId, UserEmail};
+use service_kit::redis::{RedisConnection, RedisKeys, calls_for_new_primary, connect};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -192,4 +199,150 @@ async fn every_form_of_write_refused_by_a_replica_calls_for_a_new_primary() {
         .await
         .expect_err("GET of a list");
     assert!(!calls_for_new_primary(&wrong_type), "{wrong_type:?}");
+}
+
+const SUBACCOUNT: &str = "68cf05f060d294db17c06816";
+
+/// A connect request over NATS, as the api sends it, and the oauth-worker's reply.
+async fn request_link(nats: &async_nats::Client, ns: &Namespace) -> ConnectRequestedReply {
+    let request = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectRequested {
+            user_email: UserEmail::parse("user@example.com").expect("email"),
+            send_email: false,
+            tenant_name: None,
+        },
+    );
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request(ns.connect_requested(), request.to_bytes().into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a responder answered");
+    serde_json::from_slice(&reply.payload).expect("reply decodes")
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_link_is_issued_only_once_a_replica_has_its_state() {
+    let ctx = TestContext::new();
+    let mut topology = SentinelTopology::start(TopologyOptions::default()).await;
+    let (primary, replica) = (topology.primary.port(), topology.replica.port());
+    let settings = topology.settings(&[
+        ("REDIS_WAIT_REPLICAS", "1"),
+        ("GOOGLE_CLIENT_ID", "client-e2e"),
+        (
+            "GOOGLE_AUTH_URL",
+            "https://accounts.example/o/oauth2/v2/auth",
+        ),
+    ]);
+    let overrides: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let config: OAuthWorkerConfig = ctx.config(&overrides);
+    let mut worker = RunningService::start(oauth_worker::SERVICE, |l, s| {
+        oauth_worker::run(config, l, s)
+    })
+    .await;
+    // Ready: it found the primary through the sentinels (REDIS_URL leads nowhere).
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let nats = ctx.nats().await;
+    let ns = Namespace::new(&ctx.id).expect("ns");
+
+    let reply = request_link(&nats, &ns).await;
+    let ConnectRequestedReply::Issued { auth_url, .. } = reply else {
+        panic!("not issued: {reply:?}");
+    };
+    let state = url::Url::parse(&auth_url)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state in the link");
+    // The replica had the state before the link was issued (read at once, no waiting).
+    let key = RedisKeys::new(ctx.id.clone()).oauth_state(&state);
+    for (node, port) in [("primary", primary), ("replica", replica)] {
+        let stored: Option<String> = topology
+            .node(port)
+            .await
+            .get(&key)
+            .await
+            .expect("GET state");
+        assert!(
+            stored.is_some(),
+            "the {node} lacks the state of an issued link"
+        );
+    }
+
+    // Without a replica to acknowledge, no link is issued: the answer is Redis being down.
+    topology.replica.kill();
+    let reply = request_link(&nats, &ns).await;
+    assert!(
+        matches!(
+            reply,
+            ConnectRequestedReply::Rejected {
+                code: ConnectRejectionCode::StateStoreUnavailable,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    worker.stop().await.expect("clean stop");
+
+    // The state store itself: the same write succeeds without WAIT, and with it is reported
+    // as not stored (and removed again).
+    let conn = connect(&topology.redis_settings(), LIMIT)
+        .await
+        .expect("primary");
+    let keys = RedisKeys::new(ctx.id.clone());
+    let mut env = service_kit::Env::from_pairs(Vec::<(String, String)>::new());
+    let limits = service_kit::rate_limit::ConnectLimits::from_env(&mut env);
+    let store = |replicas| {
+        StateStore::new(
+            conn.clone(),
+            keys.clone(),
+            Duration::from_secs(600),
+            limits.clone(),
+            Duration::from_secs(2),
+        )
+        .waiting_for_replicas(replicas)
+    };
+    let attempt = PendingAttempt {
+        subaccount_id: SubaccountId::parse(SUBACCOUNT).expect("id"),
+        user_email: UserEmail::parse("user@example.com").expect("email"),
+        pkce_verifier: "v".repeat(43),
+        correlation_id: uuid::Uuid::now_v7(),
+        issued_at: chrono::Utc::now(),
+        traceparent: None,
+        expires_at: None,
+        auth_url: None,
+        tenant_name: None,
+    };
+    assert_eq!(
+        store(0)
+            .put("unreplicated-ok", &attempt, false)
+            .await
+            .expect("stored"),
+        Put::Stored
+    );
+    let refused = store(1).put("unreplicated", &attempt, false).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StateStoreError::NotReplicated {
+                wanted: 1,
+                acked: 0
+            })
+        ),
+        "{refused:?}"
+    );
+    let left: Option<String> = topology
+        .node(primary)
+        .await
+        .get(keys.oauth_state("unreplicated"))
+        .await
+        .expect("GET");
+    assert_eq!(left, None, "a state reported as not stored stayed");
 }
