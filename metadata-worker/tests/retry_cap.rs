@@ -7,7 +7,6 @@ use std::time::Duration;
 use e2e::TestContext;
 use metadata_worker::webhooks::retry_cap::{RetryCap, Wait};
 use schemas::SubaccountId;
-use service_kit::config::RedisUrl;
 use service_kit::consumer::{ConsumerSpec, Delivery};
 use service_kit::redis::RedisKeys;
 
@@ -41,20 +40,16 @@ fn tenant(id: &str) -> SubaccountId {
 
 struct Fixture {
     cap: RetryCap,
-    redis: redis::aio::ConnectionManager,
+    redis: service_kit::redis::RedisConnection,
     keys: RedisKeys,
 }
 
 impl Fixture {
     async fn new(cap: u32, spec: ConsumerSpec) -> Self {
         let ctx = TestContext::new();
-        let redis = service_kit::redis::connect(
-            &RedisUrl(ctx.redis_url.clone()),
-            &ctx.common(&[]).redis_tls,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("redis");
+        let redis = service_kit::redis::connect(&ctx.common(&[]).redis, Duration::from_secs(10))
+            .await
+            .expect("redis");
         let keys = RedisKeys::new(ctx.id.clone());
         Self {
             cap: RetryCap::new(redis.clone(), keys.clone(), cap, spec),

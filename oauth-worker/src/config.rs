@@ -20,6 +20,8 @@ pub struct OAuthWorkerConfig {
     pub provider: ProviderConfig,
     /// How long an authorization link (its state and PKCE verifier) stays usable.
     pub state_ttl: Duration,
+    /// Replicas that must have an OAuth state before its link is issued (`WAIT`); 0: none.
+    pub wait_replicas: u32,
     /// Where the callback sends the browser (`?status=success|error`) instead of showing its
     /// own page; `None`: the worker's page.
     pub frontend_redirect_url: Option<url::Url>,
@@ -311,6 +313,14 @@ impl ServiceConfig for OAuthWorkerConfig {
         if state_ttl < Duration::from_secs(60) || state_ttl > Duration::from_secs(24 * 3600) {
             env.problem("OAUTH_STATE_TTL", "must be between 1m and 24h");
         }
+        let wait_replicas: u32 = env.value(
+            "REDIS_WAIT_REPLICAS",
+            "0",
+            "Redis replicas that must have an OAuth state before its link is issued (Redis WAIT, up to 1s); when fewer acknowledge it, the connect request answers 503 state_store_unavailable. 0: issued once the primary has it, and a failover to a replica that had not received it yet makes the link answer \"expired\". Behind Sentinel with one replica: 1.",
+        );
+        if wait_replicas > 10 {
+            env.problem("REDIS_WAIT_REPLICAS", "must be between 0 and 10");
+        }
         let disconnect_max_deliver: i64 = env.value(
             "DISCONNECT_MAX_DELIVER",
             "40",
@@ -341,6 +351,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             http_reuse_port,
             provider,
             state_ttl,
+            wait_replicas,
             frontend_redirect_url,
             vault,
             access_token_margin,

@@ -75,7 +75,8 @@ pub async fn run(
         config.state_ttl,
         config.connect_limits.clone(),
         config.limiter_timeout,
-    );
+    )
+    .waiting_for_replicas(config.wait_replicas);
     let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));
     let (outbox, relay) = Outbox::new(infra.clone(), tokens.clone());
     let relay = tokio::spawn(relay.run(shutdown.clone()));

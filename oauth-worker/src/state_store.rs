@@ -8,17 +8,21 @@
 //! subaccount's live states, and only when all allow does it store the state, charge the
 //! rates and add the state to the subaccount's live set. So a refused request stores nothing
 //! and charges nothing, and no replica can race another past a limit.
+//!
+//! Redis replicates asynchronously: a failover to a replica keeps only what reached it, and a
+//! state lost that way makes a link already mailed answer "expired". With
+//! `REDIS_WAIT_REPLICAS` > 0 a stored state is followed by `WAIT`, and the link is issued only
+//! if that many replicas acknowledged it ([`StateStore::waiting_for_replicas`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use schemas::events::ConnectLimit;
 use schemas::{DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use service_kit::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
-use service_kit::redis::RedisKeys;
+use service_kit::redis::{DedicatedConnection, RedisConnection, RedisKeys};
 use uuid::Uuid;
 
 /// What the callback needs to finish an attempt. Holds the PKCE verifier: a secret, so it has
@@ -64,13 +68,15 @@ impl std::fmt::Debug for PendingAttempt {
 
 #[derive(Clone)]
 pub struct StateStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisKeys,
     ttl: Duration,
     limits: ConnectLimits,
     /// Bound on each Redis step, so an outage answers quickly instead of holding the caller.
     timeout: Duration,
     put_script: redis::Script,
+    /// Replicas that must acknowledge a stored state before it counts as stored.
+    wait_replicas: u32,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -79,6 +85,7 @@ impl std::fmt::Debug for StateStore {
             .field("keys", &self.keys)
             .field("ttl", &self.ttl)
             .field("limits", &self.limits)
+            .field("wait_replicas", &self.wait_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -141,11 +148,20 @@ pub enum StateStoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("state collision (a state was issued twice); refusing to overwrite")]
     Collision,
+    #[error(
+        "{acked} of the {wanted} Redis replicas REDIS_WAIT_REPLICAS asks for acknowledged the state within {WAIT_TIMEOUT:?}; not issued"
+    )]
+    NotReplicated { wanted: u32, acked: i64 },
 }
+
+/// How long `WAIT` waits for the replicas' acknowledgement. On a healthy network a replica
+/// acknowledges within a round trip; a missing replica costs each link request this long
+/// before its 503, well within the api's `CONNECT_REQUEST_TIMEOUT` (5 s by default).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl StateStore {
     pub fn new(
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: RedisKeys,
         ttl: Duration,
         limits: ConnectLimits,
@@ -158,6 +174,19 @@ impl StateStore {
             limits,
             timeout,
             put_script: redis::Script::new(&format!("{GCRA_LUA}{PUT_LUA}")),
+            wait_replicas: 0,
+        }
+    }
+
+    /// A state counts as stored only once `replicas` Redis replicas acknowledged it
+    /// (`REDIS_WAIT_REPLICAS`): each is stored on a connection of its own, then `WAIT` on that
+    /// connection (it counts the replicas that have *that connection's* writes, and blocks
+    /// the connection meanwhile, so it cannot go on the shared one). Costs a connection
+    /// set-up and a replication round trip per link.
+    pub fn waiting_for_replicas(self, replicas: u32) -> Self {
+        Self {
+            wait_replicas: replicas,
+            ..self
         }
     }
 
@@ -220,11 +249,18 @@ impl StateStore {
         for arg in rate_limit::gcra_args(&checks) {
             invocation.arg(arg);
         }
-        let mut conn = self.redis.clone();
-        let (answer, wait_micros): (i64, i64) =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| StateStoreError::Timeout(self.timeout))??;
+        let (answer, wait_micros): (i64, i64) = if self.wait_replicas == 0 {
+            let mut conn = self.redis.clone();
+            self.bounded(invocation.invoke_async(&mut conn)).await?
+        } else {
+            let mut conn = self.bounded(self.redis.dedicated()).await?;
+            let answer: (i64, i64) = self.bounded(invocation.invoke_async(&mut conn)).await?;
+            if answer.0 == 0 {
+                self.wait_for_replicas(&mut conn, state, &attempt.subaccount_id)
+                    .await?;
+            }
+            answer
+        };
         if answer == -1 {
             return Err(StateStoreError::Collision);
         }
@@ -240,6 +276,59 @@ impl StateStore {
             limit,
             retry_after: Duration::from_micros(u64::try_from(wait_micros).unwrap_or(0)),
         })
+    }
+
+    /// Waits for [`Self::waiting_for_replicas`] replicas to acknowledge what `conn` just
+    /// stored. If fewer do, the state is removed again (best effort): its link is not issued,
+    /// so it would only count against the subaccount's live states.
+    async fn wait_for_replicas(
+        &self,
+        conn: &mut DedicatedConnection,
+        state: &str,
+        subaccount: &SubaccountId,
+    ) -> Result<(), StateStoreError> {
+        let acked: i64 = tokio::time::timeout(
+            WAIT_TIMEOUT + self.timeout,
+            redis::cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(u64::try_from(WAIT_TIMEOUT.as_millis()).unwrap_or(u64::MAX))
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| StateStoreError::Timeout(WAIT_TIMEOUT + self.timeout))??;
+        if acked >= i64::from(self.wait_replicas) {
+            return Ok(());
+        }
+        let key = self.keys.oauth_state(state);
+        let removed = self
+            .bounded(
+                redis::pipe()
+                    .del(&key)
+                    .ignore()
+                    .zrem(self.keys.live_oauth_states(subaccount), &key)
+                    .ignore()
+                    .query_async::<()>(conn),
+            )
+            .await;
+        if removed.is_err() {
+            tracing::warn!(
+                "an OAuth state no replica acknowledged stays in Redis until it expires"
+            );
+        }
+        Err(StateStoreError::NotReplicated {
+            wanted: self.wait_replicas,
+            acked,
+        })
+    }
+
+    /// `step` within the state store's timeout.
+    async fn bounded<T>(
+        &self,
+        step: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StateStoreError> {
+        Ok(tokio::time::timeout(self.timeout, step)
+            .await
+            .map_err(|_| StateStoreError::Timeout(self.timeout))??)
     }
 
     /// Reads the attempt stored under `state` without consuming it: the consent page shows

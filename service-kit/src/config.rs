@@ -520,9 +520,8 @@ pub struct CommonConfig {
     pub namespace: Namespace,
     pub mongodb_uri: MongoUri,
     pub database_template: DatabaseTemplate,
-    pub redis_url: RedisUrl,
-    /// TLS of the Redis connection (`rediss://`).
-    pub redis_tls: crate::redis::RedisTls,
+    /// Where Redis is (`REDIS_URL`, or the sentinels of `REDIS_SENTINELS`) and its TLS.
+    pub redis: crate::redis::RedisSettings,
     pub redis_key_prefix: String,
     /// How long start-up keeps retrying an unreachable NATS, MongoDB or Redis before giving up.
     pub startup_timeout: Duration,
@@ -579,12 +578,7 @@ impl CommonConfig {
             "NATS server with JetStream enabled; for a cluster, a comma-separated list of seeds (`tls://n1:4222,tls://n2:4222,tls://n3:4222`): the client connects to any of them, learns the other members from the server and moves to another when its server goes away.",
         );
         let nats = crate::nats::NatsClientSettings::from_env(env, &nats_url);
-        let redis_url: RedisUrl = env.value(
-            "REDIS_URL",
-            "redis://127.0.0.1:6379",
-            "Redis server for OAuth state, token cache, locks, read caches, rate-limit budgets and webhook retry counts (every key expires).",
-        );
-        let redis_tls = crate::redis::RedisTls::from_env(env, &redis_url);
+        let redis = crate::redis::RedisSettings::from_env(env);
         let mongodb_uri: MongoUri = env.value(
             "MONGODB_URI",
             "mongodb://127.0.0.1:27017",
@@ -615,8 +609,7 @@ impl CommonConfig {
                 "gcal_{subaccountId}",
                 "Name of a tenant's database; {subaccountId} is replaced by the subaccount id.",
             ),
-            redis_url,
-            redis_tls,
+            redis,
             redis_key_prefix,
             startup_timeout: env
                 .value::<HumanDuration>(

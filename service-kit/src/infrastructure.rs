@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use redis::aio::ConnectionManager;
 use schemas::subjects::Namespace;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CommonConfig;
 use crate::mongo::TenantDatabases;
-use crate::redis::RedisKeys;
+use crate::redis::{RedisConnection, RedisKeys};
 use crate::startup::StartupError;
 
 /// A service's handles on the infrastructure. Cloning is one reference count: handlers clone
@@ -33,7 +32,7 @@ pub struct Connections {
     pub nats: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub mongo: TenantDatabases,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: RedisKeys,
     pub namespace: Namespace,
 }
@@ -85,7 +84,7 @@ impl Infrastructure {
                 service,
                 limit
             ),
-            crate::redis::connect(&config.redis_url, &config.redis_tls, limit),
+            crate::redis::connect(&config.redis, limit),
         );
         match (nats, mongo, redis) {
             (Ok(nats), Ok(mongo), Ok(redis)) => {

@@ -21,12 +21,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use schemas::events::ConnectLimit;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Env, HumanDuration};
-use crate::redis::RedisKeys;
+use crate::redis::{RedisConnection, RedisKeys};
 
 /// `N` requests per `period`: a burst of `N`, refilled evenly over `period`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +209,7 @@ pub fn decision(checks: &[Check<'_>], denied: i64, wait_micros: i64) -> Decision
 /// Checks limits in Redis, bounded by a timeout so a Redis outage never holds a request.
 #[derive(Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisKeys,
     script: redis::Script,
     timeout: Duration,
@@ -226,7 +225,7 @@ impl fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager, keys: RedisKeys, timeout: Duration) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisKeys, timeout: Duration) -> Self {
         Self {
             redis,
             keys,

@@ -1,5 +1,9 @@
-//! Redis: the connection manager (one multiplexed connection that reconnects by itself) and
-//! every key name the services use, in one place.
+//! Redis: the connection (one multiplexed connection that reconnects by itself, see
+//! [`RedisConnection`]) and every key name the services use, in one place.
+//!
+//! The server is `REDIS_URL`'s, or with `REDIS_SENTINELS` the primary the sentinels name,
+//! found again after a failover ([`RedisSettings`]; what each use loses on a failover is in
+//! the operator guide's "Scaling out").
 //!
 //! Redis holds OAuth state, cached access tokens, refresh locks, read caches, rate-limit budgets
 //! and the count of webhook deliveries awaiting a retry. Every key is written with an expiry.
@@ -7,103 +11,70 @@
 //! answer "expired", so Redis must persist it (the local run and compose use an append-only
 //! file fsynced before each answer; see the operator guide's "Scaling out").
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use schemas::SubaccountId;
 
-use crate::config::{Env, RedisUrl};
 use crate::startup::{Dependency, StartupError, retry_for};
+
+mod connection;
+mod sentinel;
+mod settings;
+
+pub use connection::{DedicatedConnection, RedisConnection};
+pub use sentinel::calls_for_new_primary;
+pub use settings::{RedisSettings, RedisTls, SentinelSettings};
 
 const REDIS: Dependency = Dependency {
     setting: "REDIS_URL",
     what: "Redis",
 };
 
-/// How the Redis connection is protected: `rediss://` in `REDIS_URL` means TLS, verified
-/// against the system's roots or, when set, the CA in `REDIS_TLS_CA_FILE`. Plaintext
-/// (`redis://`) to a server that is not on loopback is refused at start-up unless
-/// `REDIS_ALLOW_PLAINTEXT=true` says the network is private.
-#[derive(Debug, Clone, Default)]
-pub struct RedisTls {
-    pub ca_file: Option<PathBuf>,
-}
+const REDIS_SENTINEL: Dependency = Dependency {
+    setting: "REDIS_SENTINELS",
+    what: "the Redis primary (through Sentinel)",
+};
 
-impl RedisTls {
-    /// Reads the TLS settings and checks `url` against them.
-    pub fn from_env(env: &mut Env, url: &RedisUrl) -> Self {
-        let tls = Self {
-            ca_file: env.optional(
-                "REDIS_TLS_CA_FILE",
-                "PEM file of the CA that signs the Redis server's certificate (with a rediss:// REDIS_URL); unset, the system's roots are trusted.",
-            ),
-        };
-        let allow_plaintext: bool = env.value(
-            "REDIS_ALLOW_PLAINTEXT",
-            "false",
-            "`true` allows a plaintext redis:// connection to a server that is not on loopback (a private network you trust). `false`: such a REDIS_URL is refused at start-up; use rediss://.",
-        );
-        let tls_url = url.0.starts_with("rediss://");
-        if tls.ca_file.is_some() && !tls_url {
-            env.problem("REDIS_TLS_CA_FILE", "needs a rediss:// REDIS_URL");
-        }
-        if !tls_url && !allow_plaintext && !is_loopback(&url.0) {
-            env.problem(
-                "REDIS_URL",
-                "a Redis server that is not on loopback needs TLS (rediss://); REDIS_ALLOW_PLAINTEXT=true allows plaintext on a private network",
-            );
-        }
-        tls
-    }
+/// Bounds on connecting and on each answer: a Redis that hangs fails the command instead of
+/// holding its caller.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-    fn client(&self, url: &RedisUrl) -> Result<redis::Client, StartupError> {
-        let misconfigured = |setting, cause: String| StartupError::Misconfigured { setting, cause };
-        match &self.ca_file {
-            None => redis::Client::open(url.0.as_str())
-                .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind()))),
-            Some(path) => {
-                let root = std::fs::read(path).map_err(|e| {
-                    misconfigured("REDIS_TLS_CA_FILE", format!("cannot be read: {e}"))
-                })?;
-                redis::Client::build_with_tls(
-                    url.0.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root),
-                    },
-                )
-                .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind())))
-            }
-        }
-    }
-}
-
-/// Whether the URL's host is loopback by its address (or is `localhost`); a Unix socket is.
-fn is_loopback(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
-    if parsed.scheme().starts_with("redis+unix") || parsed.scheme() == "unix" {
-        return true;
-    }
-    // `redis` is not a special scheme to the URL parser: an IPv4 host comes as a domain, which
-    // the shared check parses again.
-    parsed
-        .host_str()
-        .is_some_and(crate::exposure::is_loopback_host)
-}
-
-/// Connects, retrying for at most `limit`, and proves the connection with a `PING`.
+/// Connects — to `REDIS_URL`'s server, or to the primary the sentinels name — retrying for at
+/// most `limit`, and proves the connection with a `PING`.
 pub async fn connect(
-    url: &RedisUrl,
-    tls: &RedisTls,
+    settings: &RedisSettings,
     limit: Duration,
-) -> Result<ConnectionManager, StartupError> {
-    let client = tls.client(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
+) -> Result<RedisConnection, StartupError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let Some(sentinel) = &settings.sentinel else {
+        return connect_direct(settings, config, limit).await;
+    };
+    let conn = RedisConnection::sentinel(sentinel::SentinelConnection::new(
+        settings, sentinel, config,
+    )?);
+    // The first PING makes the first lookup; a failed one is tried again.
+    retry_for(limit, REDIS_SENTINEL, || {
+        let mut conn = conn.clone();
+        async move { ping(&mut conn).await }
+    })
+    .await?;
+    Ok(conn)
+}
+
+async fn connect_direct(
+    settings: &RedisSettings,
+    config: AsyncConnectionConfig,
+    limit: Duration,
+) -> Result<RedisConnection, StartupError> {
+    let client = direct_client(settings)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_max_delay(Duration::from_secs(2));
     // Probe with plain connections first: the manager retries its first connection by itself,
     // which would hide the real error behind our own deadline.
@@ -115,12 +86,35 @@ pub async fn connect(
         }
     })
     .await?;
-    ConnectionManager::new_with_config(client, config)
+    ConnectionManager::new_with_config(client.clone(), manager_config)
         .await
+        .map(|manager| RedisConnection::direct(manager, client, config))
         .map_err(|e| REDIS.unreachable(limit, e.to_string()))
 }
 
-pub async fn ping(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+/// The client of `REDIS_URL`'s server, trusting `REDIS_TLS_CA_FILE` when set.
+fn direct_client(settings: &RedisSettings) -> Result<redis::Client, StartupError> {
+    let misconfigured = |setting, cause: String| StartupError::Misconfigured { setting, cause };
+    let url = settings.url.0.as_str();
+    match &settings.tls.ca_file {
+        None => redis::Client::open(url)
+            .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind()))),
+        Some(path) => {
+            let root = std::fs::read(path)
+                .map_err(|e| misconfigured("REDIS_TLS_CA_FILE", format!("cannot be read: {e}")))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            )
+            .map_err(|e| misconfigured("REDIS_URL", format!("cannot be used: {:?}", e.kind())))
+        }
+    }
+}
+
+pub async fn ping(conn: &mut RedisConnection) -> redis::RedisResult<()> {
     redis::cmd("PING")
         .query_async::<String>(conn)
         .await
@@ -211,7 +205,7 @@ const CACHE_VERSION_TTL_MS: i64 = 3_600_000;
 /// counter, then deletes `keys`, in one transaction. A read that began before (and so may hold
 /// the old document) then cannot put it back (see [`fill_connector_cache`]).
 pub async fn invalidate_connector_caches(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
     keys: &[String],
 ) -> redis::RedisResult<()> {
@@ -229,7 +223,7 @@ pub async fn invalidate_connector_caches(
 
 /// The invalidation counter a read notes before it reads MongoDB (`"0"` before the first).
 pub async fn connector_cache_version(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
 ) -> redis::RedisResult<String> {
     let version: Option<String> = redis::cmd("GET")
@@ -243,7 +237,7 @@ pub async fn connector_cache_version(
 /// invalidated since the read noted `version`: cache-aside without the race in which a slow
 /// read puts back the document a concurrent write just replaced.
 pub async fn fill_connector_cache(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     version_key: &str,
     version: &str,
     key: &str,

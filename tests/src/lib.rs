@@ -11,6 +11,8 @@
 //! - [`jwt`]: mints user JWTs for tests that call the api.
 //! - [`nats_auth`]: the NATS operator, TLS and per-test credentials every test server runs with.
 //! - [`stream`]: reads what a JetStream stream holds.
+//! - [`redis_sentinel`]: Redis behind Sentinel (a primary, a replica, three sentinels), every
+//!   process killable.
 //! - [`cluster`]: the cluster shape (three NATS nodes, two replicas of every service), every
 //!   process killable; [`chaos`]: the chaos run on it (tests/tests/chaos.rs).
 //!
@@ -25,6 +27,7 @@ pub mod jwt;
 pub mod nats_auth;
 pub mod pki;
 pub mod process;
+pub mod redis_sentinel;
 pub mod servers;
 pub mod service;
 pub mod shared;

@@ -211,6 +211,24 @@ impl RedisServer {
         ])
     }
 
+    /// A replica of `primary` (`--replicaof`), without persistence, like [`Self::start`].
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        Self::start_with(&[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+        ])
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+
+    /// Kills it (SIGKILL, as a crash) and leaves it down; [`Self::restart`] starts it again.
+    pub fn kill(&mut self) {
+        self.0.crash();
+    }
+
     fn tls(extra: &[String]) -> bool {
         extra.iter().any(|a| a == "--tls-cert-file")
     }

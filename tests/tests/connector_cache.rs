@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use schemas::SubaccountId;
-use service_kit::config::RedisUrl;
 use service_kit::redis::{
     RedisKeys, connect, connector_cache_version, fill_connector_cache, invalidate_connector_caches,
 };
@@ -14,13 +13,9 @@ use service_kit::redis::{
 #[tokio::test]
 async fn a_read_older_than_an_invalidation_does_not_fill_the_cache() {
     let ctx = e2e::TestContext::new();
-    let mut redis = connect(
-        &RedisUrl(ctx.redis_url.clone()),
-        &ctx.common(&[]).redis_tls,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("redis");
+    let mut redis = connect(&ctx.common(&[]).redis, Duration::from_secs(10))
+        .await
+        .expect("redis");
     let keys = RedisKeys::new(ctx.id.clone());
     let subaccount = SubaccountId::parse("68cf05f060d294db17c06801").expect("id");
     let version_key = keys.connector_cache_version(&subaccount);

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use e2e::pki::TestPki;
 use e2e::servers::RedisServer;
-use service_kit::config::{Env, RedisUrl};
-use service_kit::redis::{RedisTls, connect};
+use service_kit::config::Env;
+use service_kit::redis::{RedisSettings, connect};
 
 const LIMIT: Duration = Duration::from_secs(2);
 
-fn settings(pairs: &[(&str, &str)]) -> Result<(RedisUrl, RedisTls), String> {
+fn settings(pairs: &[(&str, &str)]) -> Result<RedisSettings, String> {
     let mut env = Env::from_pairs(pairs.iter().copied());
-    let url: RedisUrl = env.value("REDIS_URL", "redis://127.0.0.1:6379", "test");
-    let tls = RedisTls::from_env(&mut env, &url);
-    env.finish().map(|()| (url, tls)).map_err(|e| e.to_string())
+    let settings = RedisSettings::from_env(&mut env);
+    env.finish().map(|()| settings).map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -27,26 +26,26 @@ async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_without_it() 
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 
-    let (url_setting, tls) = settings(&[
+    let with_ca = settings(&[
         ("REDIS_URL", url.as_str()),
         ("REDIS_TLS_CA_FILE", ca.as_str()),
     ])
     .expect("valid settings");
-    let mut conn = connect(&url_setting, &tls, LIMIT)
+    let mut conn = connect(&with_ca, LIMIT)
         .await
         .expect("TLS with the configured CA connects");
     service_kit::redis::ping(&mut conn).await.expect("PING");
 
     // The system's roots do not know the test CA.
-    let (url_setting, tls) = settings(&[("REDIS_URL", url.as_str())]).expect("valid settings");
+    let system_roots = settings(&[("REDIS_URL", url.as_str())]).expect("valid settings");
     assert!(
-        connect(&url_setting, &tls, LIMIT).await.is_err(),
+        connect(&system_roots, LIMIT).await.is_err(),
         "a server certificate from an unknown CA was trusted"
     );
     // Plaintext to a TLS-only server does not get through either.
     let plain = url.replacen("rediss://", "redis://", 1);
-    let (url_setting, tls) = settings(&[("REDIS_URL", plain.as_str())]).expect("valid settings");
-    assert!(connect(&url_setting, &tls, LIMIT).await.is_err());
+    let plaintext = settings(&[("REDIS_URL", plain.as_str())]).expect("valid settings");
+    assert!(connect(&plaintext, LIMIT).await.is_err());
 }
 
 #[test]

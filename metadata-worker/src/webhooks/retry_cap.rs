@@ -18,11 +18,10 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use schemas::SubaccountId;
 use service_kit::consumer::{ConsumerSpec, Delivery};
 use service_kit::rate_limit::{Unavailable, within};
-use service_kit::redis::RedisKeys;
+use service_kit::redis::{RedisConnection, RedisKeys};
 
 /// The limit's name in `rate_limit_unavailable_total{limit}` and in logs.
 pub const LIMIT: &str = "webhook_retrying_per_tenant";
@@ -72,7 +71,7 @@ pub enum Wait {
 /// The cap, for one consumer (see the [module docs](self)).
 #[derive(Clone)]
 pub struct RetryCap {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: RedisKeys,
     cap: u32,
     /// The delivery consumer's settings: when a NAKed delivery is due back.
@@ -92,7 +91,7 @@ impl std::fmt::Debug for RetryCap {
 
 impl RetryCap {
     /// `cap` deliveries per subaccount of the consumer `spec` describes.
-    pub fn new(redis: ConnectionManager, keys: RedisKeys, cap: u32, spec: ConsumerSpec) -> Self {
+    pub fn new(redis: RedisConnection, keys: RedisKeys, cap: u32, spec: ConsumerSpec) -> Self {
         Self {
             redis,
             keys,
