@@ -1,5 +1,12 @@
 //! Applies one connection event: the conditional write (retried in-process with jittered
-//! backoff when MongoDB fails transiently), then the api's connector caches are invalidated.
+//! backoff when MongoDB fails transiently), then the api's connector caches are invalidated,
+//! then the event is announced to the subaccount's webhooks ([`FanOut`]), so each event is
+//! delivered to this worker once for both.
+//!
+//! - The fan-out failing (MongoDB or JetStream) → retryable: redelivered; the write is
+//!   conditional and the delivery requests are deduplicated by JetStream, so nothing doubles.
+//! - The connector missing: announced to webhooks all the same (as the event happened), then
+//!   handled as below.
 //!
 //! - MongoDB unreachable or timing out after `METADATA_WRITE_ATTEMPTS` tries → retryable: the
 //!   runner NAKs with `METADATA_RETRY_DELAYS` until `METADATA_MAX_DELIVER`, then parks it.
@@ -24,6 +31,7 @@ use tokio::sync::Mutex;
 
 use crate::events::{ConnectionEvent, ConnectionEvents};
 use crate::metadata::{self, Applied};
+use crate::webhooks::fan_out::FanOut;
 
 /// Locks per replica; events of subaccounts that hash alike wait for each other briefly.
 const STRIPES: usize = 256;
@@ -35,6 +43,7 @@ pub struct ConnectionEventHandler {
     pub infra: Infrastructure,
     pub missing_connector_deliveries: i64,
     pub write_attempts: usize,
+    fan_out: FanOut,
     stripes: Vec<Arc<Mutex<()>>>,
 }
 
@@ -45,6 +54,9 @@ impl ConnectionEventHandler {
         write_attempts: usize,
     ) -> Self {
         Self {
+            fan_out: FanOut {
+                infra: infra.clone(),
+            },
             infra,
             missing_connector_deliveries,
             write_attempts,
@@ -114,6 +126,7 @@ impl EventHandler<ConnectionEvents> for ConnectionEventHandler {
             .write(&event)
             .await
             .map_err(|error| HandlerError::Retryable(format!("MongoDB write failed: {error}")))?;
+        self.fan_out.announce(&event).await?;
         match applied {
             Applied::Written => {
                 self.invalidate_caches(&subaccount).await;

@@ -9,6 +9,8 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
+
 use schemas::events::WebhookDeliveryRequested;
 use schemas::subjects::{
     METADATA_CONSUMER, Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER,
@@ -23,7 +25,7 @@ use crate::events::ConnectionEvents;
 use crate::handler::ConnectionEventHandler;
 use crate::webhooks::WebhookConfig;
 use crate::webhooks::delivery::DeliveryHandler;
-use crate::webhooks::fan_out::FanOutHandler;
+use crate::webhooks::fan_out::FanOut;
 use crate::webhooks::retry_cap::RetryCap;
 
 /// How long JetStream waits for an ack before redelivering; the runner signals progress while
@@ -101,24 +103,16 @@ fn consumer_spec(config: &MetadataWorkerConfig, ns: &Namespace) -> ConsumerSpec 
     }
 }
 
-/// The two webhook consumers (see [`webhooks`]): the fan-out reads the same connection events
-/// as the metadata writer under its own durable name, the delivery reads the requests the
-/// fan-out publishes.
+/// The webhook delivery consumer (see [`webhooks`]), which reads the requests the metadata
+/// writer's fan-out publishes, and the retired `webhook-fan-out` consumer while a deployment
+/// still has it.
 async fn webhook_consumers(
     config: &MetadataWorkerConfig,
     infra: &Infrastructure,
 ) -> Result<Vec<Consumer>, StartupError> {
     let webhooks = &config.webhooks;
     let ns = &infra.namespace;
-    // The same events and retry settings as the metadata writer, under its own durable name.
-    let fan_out_spec = ConsumerSpec {
-        durable: WEBHOOK_FAN_OUT_CONSUMER,
-        ..consumer_spec(config, ns)
-    };
     let (delivery_spec, delivery_fairness) = delivery_spec(webhooks, ns);
-    let fan_out = infra
-        .ensure_consumer(&fan_out_spec, config.common.startup_timeout)
-        .await?;
     let delivery = infra
         .ensure_consumer(&delivery_spec, config.common.startup_timeout)
         .await?;
@@ -135,14 +129,7 @@ async fn webhook_consumers(
                 cause: format!("cannot build the webhook HTTP client: {e}"),
             }
         })?;
-    Ok(vec![
-        Consumer::new::<ConnectionEvents, _>(
-            fan_out,
-            fan_out_spec,
-            Arc::new(FanOutHandler {
-                infra: infra.clone(),
-            }),
-        ),
+    let mut consumers = vec![
         // Every tenant's receivers share the POST slots: one tenant's burst or slow receivers
         // must not hold back everyone else's webhooks.
         Consumer::fair::<WebhookDeliveryRequested, _>(
@@ -151,7 +138,42 @@ async fn webhook_consumers(
             delivery_fairness,
             Arc::new(deliverer),
         ),
-    ])
+    ];
+    if let Some(retired) = retired_fan_out(infra).await {
+        let spec = ConsumerSpec {
+            durable: WEBHOOK_FAN_OUT_CONSUMER,
+            ..consumer_spec(config, ns)
+        };
+        consumers.push(Consumer::new::<ConnectionEvents, _>(
+            retired,
+            spec,
+            Arc::new(FanOut {
+                infra: infra.clone(),
+            }),
+        ));
+    }
+    Ok(consumers)
+}
+
+/// The `webhook-fan-out` consumer of the versions that announced events to webhooks from a
+/// durable consumer of their own, if it still exists: it may hold events the metadata writer
+/// acknowledged before the upgrade and it did not announce yet, so it is served (never
+/// created) until an operator deletes it. Announcing an event twice requests nothing twice.
+async fn retired_fan_out(infra: &Infrastructure) -> Option<jetstream::consumer::PullConsumer> {
+    let stream = infra
+        .jetstream
+        .get_stream(infra.namespace.events_stream())
+        .await
+        .ok()?;
+    let consumer = stream
+        .get_consumer::<jetstream::consumer::pull::Config>(WEBHOOK_FAN_OUT_CONSUMER)
+        .await
+        .ok()?;
+    tracing::warn!(
+        consumer = WEBHOOK_FAN_OUT_CONSUMER,
+        "the retired webhook fan-out consumer still exists and is served; once its pending count is 0 on every replica's version, delete it (operator guide, \"Upgrading\")"
+    );
+    Some(consumer)
 }
 
 /// The webhook delivery consumer's settings, and how it shares the POST slots between tenants.

@@ -22,7 +22,9 @@ use ops::Parser as _;
 use schemas::events::{
     ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
 };
-use schemas::subjects::{Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER, headers};
+use schemas::subjects::{
+    METADATA_CONSUMER, Namespace, WEBHOOK_DELIVERY_CONSUMER, WEBHOOK_FAN_OUT_CONSUMER, headers,
+};
 use schemas::{Envelope, StreamEvent, SubaccountId};
 use serde_json::{Value, json};
 use service_kit::Env;
@@ -252,15 +254,21 @@ impl Stack {
             .expect("published");
     }
 
-    /// Waits until both webhook consumers have nothing pending or unacknowledged.
+    /// Waits until the connection-event consumer (which announces to webhooks) and the
+    /// delivery consumer have nothing pending or unacknowledged.
     async fn drained(&self) {
+        self.drained_of(&[METADATA_CONSUMER, WEBHOOK_DELIVERY_CONSUMER])
+            .await;
+    }
+
+    async fn drained_of(&self, durables: &[&str]) {
         let js = jetstream::new(self.ctx().nats().await);
         let stream = js
             .get_stream(self.api.namespace.events_stream())
             .await
             .expect("events stream");
-        eventually("the webhook consumers to drain", || async {
-            for durable in [WEBHOOK_FAN_OUT_CONSUMER, WEBHOOK_DELIVERY_CONSUMER] {
+        eventually("the consumers to drain", || async {
+            for &durable in durables {
                 let consumer = stream
                     .get_consumer::<jetstream::consumer::pull::Config>(durable)
                     .await
@@ -506,6 +514,55 @@ async fn connection_events_arrive_signed_and_verify_with_the_readme_recipe() {
     stack.publish(&succeeded("other@gmail.com")).await;
     stack.drained().await;
     assert_eq!(receiver.received().len(), 3);
+}
+
+/// A deployment upgraded from the versions with a `webhook-fan-out` consumer of its own: the
+/// consumer is served until an operator deletes it, and an event both it and the metadata
+/// writer announce is delivered once.
+#[tokio::test]
+async fn a_retired_fan_out_consumer_is_still_served_and_nothing_is_sent_twice() {
+    let ctx = TestContext::new();
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let js = jetstream::new(ctx.nats().await);
+    service_kit::nats::ensure_streams(&js, &ns, &ctx.common(&[]).streams)
+        .await
+        .expect("streams");
+    let retired = service_kit::consumer::ConsumerSpec {
+        durable: WEBHOOK_FAN_OUT_CONSUMER,
+        filter_subject: ns.connection_events_filter(),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 5,
+        max_ack_pending: 256,
+        concurrency: 4,
+        retry_delays: vec![Duration::from_millis(200)],
+    };
+    service_kit::consumer::ensure_consumer(&js, &ns, &retired)
+        .await
+        .expect("the retired consumer, as an older version left it");
+
+    let stack = Stack::start_in(ctx, &[]).await;
+    let receiver = Receiver::start(&[], 200).await;
+    stack.register(&receiver.url).await;
+    let event = succeeded("retired@gmail.com");
+    stack.publish(&event).await;
+    eventually("the event delivered", || async {
+        (!receiver.accepted().is_empty()).then_some(())
+    })
+    .await;
+    stack
+        .drained_of(&[
+            METADATA_CONSUMER,
+            WEBHOOK_FAN_OUT_CONSUMER,
+            WEBHOOK_DELIVERY_CONSUMER,
+        ])
+        .await;
+    let accepted = receiver.accepted();
+    assert_eq!(
+        accepted.len(),
+        1,
+        "announced twice, delivered once: {accepted:?}"
+    );
+    assert_eq!(accepted[0].header("Gcal-Webhook-Id"), event.id.to_string());
 }
 
 #[tokio::test]

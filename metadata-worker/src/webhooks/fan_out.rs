@@ -1,10 +1,16 @@
-//! `webhook-fan-out`: for each connection event, one `webhook-delivery-requested` event per
-//! enabled endpoint of the subaccount subscribed to the event's type.
+//! The fan-out: for each connection event, one `webhook-delivery-requested` event per enabled
+//! endpoint of the subaccount subscribed to the event's type. The metadata writer calls it for
+//! every event it handles (one durable consumer reads each connection event once).
 //!
-//! The requests are published with the `Nats-Msg-Id` `<event id>.<endpoint id>`: when this
-//! consumer is redelivered an event (a MongoDB or NATS hiccup half-way through the endpoints),
-//! JetStream drops the requests it already stored (within `EVENTS_DUPLICATE_WINDOW`; past it,
-//! the deliverer still sends an event to an endpoint once, see `delivery`).
+//! The requests are published with the `Nats-Msg-Id` `<event id>.<endpoint id>`: when an event
+//! is redelivered (a MongoDB or NATS hiccup half-way through the endpoints), JetStream drops
+//! the requests it already stored (within `EVENTS_DUPLICATE_WINDOW`; past it, the deliverer
+//! still sends an event to an endpoint once, see `delivery`).
+//!
+//! Until this version the fan-out was a durable consumer of its own, `webhook-fan-out`. A
+//! deployment that still has it is served as before ([`FanOut`] is also its handler), so the
+//! events it holds are announced; once its pending count is 0 the operator deletes it (see the
+//! operator guide, "Upgrading").
 
 use schemas::events::{WebhookDeliveryRequested, WebhookEvent};
 use schemas::{Envelope, Event};
@@ -14,8 +20,8 @@ use service_kit::consumer::{Delivery, EventHandler, HandlerError};
 use super::store;
 use crate::events::{ConnectionEvent, ConnectionEvents};
 
-#[derive(Debug)]
-pub struct FanOutHandler {
+#[derive(Debug, Clone)]
+pub struct FanOut {
     pub infra: Infrastructure,
 }
 
@@ -31,13 +37,10 @@ fn webhook_event<P: Event>(event: &Envelope<P>) -> Result<WebhookEvent, HandlerE
     })
 }
 
-impl EventHandler<ConnectionEvents> for FanOutHandler {
-    async fn handle(
-        &self,
-        event: ConnectionEvent,
-        _delivery: Delivery,
-    ) -> Result<(), HandlerError> {
-        let (announced, correlation_id) = match &event {
+impl FanOut {
+    /// Requests a delivery of `event` for each subscribed endpoint; how many.
+    pub async fn announce(&self, event: &ConnectionEvent) -> Result<usize, HandlerError> {
+        let (announced, correlation_id) = match event {
             ConnectionEvent::Succeeded(e) => (webhook_event(e)?, e.correlation_id),
             ConnectionEvent::Failed(e) => (webhook_event(e)?, e.correlation_id),
             ConnectionEvent::Disconnected(e) => (webhook_event(e)?, e.correlation_id),
@@ -68,6 +71,17 @@ impl EventHandler<ConnectionEvents> for FanOutHandler {
         if !endpoints.is_empty() {
             tracing::info!(endpoints = endpoints.len(), "webhook deliveries requested");
         }
-        Ok(())
+        Ok(endpoints.len())
+    }
+}
+
+/// The retired `webhook-fan-out` consumer's handler, while a deployment still has it.
+impl EventHandler<ConnectionEvents> for FanOut {
+    async fn handle(
+        &self,
+        event: ConnectionEvent,
+        _delivery: Delivery,
+    ) -> Result<(), HandlerError> {
+        self.announce(&event).await.map(|_| ())
     }
 }

@@ -1,10 +1,10 @@
-//! Signed webhook notifications, as two more durable consumers of this worker (the connection
-//! events already flow here; a separate worker would only add a process to run):
+//! Signed webhook notifications, in this worker (the connection events already flow here; a
+//! separate worker would only add a process to run):
 //!
-//! - [`fan_out`] (`webhook-fan-out`) reads the same connection events as the metadata writer
-//!   and, for each, publishes one `webhook-delivery-requested` event per enabled endpoint of
-//!   the subaccount subscribed to its type (`Nats-Msg-Id` `<event id>.<endpoint id>`, so a
-//!   redelivered fan-out requests nothing twice);
+//! - [`fan_out`]: the metadata writer, for each connection event it handles, publishes one
+//!   `webhook-delivery-requested` event per enabled endpoint of the subaccount subscribed to
+//!   its type (`Nats-Msg-Id` `<event id>.<endpoint id>`, so a redelivered event requests
+//!   nothing twice);
 //! - [`delivery`] (`webhook-delivery`) POSTs each requested webhook, signed ([`signature`]),
 //!   to a target the policy allows (`service_kit::webhook::TargetPolicy`, with a DNS resolver
 //!   that drops refused addresses), records every attempt in the tenant's
