@@ -1,7 +1,7 @@
 //! Applies one connection event: the conditional write (retried in-process with jittered
-//! backoff when MongoDB fails transiently), then the api's connector caches are invalidated,
-//! then the event is announced to the subaccount's webhooks ([`FanOut`]), so each event is
-//! delivered to this worker once for both.
+//! backoff when MongoDB fails transiently), then the announcement to the subaccount's webhooks
+//! ([`FanOut`]), then the api's connector caches are invalidated; each event is delivered to
+//! this worker once for all of it.
 //!
 //! - The fan-out failing (MongoDB or JetStream) → retryable: redelivered; the write is
 //!   conditional and the delivery requests are deduplicated by JetStream, so nothing doubles.
