@@ -16,7 +16,7 @@
 //!
 //! 64 concurrent keep-alive clients; each phase runs `BENCH_SECONDS` (default 10) after a
 //! 2-second warm-up; floor and stack alternate so drift hits both. Prints req/s, p50/p99, the
-//! ratio to the floor, and each service's peak RSS (VmHWM).
+//! ratio to the floor, and each service's peak RSS (VmHWM) and its memory at the end.
 //!
 //! Run: `cargo bench -p e2e --bench connect` (builds the release binaries first).
 
@@ -46,7 +46,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod support;
 
-use support::{build_release_binaries, cpu_seconds, peak_rss_kib, spawn, wait_ready};
+use support::{build_release_binaries, cpu_seconds, spawn, wait_ready};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -291,7 +291,14 @@ async fn bench() {
         println!();
     }
     println!();
-    println!("peak RSS (VmHWM) during the run:");
+    println!(
+        "memory, MiB: peak RSS (VmHWM) during the run; RSS at the end and its anonymous, file-backed and transparent-huge-page parts:"
+    );
+    println!(
+        "  {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "", "peak", "RSS", "anon", "file", "anonTHP"
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
     for (child, name) in processes.iter().zip([
         "dev-smtp-sink",
         "api",
@@ -299,9 +306,14 @@ async fn bench() {
         "metadata-worker",
         "mailer-worker",
     ]) {
+        let memory = support::Memory::read(child.id());
         println!(
-            "  {name:<16} {:>8.1} MiB",
-            peak_rss_kib(child.id()) as f64 / 1024.0
+            "  {name:<16} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            mib(memory.hwm),
+            mib(memory.rss),
+            mib(memory.anon),
+            mib(memory.file),
+            mib(memory.anon_huge)
         );
     }
     for mut child in processes.into_iter().chain(floor_processes) {

@@ -11,7 +11,12 @@ use axum::http::StatusCode;
 /// Builds the services as release binaries in a target directory of their own: `cargo bench`
 /// resolves features with the e2e crate's dev-dependencies, a plain build without them, and
 /// sharing one directory would rebuild half the dependency tree on every run.
+/// `BENCH_SERVICES_DIR` names a directory of binaries built otherwise (another profile, another
+/// commit) to run instead, without building.
 pub fn build_release_binaries() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BENCH_SERVICES_DIR") {
+        return PathBuf::from(dir);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -63,11 +68,25 @@ pub fn spawn(
         .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(identity.iter().map(|(k, v)| (*k, v.as_str())))
         .envs(extra.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
+        .envs(service_env())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// `BENCH_SERVICE_ENV="NAME=value NAME=value"`: settings added to every service a benchmark
+/// starts (and to the memory benchmark's floors), to compare runs: e.g.
+/// `MIMALLOC_ALLOW_THP=1`, `TOKIO_WORKER_THREADS=1`,
+/// `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`.
+pub fn service_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_SERVICE_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// A NATS client of the benchmark itself (the suite's `driver` user, over TLS): what it
@@ -134,6 +153,45 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
         .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A process's memory as /proc shows it (KiB): VmRSS and its anonymous and file-backed
+/// parts, the peak (VmHWM), transparent huge pages and Pss (smaps_rollup), and its threads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory {
+    pub rss: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub hwm: u64,
+    pub anon_huge: u64,
+    pub pss: u64,
+    pub threads: u64,
+}
+
+impl Memory {
+    pub fn read(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        Self {
+            rss: field(&status, "VmRSS:"),
+            anon: field(&status, "RssAnon:"),
+            file: field(&status, "RssFile:"),
+            hwm: field(&status, "VmHWM:"),
+            threads: field(&status, "Threads:"),
+            anon_huge: field(&rollup, "AnonHugePages:"),
+            pss: field(&rollup, "Pss:"),
+        }
+    }
+}
+
+/// The number after `name` on its line of a /proc file.
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
