@@ -275,6 +275,8 @@ async fn happy_path_exchanges_reads_identity_and_calendar_refreshes_and_revokes(
     assert_eq!(me2["sub"].as_str(), Some(sub.as_str()), "sub is stable");
     assert_eq!(fake.token_requests("authorization_code"), 1);
     assert_eq!(fake.token_requests("refresh_token"), 1);
+    assert_eq!(fake.refresh_requests_of("alice@example.com"), 1);
+    assert_eq!(fake.refresh_requests_of("nobody@example.com"), 0);
     assert_eq!(fake.issued_access_tokens(), 2);
 
     let (status, body) = revoke(&fake, &refresh_token).await;
@@ -1225,6 +1227,8 @@ async fn faults_and_state_over_http() {
         .expect("JSON");
     assert_eq!(state["tokenRequests"]["authorization_code"], 1);
     assert_eq!(state["tokenRequests"]["refresh_token"], 2);
+    // The injected failure answers before the refresh token is read: one counted refresh.
+    assert_eq!(state["refreshRequestsByAccount"]["sam@example.com"], 1);
     assert_eq!(state["issuedAccessTokens"], 2);
     assert_eq!(state["failNextTokenRequests"]["count"], 0);
     assert_eq!(state["grants"][0]["account"], "sam@example.com");

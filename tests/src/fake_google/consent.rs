@@ -59,59 +59,68 @@ impl FakeGoogle {
     /// `code`/`scope`/`state`, or `error=access_denied`/`state`. Fails if the authorization
     /// request is refused (the error page) or the decision is rejected.
     pub async fn consent(&self, auth_url: &str, decision: Decision) -> anyhow::Result<Url> {
-        let page = self
-            .http
-            .get(auth_url)
-            .send()
-            .await
-            .context("opening the consent page")?;
-        let status = page.status();
-        let html = page.text().await?;
-        anyhow::ensure!(
-            status == StatusCode::OK,
-            "the authorization request was refused ({status}): {}",
-            page_text(&html)
-        );
-        let pending = pending_id(&html).context("the consent page has no pending id")?;
-        let mut form = vec![("pending", pending)];
-        match decision {
-            Decision::Deny => form.push(("decision", "deny".to_owned())),
-            Decision::Allow { account, scopes } => {
-                if let Some(account) = account {
-                    form.push(("account", account));
-                }
-                let scopes = match scopes {
-                    Some(scopes) => scopes,
-                    None => requested_scopes(auth_url)?,
-                };
-                form.extend(scopes.into_iter().map(|scope| ("scope", scope)));
-                form.push(("decision", "allow".to_owned()));
+        consent_at(&self.http, &self.base_url, auth_url, decision).await
+    }
+}
+
+/// [`FakeGoogle::consent`] against a fake Google served at `base_url` by another process (the
+/// `fake-google` binary, as the benchmarks run it). `http` must not follow redirects.
+pub async fn consent_at(
+    http: &reqwest::Client,
+    base_url: &str,
+    auth_url: &str,
+    decision: Decision,
+) -> anyhow::Result<Url> {
+    let page = http
+        .get(auth_url)
+        .send()
+        .await
+        .context("opening the consent page")?;
+    let status = page.status();
+    let html = page.text().await?;
+    anyhow::ensure!(
+        status == StatusCode::OK,
+        "the authorization request was refused ({status}): {}",
+        page_text(&html)
+    );
+    let pending = pending_id(&html).context("the consent page has no pending id")?;
+    let mut form = vec![("pending", pending)];
+    match decision {
+        Decision::Deny => form.push(("decision", "deny".to_owned())),
+        Decision::Allow { account, scopes } => {
+            if let Some(account) = account {
+                form.push(("account", account));
             }
+            let scopes = match scopes {
+                Some(scopes) => scopes,
+                None => requested_scopes(auth_url)?,
+            };
+            form.extend(scopes.into_iter().map(|scope| ("scope", scope)));
+            form.push(("decision", "allow".to_owned()));
         }
-        let answer = self
-            .http
-            .post(format!("{}{DECISION_PATH}", self.base_url))
-            .form(&form)
-            .send()
-            .await
-            .context("posting the decision")?;
-        let status = answer.status();
-        let location = answer
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match location {
-            Some(location) if status.is_redirection() => {
-                Url::parse(&location).with_context(|| format!("redirect to {location:?}"))
-            }
-            _ => {
-                let html = answer.text().await.unwrap_or_default();
-                anyhow::bail!(
-                    "the decision was not accepted ({status}): {}",
-                    page_text(&html)
-                )
-            }
+    }
+    let answer = http
+        .post(format!("{base_url}{DECISION_PATH}"))
+        .form(&form)
+        .send()
+        .await
+        .context("posting the decision")?;
+    let status = answer.status();
+    let location = answer
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match location {
+        Some(location) if status.is_redirection() => {
+            Url::parse(&location).with_context(|| format!("redirect to {location:?}"))
+        }
+        _ => {
+            let html = answer.text().await.unwrap_or_default();
+            anyhow::bail!(
+                "the decision was not accepted ({status}): {}",
+                page_text(&html)
+            )
         }
     }
 }

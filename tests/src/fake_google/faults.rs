@@ -13,7 +13,8 @@
 //!                       "failNextRevokeRequests": {"count": 1, "status": 500},
 //!                       "accessTokenLifetimeSecs": 5,
 //!                       "revokeRefreshTokensOf": "user@example.com"}   every field optional
-//! GET  /_fake/state    the switches, request counters and grants (no token values)
+//! GET  /_fake/state    the switches, request counters (refresh requests per account too)
+//!                      and grants (no token values)
 //! ```
 
 use std::time::Duration;
@@ -165,6 +166,19 @@ impl FakeGoogle {
             .unwrap_or(0)
     }
 
+    /// How many refresh-token grants reached the token endpoint with a refresh token of
+    /// `account` (revoked ones included), whatever the answer; injected failures, which
+    /// answer before the token is read, are not counted.
+    pub fn refresh_requests_of(&self, account: &str) -> usize {
+        self.shared
+            .lock()
+            .counters
+            .refresh_requests_by_account
+            .get(&account.trim().to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// How many requests reached the revocation endpoint.
     pub fn revoke_requests(&self) -> usize {
         self.shared.lock().counters.revoke_requests
@@ -282,6 +296,8 @@ struct Snapshot {
     revoke_requests: usize,
     unauthenticated_revoke_requests: usize,
     issued_access_tokens: usize,
+    /// Refresh-token grants by the account whose refresh token they carried.
+    refresh_requests_by_account: std::collections::BTreeMap<String, usize>,
     pending_consents: usize,
     profile: &'static str,
     client_auth: Option<&'static str>,
@@ -313,6 +329,7 @@ async fn snapshot(State(shared): State<AppState>) -> Json<Snapshot> {
         revoke_requests: state.counters.revoke_requests,
         unauthenticated_revoke_requests: state.counters.revoke_requests_unauthenticated,
         issued_access_tokens: state.counters.issued_access_tokens,
+        refresh_requests_by_account: state.counters.refresh_requests_by_account.clone(),
         pending_consents: state.pending.len(),
         profile: match state.modes.profile {
             super::Profile::Google => "google",

@@ -51,7 +51,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use consent::Decision;
+pub use consent::{Decision, consent_at};
 pub use faults::FailNext;
 pub use modes::{ClientAuth, Profile};
 

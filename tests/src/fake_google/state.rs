@@ -88,6 +88,9 @@ pub(super) struct Counters {
     /// Revocation requests refused with `invalid_client`.
     pub revoke_requests_unauthenticated: usize,
     pub issued_access_tokens: usize,
+    /// Refresh-token grants per account, counted for every refresh token issued here
+    /// (revoked ones included), whatever the answer: how often the client refreshed.
+    pub refresh_requests_by_account: BTreeMap<String, usize>,
 }
 
 impl State {

@@ -276,14 +276,19 @@ fn refresh<'a>(
     let Some(refresh_token) = param("refresh_token") else {
         return invalid_request("Missing required parameter: refresh_token");
     };
-    let grant_id = state
-        .refresh_tokens
-        .get(refresh_token)
-        .copied()
-        .filter(|&id| {
-            let grant = &state.grants[id];
-            !grant.revoked && grant.client_id == config.client_id
-        });
+    let known = state.refresh_tokens.get(refresh_token).copied();
+    if let Some(id) = known {
+        let account = state.grants[id].account.clone();
+        *state
+            .counters
+            .refresh_requests_by_account
+            .entry(account)
+            .or_default() += 1;
+    }
+    let grant_id = known.filter(|&id| {
+        let grant = &state.grants[id];
+        !grant.revoked && grant.client_id == config.client_id
+    });
     let Some(grant_id) = grant_id else {
         return invalid_grant("Token has been expired or revoked.");
     };
