@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 /// Requests answered concurrently by one replica; past it, requests wait in the subscription
 /// (and other replicas of the queue group take theirs).
-const MAX_IN_FLIGHT: usize = 256;
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// Turns a request body into a reply body. Never fails: every problem is a reply the caller
 /// can map.

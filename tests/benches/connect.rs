@@ -46,7 +46,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod support;
 
-use support::{build_release_binaries, cpu_seconds, spawn, wait_ready};
+use support::{Summary, build_release_binaries, cpu_seconds, spawn, wait_ready};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -339,40 +339,6 @@ async fn wait_floor(http: &reqwest::Client, url: &str, token: &str, body: &'stat
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the floor processes do not answer on {url}");
-}
-
-/// Latencies of one phase, and how long it ran.
-struct Summary {
-    latencies: Vec<Duration>,
-    errors: usize,
-    elapsed: Duration,
-}
-
-impl Summary {
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[index]
-    }
-
-    fn merge(parts: &[Summary]) -> Summary {
-        let mut latencies: Vec<Duration> = parts
-            .iter()
-            .flat_map(|s| s.latencies.iter().copied())
-            .collect();
-        latencies.sort_unstable();
-        Summary {
-            latencies,
-            errors: parts.iter().map(|s| s.errors).sum(),
-            elapsed: parts.iter().map(|s| s.elapsed).sum(),
-        }
-    }
 }
 
 /// `CLIENTS` tasks POST in a loop: 2 s of warm-up (not counted), then `phase` measured, with

@@ -117,14 +117,176 @@ pub fn driver_settings() -> [(&'static str, String); 2] {
 
 /// Connects with `creds`, over TLS trusting `ca` unless it is empty.
 pub async fn connect_with(url: &str, creds: &str, ca: &str) -> async_nats::Client {
+    connect_with_inbox(url, creds, ca, None).await
+}
+
+/// As [`connect_with`], with replies to `inbox` (an identity's private inbox prefix) when set.
+pub async fn connect_with_inbox(
+    url: &str,
+    creds: &str,
+    ca: &str,
+    inbox: Option<String>,
+) -> async_nats::Client {
     service_kit::tls::install_crypto_provider();
     let mut options = async_nats::ConnectOptions::with_credentials_file(creds)
         .await
         .expect("creds");
+    if let Some(inbox) = inbox {
+        options = options.custom_inbox_prefix(inbox);
+    }
     if !ca.is_empty() {
         options = options.add_root_certificates(ca.into()).require_tls(true);
     }
     options.connect(url).await.expect("nats")
+}
+
+/// Credentials of `identity` in namespace `ns` (a file under the run's auth directory), with
+/// exactly the permissions production gives it.
+pub fn identity_creds(identity: schemas::bus_access::Identity, ns: &str) -> String {
+    let auth = e2e::nats_auth::auth();
+    let ns = schemas::subjects::Namespace::new(ns).expect("namespace");
+    let dir = auth.dir.join("bench-identities").join(ns.prefix());
+    auth.mint(identity, &ns, schemas::bus_access::Options::default(), &dir)
+}
+
+/// A client connected as `identity` of namespace `ns`, with its credentials and its private
+/// reply inbox, as a platform service of that identity connects (over TLS unless
+/// `BENCH_NATS_TLS=off`).
+pub async fn connect_as(
+    url: &str,
+    identity: schemas::bus_access::Identity,
+    ns: &str,
+) -> async_nats::Client {
+    let creds = identity_creds(identity, ns);
+    let [_, ca] = driver_settings();
+    let namespace = schemas::subjects::Namespace::new(ns).expect("namespace");
+    let inbox =
+        schemas::bus_access::inbox_prefix(&namespace, schemas::bus_access::client_name(identity));
+    connect_with_inbox(url, &creds, &ca.1, Some(inbox)).await
+}
+
+/// The bench's own Redis client, over TLS trusting the run's CA when the URL says `rediss://`.
+pub fn redis_client(url: &str) -> redis::Client {
+    if url.starts_with("rediss://") {
+        let ca = std::fs::read(&e2e::nats_auth::auth().ca).expect("CA file");
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            },
+        )
+        .expect("redis URL")
+    } else {
+        redis::Client::open(url).expect("redis URL")
+    }
+}
+
+/// A service's `/metrics` (Prometheus text), or empty if it does not answer.
+pub async fn scrape_metrics(http: &reqwest::Client, port: u16) -> String {
+    match http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+    {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of the samples of `name` whose labels include `label` (as written in Prometheus
+/// text, e.g. `source="cache"`; empty for any), 0 when there are none.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labels = match series.strip_prefix(name)? {
+                "" => "",
+                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            labels
+                .split(',')
+                .any(|l| label.is_empty() || l == label)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Latencies of one phase (sorted), its failures, and how long it ran.
+pub struct Summary {
+    pub latencies: Vec<Duration>,
+    pub errors: usize,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+
+    pub fn merge(parts: &[Summary]) -> Summary {
+        let mut latencies: Vec<Duration> = parts
+            .iter()
+            .flat_map(|s| s.latencies.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        Summary {
+            latencies,
+            errors: parts.iter().map(|s| s.errors).sum(),
+            elapsed: parts.iter().map(|s| s.elapsed).sum(),
+        }
+    }
+}
+
+/// CPU seconds each of `pids` uses while `work` runs.
+pub async fn cpu_during<T>(
+    pids: &[u32],
+    work: impl std::future::Future<Output = T>,
+) -> (T, Vec<f64>) {
+    let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
+    let out = work.await;
+    let used = pids
+        .iter()
+        .zip(&before)
+        .map(|(pid, b)| cpu_seconds(*pid) - b)
+        .collect();
+    (out, used)
+}
+
+/// Prints CPU per request (µs) of every accounted process, one column per phase: `phases`
+/// holds each phase's label, the CPU seconds of each process (in `processes`' order) and the
+/// requests it answered.
+pub fn print_cpu_per_request(processes: &[(&str, u32)], phases: &[(&str, Vec<f64>, usize)]) {
+    print!("{:<28}", "");
+    for (label, _, _) in phases {
+        print!(" {label:>22}");
+    }
+    println!();
+    for (i, (name, _)) in processes.iter().enumerate() {
+        print!("{name:<28}");
+        for (_, used, requests) in phases {
+            print!(" {:>22.1}", used[i] * 1e6 / (*requests).max(1) as f64);
+        }
+        println!();
+    }
+    print!("{:<28}", "total");
+    for (_, used, requests) in phases {
+        print!(
+            " {:>22.1}",
+            used.iter().sum::<f64>() * 1e6 / (*requests).max(1) as f64
+        );
+    }
+    println!();
 }
 
 pub async fn wait_ready(http: &reqwest::Client, name: &str, port: u16) {
