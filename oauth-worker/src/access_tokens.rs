@@ -364,27 +364,32 @@ impl AccessTokens {
         google_email: &str,
     ) -> Result<Issued, AccessTokenError> {
         let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER;
+        let lock = self.infra.keys.refresh_lock(subaccount, google_email);
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(WAIT_POLL).await;
             if let Some(issued) = self.cached(subaccount, google_email).await {
                 metrics::counter!("access_tokens_total", "source" => "other_replica").increment(1);
                 return Ok(issued);
             }
+            // The lock first, MongoDB after: the holder stores its outcome (the new token, or
+            // the account marked for reauth) before it lets go, so only once the lock is gone
+            // is MongoDB final. Read the other way round, a read before the holder's write and
+            // a release just after it looked like a refresh that produced nothing; and every
+            // poll read MongoDB for as long as the refresh took.
+            let mut redis = self.infra.redis.clone();
+            let held: bool = redis.exists(&lock).await.unwrap_or(true);
+            if held {
+                continue;
+            }
             // The holder may have failed (reauth, provider down): its outcome is in MongoDB.
             let stored = self.load(subaccount, google_email).await?;
             if let Some(issued) = self.fresh(&stored) {
+                metrics::counter!("access_tokens_total", "source" => "other_replica").increment(1);
                 return Ok(issued);
             }
-            let mut redis = self.infra.redis.clone();
-            let held: bool = redis
-                .exists(self.infra.keys.refresh_lock(subaccount, google_email))
-                .await
-                .unwrap_or(true);
-            if !held {
-                return Err(AccessTokenError::Unavailable(
-                    "another replica's refresh did not produce a token; try again".into(),
-                ));
-            }
+            return Err(AccessTokenError::Unavailable(
+                "another replica's refresh did not produce a token; try again".into(),
+            ));
         }
         Err(AccessTokenError::Unavailable(
             "another replica's refresh did not finish in time; try again".into(),
