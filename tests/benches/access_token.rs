@@ -46,7 +46,10 @@
 //!
 //! CI: `BENCH_SHORT=1 cargo bench -p e2e --bench access_token` runs 3-second phases (1 s
 //! warm-up), 2 rounds and one mass expiry, and exits non-zero if the cache-hit ratio is below
-//! the goal minus the measured noise (`SHORT_NOISE`), or if the mass expiry is wrong.
+//! the goal minus the measured noise (`SHORT_NOISE`), or if the mass expiry is wrong. When
+//! this bench was written the cache hit reached about 50 % of the floor (the Redis round trip
+//! of every request: redis-server's CPU, and the worker's syscalls and wake-ups for it), so
+//! the short mode fails until that changes.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -87,9 +90,11 @@ const PROVIDER_LATENCY: Duration = Duration::from_millis(50);
 const SEED_CONCURRENCY: usize = 16;
 /// Cache-hit req/s as a share of the floor's: the goal.
 const GOAL: f64 = 0.70;
-/// How far the short mode's ratio moved between runs of the same build on the 2-core
-/// development machine (max − min of the merged ratio over 5 `BENCH_SHORT=1` runs; see the
-/// commit that set it): below `GOAL - SHORT_NOISE` the short mode fails.
+/// How far the short mode's ratio moves between runs of the same build, measured on the 2-core
+/// development machine while other builds ran (load 6-10): the merged cache-hit ratio of 5
+/// `BENCH_SHORT=1` runs in a row was 45.4-53.2 % (7.8 points), of all 13 short runs of the
+/// same cache-hit path 45.4-54.5 % (9.1 points); single rounds ranged 44.9-57.7 %. Rounded up
+/// to 10 points: below `GOAL - SHORT_NOISE` the short mode fails.
 const SHORT_NOISE: f64 = 0.10;
 
 const CLIENT_ID: &str = "bench-client";
