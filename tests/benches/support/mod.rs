@@ -165,10 +165,11 @@ pub async fn connect_as(
     connect_with_inbox(url, &creds, &ca.1, Some(inbox)).await
 }
 
-/// The bench's own Redis client, over TLS trusting the run's CA when the URL says `rediss://`.
-pub fn redis_client(url: &str) -> redis::Client {
+/// A Redis client over TLS trusting `ca_file` (the run's CA: `e2e::nats_auth::auth().ca`,
+/// passed on to floor processes) when the URL says `rediss://`.
+pub fn redis_client(url: &str, ca_file: &str) -> redis::Client {
     if url.starts_with("rediss://") {
-        let ca = std::fs::read(&e2e::nats_auth::auth().ca).expect("CA file");
+        let ca = std::fs::read(ca_file).expect("CA file");
         redis::Client::build_with_tls(
             url,
             redis::TlsCertificates {
