@@ -50,13 +50,12 @@ pub struct ConnectionEventHandler {
 impl ConnectionEventHandler {
     pub fn new(
         infra: Infrastructure,
+        fan_out: FanOut,
         missing_connector_deliveries: i64,
         write_attempts: usize,
     ) -> Self {
         Self {
-            fan_out: FanOut {
-                infra: infra.clone(),
-            },
+            fan_out,
             infra,
             missing_connector_deliveries,
             write_attempts,

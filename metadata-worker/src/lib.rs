@@ -63,15 +63,20 @@ pub async fn run(
     let consumer = infra
         .ensure_consumer(&spec, config.common.startup_timeout)
         .await?;
+    let fan_out = FanOut {
+        infra: infra.clone(),
+        endpoints: Arc::default(),
+    };
     let handler = Arc::new(ConnectionEventHandler::new(
         infra.clone(),
+        fan_out.clone(),
         config.missing_connector_deliveries,
         config.write_attempts,
     ));
     let mut consumers = vec![Consumer::new::<ConnectionEvents, _>(
         consumer, spec, handler,
     )];
-    consumers.extend(webhook_consumers(&config, &infra).await?);
+    consumers.extend(webhook_consumers(&config, &infra, fan_out).await?);
     // Bound only now, with the consumers in place: until then a probe is refused at once
     // rather than left waiting in the backlog of a process that cannot answer yet.
     let listener = listen.into().bind().await?;
@@ -109,6 +114,7 @@ fn consumer_spec(config: &MetadataWorkerConfig, ns: &Namespace) -> ConsumerSpec 
 async fn webhook_consumers(
     config: &MetadataWorkerConfig,
     infra: &Infrastructure,
+    fan_out: FanOut,
 ) -> Result<Vec<Consumer>, StartupError> {
     let webhooks = &config.webhooks;
     let ns = &infra.namespace;
@@ -147,9 +153,7 @@ async fn webhook_consumers(
         consumers.push(Consumer::new::<ConnectionEvents, _>(
             retired,
             spec,
-            Arc::new(FanOut {
-                infra: infra.clone(),
-            }),
+            Arc::new(fan_out),
         ));
     }
     Ok(consumers)

@@ -192,6 +192,14 @@ impl RedisKeys {
         format!("{}:webhook:retrying:{subaccount}", self.prefix)
     }
 
+    /// A subaccount's webhook-endpoint change mark: a random value set again by every change
+    /// of its endpoints (registration, deletion, disabling), which the metadata-worker's
+    /// endpoint registry compares before it trusts what it holds (see
+    /// [`mark_changed`]). Expires an hour after the last change.
+    pub fn webhook_endpoints_mark(&self, subaccount: &SubaccountId) -> String {
+        format!("{}:webhook:endpoints-mark:{subaccount}", self.prefix)
+    }
+
     /// Result of validating a service token (by its hash, never the token), cached 5 minutes.
     pub fn service_token(&self, token_sha256_hex: &str) -> String {
         format!("{}:auth:service-token:{token_sha256_hex}", self.prefix)
@@ -219,6 +227,30 @@ pub async fn invalidate_connector_caches(
         .ignore()
         .query_async(redis)
         .await
+}
+
+/// Notes that what `mark_key` guards changed: sets it to a new random value (never one it
+/// had before, unlike a counter that may expire and count again from 1), so a reader that
+/// noted the old value knows what it holds is stale. Expires an hour after the last change;
+/// a missing mark reads as `None`, which differs from every value set.
+pub async fn mark_changed(redis: &mut RedisConnection, mark_key: &str) -> redis::RedisResult<()> {
+    let mark = uuid::Uuid::now_v7().simple().to_string();
+    redis::cmd("SET")
+        .arg(mark_key)
+        .arg(mark)
+        .arg("PX")
+        .arg(CACHE_VERSION_TTL_MS)
+        .query_async(redis)
+        .await
+}
+
+/// The change mark a reader notes before it reads what the mark guards (`None`: no change
+/// within the mark's lifetime).
+pub async fn change_mark(
+    redis: &mut RedisConnection,
+    mark_key: &str,
+) -> redis::RedisResult<Option<String>> {
+    redis::cmd("GET").arg(mark_key).query_async(redis).await
 }
 
 /// The invalidation counter a read notes before it reads MongoDB (`"0"` before the first).

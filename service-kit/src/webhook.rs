@@ -1,7 +1,9 @@
 //! What the api (registration) and the metadata-worker (delivery) share about webhooks: which
 //! target URLs are allowed ([`TargetPolicy`], checked at registration and again at every
 //! delivery, with a DNS resolver that drops refused addresses so DNS rebinding cannot reach an
-//! internal host), and the signing secrets ([`WebhookSecrets`], stored encrypted).
+//! internal host), the signing secrets ([`WebhookSecrets`], stored encrypted), and the change
+//! mark every change of a subaccount's endpoints sets ([`endpoints_changed`]) so the
+//! metadata-worker's in-memory endpoint registry notices it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,6 +19,11 @@ use crate::config::Env;
 
 /// How long registration waits for a target's host name to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the metadata-worker's endpoint registry trusts what it loaded, whatever the change
+/// mark says: the bound on a change whose mark could not be set.
+pub const ENDPOINT_REGISTRY_TTL: Duration = Duration::from_secs(30);
+/// A change mark read or set slower than this is given up.
+pub const CHANGE_MARK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest target URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 
@@ -293,6 +300,30 @@ impl WebhookSecrets {
     ) -> Result<Zeroizing<String>, OpenError> {
         self.keyring.open_string(sealed, &[subaccount, endpoint_id])
     }
+}
+
+/// Tells every metadata-worker replica's endpoint registry that the subaccount's endpoints
+/// changed: sets its change mark to a new value. Call it after the change is stored. Best
+/// effort: when Redis does not take it the change reaches the fan-out within
+/// [`ENDPOINT_REGISTRY_TTL`], and the warning logged says so.
+pub async fn endpoints_changed(
+    redis: &crate::redis::RedisConnection,
+    keys: &crate::redis::RedisKeys,
+    subaccount: &schemas::SubaccountId,
+) {
+    let mut redis = redis.clone();
+    let key = keys.webhook_endpoints_mark(subaccount);
+    let marked = crate::redis::mark_changed(&mut redis, &key);
+    let failure = match tokio::time::timeout(CHANGE_MARK_TIMEOUT, marked).await {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {CHANGE_MARK_TIMEOUT:?}"),
+    };
+    tracing::warn!(
+        error = %failure,
+        "webhook endpoints' change mark not set; the metadata-worker may announce events to the old endpoints for up to {}s",
+        ENDPOINT_REGISTRY_TTL.as_secs()
+    );
 }
 
 #[cfg(test)]

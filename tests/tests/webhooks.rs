@@ -18,7 +18,10 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use e2e::{RunningService, TestContext, stream};
 use metadata_worker::MetadataWorkerConfig;
+use metadata_worker::webhooks::registry::{EndpointRegistry, Source};
 use ops::Parser as _;
+use schemas::documents::google_auth::EncryptedToken;
+use schemas::documents::webhook::{ENDPOINTS_COLLECTION, WebhookEndpoint};
 use schemas::events::{
     ConnectionDisconnected, ConnectionFailed, ConnectionSucceeded, FailureReason,
 };
@@ -27,7 +30,9 @@ use schemas::subjects::{
 };
 use schemas::{Envelope, StreamEvent, SubaccountId};
 use serde_json::{Value, json};
-use service_kit::Env;
+use service_kit::webhook::endpoints_changed;
+use service_kit::{Env, Infrastructure};
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1317,4 +1322,181 @@ async fn replay_webhook_dead_letters(ctx: &TestContext) -> String {
     .await
     .unwrap_or_else(|e| panic!("replay failed: {e:#}\n{}", String::from_utf8_lossy(&out)));
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An endpoint document as the api stores it, for the registry tests that change the
+/// endpoints behind the api's back.
+fn endpoint_document(subaccount: &SubaccountId, url: &str) -> WebhookEndpoint {
+    let now = bson::DateTime::now();
+    WebhookEndpoint {
+        id: uuid::Uuid::now_v7().to_string(),
+        subaccount_id: subaccount.to_string(),
+        url: url.into(),
+        events: vec!["connection-succeeded".into()],
+        description: None,
+        enabled: true,
+        created_at: now,
+        updated_at: now,
+        disabled_at: None,
+        disabled_reason: None,
+        // Never opened: the registry does not decrypt secrets.
+        secret: EncryptedToken {
+            key_id: "unused".into(),
+            nonce: bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![0; 12],
+            },
+            ciphertext: bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![0; 16],
+            },
+        },
+        slot: None,
+    }
+}
+
+#[tokio::test]
+async fn the_endpoint_registry_rereads_mongodb_only_after_a_change_mark_or_without_redis() {
+    let mut redis = e2e::servers::RedisServer::start();
+    let mut ctx = TestContext::new();
+    ctx.redis_url = redis.url();
+    let infra =
+        Infrastructure::connect(&ctx.common(&[]), "registry-test", &CancellationToken::new())
+            .await
+            .expect("connect");
+    let tenant = subaccount();
+    let endpoints = infra
+        .mongo
+        .connection_for(&tenant)
+        .await
+        .expect("tenant db")
+        .collection::<WebhookEndpoint>(ENDPOINTS_COLLECTION);
+    let registry = EndpointRegistry::default();
+    let lookup = || registry.subscribed(&infra, &tenant, "connection-succeeded");
+    let urls = |found: &[WebhookEndpoint]| -> Vec<String> {
+        let mut urls: Vec<String> = found.iter().map(|e| e.url.clone()).collect();
+        urls.sort();
+        urls
+    };
+
+    endpoints
+        .insert_one(endpoint_document(&tenant, "https://a.example/hook"))
+        .await
+        .expect("insert a");
+    let (found, source) = lookup().await.expect("lookup");
+    assert_eq!(
+        (urls(&found), source),
+        (vec!["https://a.example/hook".to_owned()], Source::Loaded)
+    );
+    let (found, source) = lookup().await.expect("lookup");
+    assert_eq!(source, Source::Registry, "held: MongoDB is not read again");
+    assert_eq!(found.len(), 1);
+
+    // A change without its mark is not seen (the bound is ENDPOINT_REGISTRY_TTL) ...
+    endpoints
+        .insert_one(endpoint_document(&tenant, "https://b.example/hook"))
+        .await
+        .expect("insert b");
+    let (found, source) = lookup().await.expect("lookup");
+    assert_eq!((found.len(), source), (1, Source::Registry));
+    // ... and with it, by the next lookup.
+    endpoints_changed(&infra.redis, &infra.keys, &tenant).await;
+    let (found, source) = lookup().await.expect("lookup");
+    assert_eq!(
+        (urls(&found), source),
+        (
+            vec![
+                "https://a.example/hook".to_owned(),
+                "https://b.example/hook".to_owned()
+            ],
+            Source::Loaded
+        )
+    );
+    // Another subaccount's change leaves this one's entry alone.
+    endpoints_changed(
+        &infra.redis,
+        &infra.keys,
+        &SubaccountId::parse(api_support::OTHER_SUBACCOUNT).expect("id"),
+    )
+    .await;
+    assert_eq!(lookup().await.expect("lookup").1, Source::Registry);
+
+    // Without Redis the mark cannot be compared: every lookup reads MongoDB.
+    endpoints
+        .insert_one(endpoint_document(&tenant, "https://c.example/hook"))
+        .await
+        .expect("insert c");
+    redis.stop();
+    let (found, source) = lookup().await.expect("lookup");
+    assert_eq!((found.len(), source), (3, Source::Unmarked));
+}
+
+#[tokio::test]
+async fn an_endpoint_registered_between_two_events_gets_the_second() {
+    let stack = Stack::start(&[]).await;
+    let first = Receiver::start(&[], 200).await;
+    let second = Receiver::start(&[], 200).await;
+    stack.register(&first.url).await;
+    stack.publish(&succeeded("a@gmail.com")).await;
+    wait_for_requests(&first, 1).await;
+
+    // The registry holds the endpoints as they were; the registration's answer comes after
+    // its change mark, so the very next event sees the new endpoint.
+    stack.register(&second.url).await;
+    stack.publish(&succeeded("b@gmail.com")).await;
+    wait_for_requests(&second, 1).await;
+    wait_for_requests(&first, 2).await;
+    assert_eq!(
+        second.received()[0].json()["data"]["googleEmail"],
+        "b@gmail.com"
+    );
+
+    // A deleted endpoint gets nothing more.
+    let webhook_id = stack
+        .list()
+        .await
+        .into_iter()
+        .find(|e| e["url"] == first.url.as_str())
+        .expect("first")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let reply = stack
+        .api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{}/{webhook_id}", webhooks_path(SUBACCOUNT)),
+            Some(&token(SUBACCOUNT)),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    stack.publish(&succeeded("c@gmail.com")).await;
+    wait_for_requests(&second, 2).await;
+    stack.drained().await;
+    assert_eq!(
+        first.received().len(),
+        2,
+        "the deleted endpoint got the third event"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_the_fan_out_reads_the_endpoints_from_mongodb() {
+    let mut redis = e2e::servers::RedisServer::start();
+    let mut ctx = TestContext::new();
+    ctx.redis_url = redis.url();
+    let stack = Stack::start_in(ctx, &[]).await;
+    let first = Receiver::start(&[], 200).await;
+    let second = Receiver::start(&[], 200).await;
+    stack.register(&first.url).await;
+    stack.publish(&succeeded("a@gmail.com")).await;
+    wait_for_requests(&first, 1).await;
+    // Registered while the worker holds only the first endpoint; then the mark is out of reach.
+    stack.register(&second.url).await;
+    redis.stop();
+
+    stack.publish(&succeeded("b@gmail.com")).await;
+    wait_for_requests(&second, 1).await;
+    wait_for_requests(&first, 2).await;
 }

@@ -149,6 +149,9 @@ async fn register_webhook(
         endpoint,
     )
     .await?;
+    // Before the answer: every event handled after it is announced to the new endpoint.
+    service_kit::webhook::endpoints_changed(&state.infra.redis, &state.infra.keys, &subaccount)
+        .await;
     tracing::info!(webhook_id = %id, "webhook endpoint registered");
     let mut data = render(&endpoint);
     data["secret"] = json!(*secret);
@@ -361,6 +364,12 @@ async fn delete_webhook(
         .map_err(|e| ApiError::database(e, "deleting the webhook endpoint"))?;
     match deleted {
         Some(endpoint) => {
+            service_kit::webhook::endpoints_changed(
+                &state.infra.redis,
+                &state.infra.keys,
+                &subaccount,
+            )
+            .await;
             tracing::info!(webhook_id = %endpoint.id, "webhook endpoint deleted");
             Ok(Json(Success::new(
                 Some("Webhook deleted".into()),

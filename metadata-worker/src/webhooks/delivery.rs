@@ -258,6 +258,14 @@ impl DeliveryHandler {
         {
             return Err(retryable("disabling the webhook endpoint", e));
         }
+        if outcome == DeliveryOutcome::EndpointDisabled {
+            service_kit::webhook::endpoints_changed(
+                &self.infra.redis,
+                &self.infra.keys,
+                subaccount,
+            )
+            .await;
+        }
         let record = WebhookDelivery {
             id: uuid::Uuid::now_v7().to_string(),
             endpoint_id: endpoint.id.clone(),

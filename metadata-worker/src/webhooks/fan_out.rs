@@ -1,6 +1,8 @@
 //! The fan-out: for each connection event, one `webhook-delivery-requested` event per enabled
 //! endpoint of the subaccount subscribed to the event's type. The metadata writer calls it for
-//! every event it handles (one durable consumer reads each connection event once).
+//! every event it handles (one durable consumer reads each connection event once). The
+//! endpoints come from the in-memory [`registry`](super::registry), which reads MongoDB only
+//! when they changed.
 //!
 //! The requests are published with the `Nats-Msg-Id` `<event id>.<endpoint id>`: when an event
 //! is redelivered (a MongoDB or NATS hiccup half-way through the endpoints), JetStream drops
@@ -12,17 +14,22 @@
 //! events it holds are announced; once its pending count is 0 the operator deletes it (see the
 //! operator guide, "Upgrading").
 
+use std::sync::Arc;
+
 use schemas::events::{WebhookDeliveryRequested, WebhookEvent};
 use schemas::{Envelope, Event};
 use service_kit::Infrastructure;
 use service_kit::consumer::{Delivery, EventHandler, HandlerError};
 
-use super::store;
+use super::registry::EndpointRegistry;
 use crate::events::{ConnectionEvent, ConnectionEvents};
 
 #[derive(Debug, Clone)]
 pub struct FanOut {
     pub infra: Infrastructure,
+    /// The subaccounts' endpoints, held between events (shared by the metadata writer and
+    /// the retired consumer).
+    pub endpoints: Arc<EndpointRegistry>,
 }
 
 /// The announced event, whole, as the delivery request carries it.
@@ -46,7 +53,9 @@ impl FanOut {
             ConnectionEvent::Disconnected(e) => (webhook_event(e)?, e.correlation_id),
         };
         let subaccount = event.subaccount();
-        let endpoints = store::subscribed(&self.infra.mongo, subaccount, &announced.event_type)
+        let (endpoints, _) = self
+            .endpoints
+            .subscribed(&self.infra, subaccount, &announced.event_type)
             .await
             .map_err(|e| HandlerError::Retryable(format!("reading webhook endpoints: {e}")))?;
         for endpoint in &endpoints {

@@ -4,7 +4,7 @@
 //! - [`fan_out`]: the metadata writer, for each connection event it handles, publishes one
 //!   `webhook-delivery-requested` event per enabled endpoint of the subaccount subscribed to
 //!   its type (`Nats-Msg-Id` `<event id>.<endpoint id>`, so a redelivered event requests
-//!   nothing twice);
+//!   nothing twice), taking the endpoints from the [`registry`] held in memory;
 //! - [`delivery`] (`webhook-delivery`) POSTs each requested webhook, signed ([`signature`]),
 //!   to a target the policy allows (`service_kit::webhook::TargetPolicy`, with a DNS resolver
 //!   that drops refused addresses), records every attempt in the tenant's
@@ -15,6 +15,7 @@
 
 pub mod delivery;
 pub mod fan_out;
+pub mod registry;
 pub mod retry_cap;
 pub mod signature;
 pub mod store;

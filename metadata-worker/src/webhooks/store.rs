@@ -17,21 +17,16 @@ fn endpoints(mongo: &TenantDatabases, subaccount: &SubaccountId) -> Collection<W
     mongo.existing(subaccount).collection(ENDPOINTS_COLLECTION)
 }
 
-/// The subaccount's enabled endpoints subscribed to `event_type`.
-pub async fn subscribed(
+/// The subaccount's enabled endpoints, whatever events they subscribe to.
+pub async fn enabled(
     mongo: &TenantDatabases,
     subaccount: &SubaccountId,
-    event_type: &str,
 ) -> mongodb::error::Result<Vec<WebhookEndpoint>> {
-    let found: Vec<WebhookEndpoint> = endpoints(mongo, subaccount)
+    endpoints(mongo, subaccount)
         .find(doc! { "subaccountId": subaccount.as_str(), "enabled": true })
         .await?
         .try_collect()
-        .await?;
-    Ok(found
-        .into_iter()
-        .filter(|e| e.events.iter().any(|t| t == event_type))
-        .collect())
+        .await
 }
 
 /// One endpoint, if it still exists.
