@@ -1,7 +1,9 @@
-//! Access tokens for other services (`access-token-requested` over NATS): from the Redis cache
-//! while they have at least the margin to live, else from MongoDB, else refreshed. The margin
-//! is `ACCESS_TOKEN_MARGIN`, or half the token's lifetime when that is shorter: a provider
-//! issuing 30-second tokens would otherwise force a refresh on every request.
+//! Access tokens for other services (`access-token-requested` over NATS): from this replica's
+//! memory ([`HeldTokens`], for `ACCESS_TOKEN_MEMORY_TTL` after it last read the account), else
+//! from the Redis cache, while they have at least the margin to live, else from MongoDB, else
+//! refreshed. The margin is `ACCESS_TOKEN_MARGIN`, or half the token's lifetime when that is
+//! shorter: a provider issuing 30-second tokens would otherwise force a refresh on every
+//! request.
 //!
 //! A refresh happens once across all replicas: the replica that wins a Redis lock (`SET NX
 //! PX` with a random value, released only by its holder) refreshes; the others wait for the
@@ -27,6 +29,7 @@ use schemas::{Envelope, SubaccountId};
 use serde::{Deserialize, Serialize};
 use service_kit::Infrastructure;
 
+use crate::held_tokens::HeldTokens;
 use crate::outbox::Outbox;
 use crate::provider::Provider;
 use crate::token_store::{StoredAuth, TokenStore};
@@ -49,6 +52,8 @@ pub struct AccessTokens {
     pub provider: Provider,
     pub outbox: Outbox,
     pub margin: Duration,
+    /// Tokens this replica read lately, shared with the disconnect handler (which forgets).
+    pub held: std::sync::Arc<HeldTokens>,
 }
 
 /// A usable token. Never printed.
@@ -137,6 +142,32 @@ impl crate::rpc::Responder for AccessTokens {
 impl AccessTokens {
     /// A token with at least the margin to live.
     pub async fn get(
+        &self,
+        subaccount: &SubaccountId,
+        google_email: &str,
+    ) -> Result<Issued, AccessTokenError> {
+        let usable = |expires_at, issued_at| {
+            expires_at - self.margin_for(issued_at, expires_at) > Utc::now()
+        };
+        if let Some(held) = self.held.get(subaccount, google_email, usable) {
+            metrics::counter!("access_tokens_total", "source" => "memory").increment(1);
+            return Ok(held);
+        }
+        let start = self.held.read_start();
+        let issued = self.read_or_refresh(subaccount, google_email).await?;
+        self.held.hold(
+            start,
+            subaccount,
+            google_email,
+            &issued.access_token,
+            issued.expires_at,
+            issued.issued_at,
+        );
+        Ok(issued)
+    }
+
+    /// From Redis, else MongoDB, else the provider.
+    async fn read_or_refresh(
         &self,
         subaccount: &SubaccountId,
         google_email: &str,
@@ -328,6 +359,7 @@ impl AccessTokens {
         why: &str,
     ) -> AccessTokenError {
         tracing::warn!(why, "the account needs to be connected again");
+        self.held.forget(subaccount, google_email);
         metrics::counter!("token_refreshes_total", "outcome" => "reauth_required").increment(1);
         // The event is stored before the account is marked, so a crash between the two
         // cannot leave a marked account nobody was told about (at worst the next request

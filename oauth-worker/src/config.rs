@@ -29,6 +29,8 @@ pub struct OAuthWorkerConfig {
     pub vault: crate::vault::VaultConfig,
     /// A cached access token is handed out only while it has at least this long to live.
     pub access_token_margin: Duration,
+    /// How long a replica answers an account's token from memory after it last read it.
+    pub access_token_memory_ttl: Duration,
     /// Deliveries of one disconnect request before it fails (the provider stayed down).
     pub disconnect_max_deliver: i64,
     /// Redelivery delays of a disconnect whose revocation failed transiently.
@@ -303,6 +305,16 @@ impl ServiceConfig for OAuthWorkerConfig {
                 "A cached access token is handed out only while it has this long left to live.",
             )
             .into();
+        let access_token_memory_ttl: Duration = env
+            .value::<HumanDuration>(
+                "ACCESS_TOKEN_MEMORY_TTL",
+                "2s",
+                "How long a replica answers an account's access token from memory after it last read it from Redis, MongoDB or the provider (0s: always asks Redis). Another replica's disconnect of the account reaches this one's memory within it; at most 1m.",
+            )
+            .into();
+        if access_token_memory_ttl > Duration::from_secs(60) {
+            env.problem("ACCESS_TOKEN_MEMORY_TTL", "must be at most 1m");
+        }
         let state_ttl: Duration = env
             .value::<HumanDuration>(
                 "OAUTH_STATE_TTL",
@@ -355,6 +367,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             frontend_redirect_url,
             vault,
             access_token_margin,
+            access_token_memory_ttl,
             disconnect_max_deliver,
             disconnect_retry_delays: disconnect_retry_delays.0,
             max_accounts,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod consent_page;
 pub mod consent_policy;
 pub mod handlers;
+pub mod held_tokens;
 pub mod outbox;
 pub mod provider;
 pub mod rpc;
@@ -32,6 +33,7 @@ use crate::access_tokens::AccessTokens;
 use crate::callback::Callback;
 use crate::handlers::connect_requested::ConnectRequestedHandler;
 use crate::handlers::disconnect_requested::DisconnectHandler;
+use crate::held_tokens::HeldTokens;
 use crate::outbox::Outbox;
 use crate::provider::Provider;
 use crate::state_store::StateStore;
@@ -96,12 +98,14 @@ pub async fn run(
         scopes: config.provider.scopes.0.clone(),
     });
     let provider = Provider::new(&config.provider, client.clone());
+    let held_tokens = Arc::new(HeldTokens::new(config.access_token_memory_ttl));
     let access_tokens = Arc::new(AccessTokens {
         infra: infra.clone(),
         store: tokens.clone(),
         provider: provider.clone(),
         outbox: outbox.clone(),
         margin: config.access_token_margin,
+        held: held_tokens.clone(),
     });
     let disconnect_spec = ConsumerSpec {
         durable: DISCONNECT_CONSUMER,
@@ -124,6 +128,7 @@ pub async fn run(
             infra: infra.clone(),
             tokens: tokens.clone(),
             provider: provider.clone(),
+            held: held_tokens,
         }),
         shutdown.clone(),
         grace,

@@ -38,6 +38,8 @@ pub struct DisconnectHandler {
     pub infra: Infrastructure,
     pub tokens: TokenStore,
     pub provider: Provider,
+    /// This replica's access tokens held in memory: a disconnected account's is forgotten.
+    pub held: std::sync::Arc<crate::held_tokens::HeldTokens>,
 }
 
 impl EventHandler<DisconnectRequested> for DisconnectHandler {
@@ -174,7 +176,8 @@ impl DisconnectHandler {
     }
 
     /// After an account's tokens are deleted: announce connection-disconnected (with what the
-    /// provider answered to the revocation, when known), drop the cached access token, mark the
+    /// provider answered to the revocation, when known), drop the cached access token (Redis, then
+    /// this replica's memory; other replicas hold it at most `ACCESS_TOKEN_MEMORY_TTL`), mark the
     /// calendar entry inactive. Each step is idempotent.
     async fn announce_and_clean_up(
         &self,
@@ -194,6 +197,8 @@ impl DisconnectHandler {
         {
             tracing::warn!(error = %e, "cached access token not deleted; it expires on its own and is revoked anyway");
         }
+        // After the cache: a read that finds nothing there and in MongoDB answers not_connected.
+        self.held.forget(subaccount, email);
         crate::calendars::deactivate(&self.infra, subaccount, email)
             .await
             .map_err(|e| HandlerError::Retryable(format!("MongoDB: {e}")))

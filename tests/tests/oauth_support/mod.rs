@@ -286,6 +286,8 @@ impl OAuthStack {
         let _: () = redis::AsyncCommands::del(&mut redis, key)
             .await
             .expect("del");
+        // What the worker holds in memory runs out too: as when the clock passes the expiry.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     /// The Redis key of a pending attempt.
@@ -326,6 +328,9 @@ pub fn query(url: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// The workers' `ACCESS_TOKEN_MEMORY_TTL` ([`OAuthStack::expire_access_token`] waits 300 ms).
+const MEMORY_TTL: &str = "200ms";
+
 fn worker_settings(
     google: &FakeGoogle,
     redirect_uri: &str,
@@ -343,6 +348,8 @@ fn worker_settings(
         ("TOKEN_ENCRYPTION_KEYS".into(), KEY_A.into()),
         ("TOKEN_ENCRYPTION_KEY_ID".into(), "a".into()),
         ("PROVIDER_TIMEOUT".into(), "5s".into()),
+        // Short, so that expire_access_token can wait it out.
+        ("ACCESS_TOKEN_MEMORY_TTL".into(), MEMORY_TTL.into()),
     ];
     for (k, v) in overrides {
         settings.retain(|(name, _)| name != k);
