@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: in tests/benches/connect.rs it cut the api's CPU per
-/// request by ~18 % and the oauth-worker's by ~14 %, for ~12 MiB more peak RSS per service.
+/// request by ~18 % and the oauth-worker's by ~14 %. (The ~12 MiB more RSS it seemed to cost
+/// were transparent huge pages backing its arenas, now off: see `service_kit::service`.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
