@@ -2,7 +2,7 @@
 //! middleware that counts requests by route and status.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
@@ -12,8 +12,16 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often the histograms' recorded samples are folded into their buckets. The recorder
+/// keeps every observation until then or until `/metrics` is rendered: with no upkeep, a
+/// service nobody scrapes grows for ever, and a scrape every minute lets it grow by a minute's
+/// worth of samples. In the connect benchmark (about 500 000 requests in 50 s) the api and the
+/// oauth-worker, unscraped, ended 10 MiB larger than with upkeep.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The process's Prometheus handle, installing the recorder on first use. Several services in
-/// one process (tests) share it.
+/// one process (tests) share it. Called within a tokio runtime (as the services do), it also
+/// starts the recorder's upkeep on it, every [`UPKEEP_INTERVAL`].
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -26,9 +34,22 @@ pub fn handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first, which this crate never does.
             let _ = metrics::set_global_recorder(recorder);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(upkeep(handle.clone(), UPKEEP_INTERVAL));
+            }
             handle
         })
         .clone()
+}
+
+/// Folds recorded histogram samples into their buckets every `interval`, for ever.
+async fn upkeep(handle: PrometheusHandle, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        handle.run_upkeep();
+    }
 }
 
 /// The `route` label of a request no route matched.
