@@ -280,7 +280,17 @@ pub async fn ensure_streams(
                 ),
             },
             ProvisionError::Other(cause) => StartupError::Provisioning {
-                what: format!("JetStream stream {name} (is JetStream enabled on the server?)"),
+                // On a cluster the likely cause is another: while it forms (or has lost
+                // nodes) the JetStream API times out or finds "no suitable peers".
+                what: if clustered {
+                    format!(
+                        "JetStream stream {name} with {replicas} replicas (is the NATS cluster \
+                         still electing its JetStream leader, or short of {replicas} JetStream \
+                         nodes?)"
+                    )
+                } else {
+                    format!("JetStream stream {name} (is JetStream enabled on the server?)")
+                },
                 cause,
             },
         })?;
