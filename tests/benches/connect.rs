@@ -19,21 +19,30 @@
 //! ratio to the floor, and each service's peak RSS (VmHWM) and its memory at the end.
 //!
 //! Run: `cargo bench -p e2e --bench connect` (builds the release binaries first).
+//!
+//! CI: `BENCH_SHORT=1` runs 3-second phases and exits non-zero when a request failed, when the
+//! ratio falls below `REGRESSION_FLOOR`, or when a service's peak RSS reaches `PEAK_RSS_MIB`.
+//! The issue's goal (`GOAL`, `GOAL_P99_MS`) is printed with its verdict.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::http::StatusCode;
 use e2e::jwt::{MintToken, UserClaims};
-use futures::StreamExt;
-use service_kit::auth::{JwtConfig, JwtVerifier};
 
 const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CLIENTS: usize = 64;
+/// The issue's goal for the connect endpoint (`sendEmail: false`): this share of the in-bench
+/// floor's req/s, and this p99. Not met by this design (see the README's performance section):
+/// it is printed, not enforced.
+const GOAL: f64 = 0.60;
+const GOAL_P99_MS: f64 = 20.0;
+/// What the short mode (`BENCH_SHORT=1`, CI) enforces instead: no failed request, the ratio
+/// not below what this design reached on the 2-core machine (22-30 % over two runs) less the
+/// noise (8 points), and every service's peak RSS under the memory goal.
+const REGRESSION_FLOOR: f64 = 0.20;
+const PEAK_RSS_MIB: f64 = 64.0;
 /// Runs this binary as the floor's HTTP server process (`FLOOR_HTTP_ADDR`, `FLOOR_NATS_URL`,
 /// `FLOOR_SUBJECT`).
 const FLOOR_SERVER_ARG: &str = "--floor-server";
@@ -46,7 +55,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod support;
 
-use support::{Summary, build_release_binaries, cpu_seconds, spawn, wait_ready};
+use support::{
+    Summary, build_release_binaries, floor_router, load, seed_connector, serve_echo, spawn,
+    start_floor, wait_ready,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -75,10 +87,11 @@ fn main() {
 }
 
 async fn bench() {
+    let short = std::env::var_os("BENCH_SHORT").is_some_and(|v| v == "1");
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if short { 3 } else { 10 });
     let phase = Duration::from_secs(seconds);
     let bins = build_release_binaries();
     let infra = e2e::shared::shared();
@@ -125,7 +138,12 @@ async fn bench() {
             "10000000".to_owned(),
         ),
     ];
-    seed_connector(&infra.mongo.uri(), &format!("{namespace}_{SUBACCOUNT}")).await;
+    seed_connector(
+        &infra.mongo.uri(),
+        &format!("{namespace}_{SUBACCOUNT}"),
+        SUBACCOUNT,
+    )
+    .await;
 
     let smtp_port = e2e::process::free_port();
     let sink_http = e2e::process::free_port();
@@ -175,7 +193,7 @@ async fn bench() {
         wait_ready(&http, name, port).await;
     }
 
-    let floor_port = start_floor(&nats.url(), &namespace).await;
+    let floor_port = start_floor(&nats.url(), &namespace, SECRET).await;
     let (floor_processes_port, floor_processes) = start_floor_processes(&nats.url(), &namespace);
     let token = UserClaims::for_subaccount(SUBACCOUNT, Duration::from_secs(3600))
         .sign_hs256(SECRET.as_bytes());
@@ -236,7 +254,7 @@ async fn bench() {
         ] {
             println!("round {}: {label}", round + 1);
             let pids: Vec<u32> = accounted.iter().map(|(_, pid)| *pid).collect();
-            let (summary, used) = load(&http, url, &token, body, phase, &pids).await;
+            let (summary, used) = load(&http, url, &token, body, CLIENTS, phase, &pids).await;
             match cpu.iter_mut().find(|(l, _, _)| *l == label) {
                 Some((_, total, requests)) => {
                     total.iter_mut().zip(&used).for_each(|(t, u)| *t += u);
@@ -316,8 +334,56 @@ async fn bench() {
             mib(memory.anon_huge)
         );
     }
+    let peaks: Vec<(&str, f64)> = processes
+        .iter()
+        .zip([
+            "dev-smtp-sink",
+            "api",
+            "oauth-worker",
+            "metadata-worker",
+            "mailer-worker",
+        ])
+        .skip(1)
+        .map(|(child, name)| (name, mib(support::Memory::read(child.id()).hwm)))
+        .collect();
     for mut child in processes.into_iter().chain(floor_processes) {
         e2e::process::terminate(&mut child);
+    }
+
+    let ratio = stack.rate() / floor.rate();
+    let p99_ms = stack.percentile(0.99).as_secs_f64() * 1000.0;
+    println!();
+    println!(
+        "connect (sendEmail=false) vs floor: {:.1} %, p99 {p99_ms:.1} ms (goal ≥ {:.0} %, p99 ≤ {GOAL_P99_MS:.0} ms: {})",
+        100.0 * ratio,
+        100.0 * GOAL,
+        if ratio >= GOAL && p99_ms <= GOAL_P99_MS {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let mut problems = Vec::new();
+    let errors = floor.errors + stack.errors + stack_email.errors + floor_processes_summary.errors;
+    if errors > 0 {
+        problems.push(format!("{errors} requests failed"));
+    }
+    if ratio < REGRESSION_FLOOR {
+        problems.push(format!(
+            "the ratio fell below {:.0} %, what this design reached less the noise",
+            100.0 * REGRESSION_FLOOR
+        ));
+    }
+    for (name, peak) in &peaks {
+        if *peak >= PEAK_RSS_MIB {
+            problems.push(format!(
+                "{name} peaked at {peak:.1} MiB (goal < {PEAK_RSS_MIB:.0})"
+            ));
+        }
+    }
+    if short && !problems.is_empty() {
+        println!("FAILED: {}", problems.join("; "));
+        std::process::exit(1);
     }
 }
 
@@ -339,97 +405,6 @@ async fn wait_floor(http: &reqwest::Client, url: &str, token: &str, body: &'stat
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the floor processes do not answer on {url}");
-}
-
-/// `CLIENTS` tasks POST in a loop: 2 s of warm-up (not counted), then `phase` measured, with
-/// the CPU seconds each of `pids` used during the measured part.
-async fn load(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: &'static str,
-    phase: Duration,
-    pids: &[u32],
-) -> (Summary, Vec<f64>) {
-    let run = |duration: Duration| {
-        let tasks: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let http = http.clone();
-                let url = url.to_owned();
-                let auth = format!("Bearer {token}");
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut errors = 0;
-                    let deadline = Instant::now() + duration;
-                    while Instant::now() < deadline {
-                        let started = Instant::now();
-                        let ok = http
-                            .post(&url)
-                            .header("authorization", &auth)
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await
-                            .map(|r| r.status() == StatusCode::OK)
-                            .unwrap_or(false);
-                        if ok {
-                            latencies.push(started.elapsed());
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                    (latencies, errors)
-                })
-            })
-            .collect();
-        async move {
-            let started = Instant::now();
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            for task in tasks {
-                let (l, e) = task.await.expect("client task");
-                latencies.extend(l);
-                errors += e;
-            }
-            latencies.sort_unstable();
-            Summary {
-                latencies,
-                errors,
-                elapsed: started.elapsed(),
-            }
-        }
-    };
-    run(Duration::from_secs(2)).await;
-    let before: Vec<f64> = pids.iter().map(|pid| cpu_seconds(*pid)).collect();
-    let summary = run(phase).await;
-    let used = pids
-        .iter()
-        .zip(&before)
-        .map(|(pid, b)| cpu_seconds(*pid) - b)
-        .collect();
-    (summary, used)
-}
-
-#[derive(Clone)]
-struct Floor {
-    verifier: Arc<JwtVerifier>,
-    nats: async_nats::Client,
-    subject: String,
-}
-
-/// The floor server and its NATS echo responder, on this process's runtime (the floor as
-/// the issue words it: one process besides NATS, sharing the load generator's runtime).
-async fn start_floor(nats_url: &str, namespace: &str) -> u16 {
-    let nats = support::driver_nats(nats_url).await;
-    let subject = format!("{namespace}.floor.echo");
-    serve_echo(nats.clone(), subject.clone()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let app = floor_router(nats, subject);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    port
 }
 
 /// The floor in the stack's process shape: the HTTP server and the echo responder each in
@@ -474,7 +449,7 @@ async fn floor_server_process() {
     let listener = tokio::net::TcpListener::bind(floor_setting("FLOOR_HTTP_ADDR"))
         .await
         .expect("bind");
-    let app = floor_router(nats, floor_setting("FLOOR_SUBJECT"));
+    let app = floor_router(SECRET, nats, floor_setting("FLOOR_SUBJECT"));
     axum::serve(listener, app).await.expect("floor server");
 }
 
@@ -482,68 +457,4 @@ async fn floor_echo_process() {
     let nats = floor_nats().await;
     serve_echo(nats, floor_setting("FLOOR_SUBJECT")).await;
     std::future::pending::<()>().await;
-}
-
-/// Answers every request on `subject` with its own payload; subscribed when this returns.
-async fn serve_echo(nats: async_nats::Client, subject: String) {
-    let mut echo = nats
-        .queue_subscribe(subject, "echo".into())
-        .await
-        .expect("subscribe");
-    tokio::spawn(async move {
-        while let Some(message) = echo.next().await {
-            if let Some(reply) = message.reply {
-                let _ = nats.publish(reply, message.payload).await;
-            }
-        }
-    });
-}
-
-/// `POST /floor/{subaccount}`: the same JWT verification as the api, then one NATS request.
-fn floor_router(nats: async_nats::Client, subject: String) -> axum::Router {
-    let mut env = service_kit::Env::from_pairs([("JWT_SECRET", SECRET)]);
-    let jwt = JwtConfig::from_env(&mut env);
-    env.finish().expect("floor config");
-    let state = Floor {
-        verifier: Arc::new(JwtVerifier::new(&jwt).expect("verifier")),
-        nats,
-        subject,
-    };
-    axum::Router::new()
-        .route("/floor/{subaccount}", post(floor_handler))
-        .with_state(state)
-}
-
-async fn floor_handler(
-    State(floor): State<Floor>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if floor.verifier.verify(token).await.is_err() {
-        return StatusCode::UNAUTHORIZED;
-    }
-    match floor.nats.request(floor.subject.clone(), body).await {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-/// The `google-calendar` connector the endpoint requires.
-async fn seed_connector(uri: &str, database: &str) {
-    let client = mongodb::Client::with_uri_str(uri).await.expect("mongo");
-    let now = mongodb::bson::DateTime::now();
-    client
-        .database(database)
-        .collection::<mongodb::bson::Document>("connectorsubaccount")
-        .insert_one(mongodb::bson::doc! {
-            "subaccountId": SUBACCOUNT, "connectorId": "google-calendar", "connectorType": "calendar",
-            "config": {}, "metadata": {}, "isActive": true, "createdAt": now, "updatedAt": now,
-        })
-        .await
-        .expect("seed connector");
 }

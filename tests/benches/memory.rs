@@ -26,6 +26,9 @@
 //! binary.
 //!
 //! Run: `cargo bench -p e2e --bench memory` (builds the release binaries first).
+//!
+//! CI: `BENCH_SHORT=1` idles 3 s and exits non-zero when a service's RSS is at or above
+//! `IDLE_GOAL_MIB` (the goal, 20 MiB).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +49,10 @@ use support::{Memory, build_release_binaries, spawn, wait_ready};
 const FLOOR_HELLO_ARG: &str = "--floor-hello";
 /// Runs this binary as the clients floor (`FLOOR_HTTP_ADDR` and the common settings).
 const FLOOR_CLIENTS_ARG: &str = "--floor-clients";
+
+/// Idle RSS every service stays under: the goal, enforced by the short mode (the
+/// services idle 1-3 MiB under it, and an idle process's RSS barely moves between runs).
+const IDLE_GOAL_MIB: f64 = 20.0;
 
 const SERVICES: [(&str, &str); 4] = [
     ("api", "API_HTTP_ADDR"),
@@ -79,11 +86,12 @@ fn main() {
 }
 
 async fn bench() {
+    let short = std::env::var_os("BENCH_SHORT").is_some_and(|v| v == "1");
     let idle = Duration::from_secs(
         std::env::var("BENCH_IDLE_SECONDS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(10),
+            .unwrap_or(if short { 3 } else { 10 }),
     );
     let detail = std::env::var_os("BENCH_MEMORY_DETAIL").is_some();
     let extra_env = support::service_env();
@@ -252,11 +260,30 @@ async fn bench() {
             println!("  threads: {}", named.join(", "));
         }
     }
+    let over: Vec<String> = measured
+        .iter()
+        .zip(&idle_memory)
+        .skip(2)
+        .filter(|(_, memory)| mib(memory.rss) >= IDLE_GOAL_MIB)
+        .map(|((label, _, _), memory)| format!("{label} {:.1} MiB", mib(memory.rss)))
+        .collect();
+    println!();
+    println!(
+        "idle RSS of every service (goal < {IDLE_GOAL_MIB:.0} MiB): {}",
+        if over.is_empty() {
+            "met".to_owned()
+        } else {
+            format!("NOT met ({})", over.join(", "))
+        }
+    );
     for (_, mut child, _) in measured {
         e2e::process::terminate(&mut child);
     }
     for child in &mut unmeasured {
         e2e::process::terminate(child);
+    }
+    if short && !over.is_empty() {
+        std::process::exit(1);
     }
 }
 
@@ -367,6 +394,8 @@ fn floor_setting(name: &str) -> String {
 
 /// The least a service is: a tokio runtime and an axum server answering `/readyz`.
 async fn floor_hello() {
+    // As every service does first.
+    service_kit::service::without_transparent_huge_pages();
     let listener = tokio::net::TcpListener::bind(floor_setting("FLOOR_HTTP_ADDR"))
         .await
         .expect("bind");
@@ -377,6 +406,7 @@ async fn floor_hello() {
 /// The hello floor holding the three infrastructure connections a service holds, opened by
 /// the services' own code.
 async fn floor_clients() {
+    service_kit::service::without_transparent_huge_pages();
     let mut env = service_kit::Env::from_process();
     let common = service_kit::CommonConfig::from_env(&mut env);
     env.finish().expect("floor configuration");

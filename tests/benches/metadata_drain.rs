@@ -11,11 +11,14 @@
 //!   the worker runs; each one's time from publish until its metadata is visible in MongoDB
 //!   (polled every millisecond), p50/p99.
 //!
-//! Run: `cargo bench -p e2e --bench metadata_drain`.
+//! Run: `cargo bench -p e2e --bench metadata_drain`. The goal (issue 17): the drain from ready
+//! at ≥ 80 % of the floor.
+//!
+//! CI: `BENCH_SHORT=1` drains 5,000 events for 500 connectors, measures latency for 2 s, and
+//! exits non-zero when the ratio is below the goal minus the noise (`SHORT_NOISE`).
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -25,12 +28,20 @@ use schemas::events::ConnectionSucceeded;
 use schemas::subjects::{METADATA_CONSUMER, Namespace};
 use schemas::{Envelope, SubaccountId};
 use support::{build_release_binaries, cpu_seconds, peak_rss_kib, spawn, wait_ready};
-use tokio::sync::Semaphore;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONNECTORS: usize = 2_000;
+/// Connectors in the short mode (`BENCH_SHORT=1`, for CI).
+const SHORT_CONNECTORS: usize = 500;
+/// Drain from ready as a share of the floor's rate: the issue's goal.
+const GOAL: f64 = 0.80;
+/// How far the short mode's ratio moves between runs of the same build, measured on the 2-core
+/// development machine: 3 `BENCH_SHORT=1` runs in a row gave 83.8, 90.0 and 94.9 % (11
+/// points; the full mode 83-87 % over two runs). Below `GOAL - SHORT_NOISE` (69 %) the short
+/// mode fails.
+const SHORT_NOISE: f64 = 0.11;
 const EVENTS_PER_CONNECTOR: usize = 10;
 const CONCURRENCY: usize = 32;
 const STEADY_RATE: u64 = 200;
@@ -76,10 +87,12 @@ fn event(i: usize, n: usize) -> Envelope<ConnectionSucceeded> {
 }
 
 async fn bench() {
+    let short = std::env::var_os("BENCH_SHORT").is_some_and(|v| v == "1");
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if short { 2 } else { 10 });
+    let connectors = if short { SHORT_CONNECTORS } else { CONNECTORS };
     let bins = build_release_binaries();
     let infra = e2e::shared::shared();
     let namespace = format!("benchmeta{}", std::process::id());
@@ -89,33 +102,17 @@ async fn bench() {
         .await
         .expect("mongo");
 
-    println!("seeding {CONNECTORS} connectors in {CONNECTORS} tenant databases ...");
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    futures::future::join_all((0..CONNECTORS).map(|i| {
-        let db = mongo.database(&db_name(i));
-        let permits = permits.clone();
-        async move {
-            let _permit = permits.acquire().await.expect("permit");
-            // The worker's indexes exist already, as they would in a running deployment.
-            service_kit::mongo::ensure_indexes(&db)
-                .await
-                .expect("indexes");
-            let now = mongodb::bson::DateTime::now();
-            db.collection::<Document>("connectorsubaccount")
-                .insert_one(doc! {
-                    "subaccountId": subaccount(i).as_str(), "connectorId": "google-calendar",
-                    "connectorType": "calendar", "config": {}, "metadata": {}, "isActive": true,
-                    "createdAt": now, "updatedAt": now,
-                })
-                .await
-                .expect("seed");
-        }
-    }))
+    println!("seeding {connectors} connectors in {connectors} tenant databases ...");
+    // The worker's indexes exist already, as they would in a running deployment.
+    support::seed_tenant_connectors(
+        (0..connectors).map(|i| (mongo.database(&db_name(i)), subaccount(i))),
+        CONCURRENCY,
+    )
     .await;
 
     // Round-robin over connectors, each connector's events in time order.
     let order: Vec<(usize, usize)> = (0..EVENTS_PER_CONNECTOR)
-        .flat_map(|n| (0..CONNECTORS).map(move |i| (i, n)))
+        .flat_map(|n| (0..connectors).map(move |i| (i, n)))
         .collect();
     let total = order.len();
 
@@ -144,7 +141,7 @@ async fn bench() {
     let floor_rate = total as f64 / floor_elapsed.as_secs_f64();
 
     // Reset, then preload the events.
-    futures::future::join_all((0..CONNECTORS).map(|i| {
+    futures::future::join_all((0..connectors).map(|i| {
         let collection = mongo
             .database(&db_name(i))
             .collection::<Document>("connectorsubaccount");
@@ -219,7 +216,7 @@ async fn bench() {
     let drain_rate = total as f64 / drain_elapsed.as_secs_f64();
     // Every connector holds its newest event.
     let last = connected_at(EVENTS_PER_CONNECTOR - 1);
-    for i in [0, CONNECTORS / 2, CONNECTORS - 1] {
+    for i in [0, connectors / 2, connectors - 1] {
         let stored = mongo
             .database(&db_name(i))
             .collection::<Document>("connectorsubaccount")
@@ -244,7 +241,7 @@ async fn bench() {
     let count = (STEADY_RATE * seconds) as usize;
     for k in 0..count {
         ticker.tick().await;
-        let i = (k * 7919) % CONNECTORS;
+        let i = (k * 7919) % connectors;
         let e = event(i, EVENTS_PER_CONNECTOR + k);
         let expected = e.payload.connected_at.clone();
         let collection = mongo
@@ -278,7 +275,7 @@ async fn bench() {
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
 
     println!();
-    println!("{total} events for {CONNECTORS} connectors, concurrency {CONCURRENCY}");
+    println!("{total} events for {connectors} connectors, concurrency {CONCURRENCY}");
     println!(
         "{:<48} {:>10} {:>10} {:>10}",
         "", "events/s", "seconds", "vs floor"
@@ -324,7 +321,23 @@ async fn bench() {
         peak_rss_kib(worker_pid) as f64 / 1024.0
     );
     e2e::process::terminate(&mut worker);
-    for i in 0..CONNECTORS {
+    for i in 0..connectors {
         let _ = mongo.database(&db_name(i)).drop().await;
+    }
+    let threshold = GOAL - SHORT_NOISE;
+    let ratio = net / floor_rate;
+    println!();
+    println!(
+        "drain (from ready) vs floor: {:.1} % (goal {:.0} %: {})",
+        100.0 * ratio,
+        100.0 * GOAL,
+        if ratio >= GOAL { "met" } else { "NOT met" }
+    );
+    if short && ratio < threshold {
+        println!(
+            "FAILED: below the goal minus the noise ({:.0} %)",
+            100.0 * threshold
+        );
+        std::process::exit(1);
     }
 }

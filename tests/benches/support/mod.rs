@@ -1,12 +1,18 @@
 //! What the benchmarks share: release builds of the services, starting them, waiting for
-//! readiness, and reading CPU time and peak RSS of a process from /proc.
+//! readiness, reading CPU time and peak RSS of a process from /proc, the connect load (64
+//! keep-alive clients) and its floor (JWT + NATS echo), and the connector it needs.
 #![allow(dead_code)] // each benchmark uses its own part
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use futures::StreamExt;
+use service_kit::auth::{JwtConfig, JwtVerifier};
 
 /// Builds the services as release binaries in a target directory of their own: `cargo bench`
 /// resolves features with the e2e crate's dev-dependencies, a plain build without them, and
@@ -380,4 +386,187 @@ fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// `clients` tasks POST `body` to `url` in a loop: 2 s of warm-up (not counted), then `phase`
+/// measured, with the CPU seconds each of `pids` used during the measured part. A request
+/// counts as an error unless it is answered 200.
+pub async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &'static str,
+    clients: usize,
+    phase: Duration,
+    pids: &[u32],
+) -> (Summary, Vec<f64>) {
+    let run = |duration: Duration| {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let http = http.clone();
+                let url = url.to_owned();
+                let auth = format!("Bearer {token}");
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut errors = 0;
+                    let deadline = Instant::now() + duration;
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let ok = http
+                            .post(&url)
+                            .header("authorization", &auth)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .map(|r| r.status() == StatusCode::OK)
+                            .unwrap_or(false);
+                        if ok {
+                            latencies.push(started.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        async move {
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            for task in tasks {
+                let (l, e) = task.await.expect("client task");
+                latencies.extend(l);
+                errors += e;
+            }
+            latencies.sort_unstable();
+            Summary {
+                latencies,
+                errors,
+                elapsed: started.elapsed(),
+            }
+        }
+    };
+    run(Duration::from_secs(2)).await;
+    cpu_during(pids, run(phase)).await
+}
+
+#[derive(Clone)]
+struct Floor {
+    verifier: Arc<JwtVerifier>,
+    nats: async_nats::Client,
+    subject: String,
+}
+
+/// The connect floor and its NATS echo responder, on this process's runtime (the floor as
+/// the issue words it: one process besides NATS, sharing the load generator's runtime):
+/// `POST /floor/{subaccount}` verifies a JWT signed with `secret` and does one NATS request.
+/// Returns the server's port.
+pub async fn start_floor(nats_url: &str, namespace: &str, secret: &str) -> u16 {
+    start_floor_on(driver_nats(nats_url).await, namespace, secret).await
+}
+
+/// [`start_floor`] on a NATS connection of the caller's.
+pub async fn start_floor_on(nats: async_nats::Client, namespace: &str, secret: &str) -> u16 {
+    let subject = format!("{namespace}.floor.echo");
+    serve_echo(nats.clone(), subject.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = floor_router(secret, nats, subject);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// Answers every request on `subject` with its own payload; subscribed when this returns.
+pub async fn serve_echo(nats: async_nats::Client, subject: String) {
+    let mut echo = nats
+        .queue_subscribe(subject, "echo".into())
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(message) = echo.next().await {
+            if let Some(reply) = message.reply {
+                let _ = nats.publish(reply, message.payload).await;
+            }
+        }
+    });
+}
+
+/// `POST /floor/{subaccount}`: the same JWT verification as the api (`JWT_SECRET` =
+/// `secret`), then one NATS request to `subject`.
+pub fn floor_router(secret: &str, nats: async_nats::Client, subject: String) -> axum::Router {
+    let mut env = service_kit::Env::from_pairs([("JWT_SECRET", secret)]);
+    let jwt = JwtConfig::from_env(&mut env);
+    env.finish().expect("floor config");
+    let state = Floor {
+        verifier: Arc::new(JwtVerifier::new(&jwt).expect("verifier")),
+        nats,
+        subject,
+    };
+    axum::Router::new()
+        .route("/floor/{subaccount}", post(floor_handler))
+        .with_state(state)
+}
+
+async fn floor_handler(
+    State(floor): State<Floor>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if floor.verifier.verify(token).await.is_err() {
+        return StatusCode::UNAUTHORIZED;
+    }
+    match floor.nats.request(floor.subject.clone(), body).await {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The `google-calendar` connector of `subaccount` the connect endpoint requires, in
+/// `database`.
+pub async fn seed_connector(uri: &str, database: &str, subaccount: &str) {
+    let client = mongodb::Client::with_uri_str(uri).await.expect("mongo");
+    let now = mongodb::bson::DateTime::now();
+    client
+        .database(database)
+        .collection::<mongodb::bson::Document>("connectorsubaccount")
+        .insert_one(mongodb::bson::doc! {
+            "subaccountId": subaccount, "connectorId": "google-calendar", "connectorType": "calendar",
+            "config": {}, "metadata": {}, "isActive": true, "createdAt": now, "updatedAt": now,
+        })
+        .await
+        .expect("seed connector");
+}
+
+/// One google-calendar connector in each of `tenants` (database, subaccount), `concurrency` at a
+/// time, with the services' indexes ensured first, as in a running deployment (the drain and
+/// scale benches' thousands of tenant databases).
+pub async fn seed_tenant_connectors(
+    tenants: impl IntoIterator<Item = (mongodb::Database, schemas::SubaccountId)>,
+    concurrency: usize,
+) {
+    futures::stream::iter(tenants)
+        .for_each_concurrent(concurrency, |(db, subaccount)| async move {
+            service_kit::mongo::ensure_indexes(&db)
+                .await
+                .expect("indexes");
+            let now = mongodb::bson::DateTime::now();
+            db.collection::<mongodb::bson::Document>("connectorsubaccount")
+                .insert_one(mongodb::bson::doc! {
+                    "subaccountId": subaccount.as_str(), "connectorId": "google-calendar",
+                    "connectorType": "calendar", "config": {}, "metadata": {}, "isActive": true,
+                    "createdAt": now, "updatedAt": now,
+                })
+                .await
+                .expect("seed");
+        })
+        .await;
 }
