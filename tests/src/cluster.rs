@@ -7,7 +7,8 @@
 //! - redis-server with an append-only file fsynced before every answer;
 //! - secantusd-rs with `--sync-on-commit`;
 //! - `dev-smtp-sink --journal`;
-//! - [`ClusterOptions::replicas`] replicas of every service. The api's replicas share one
+//! - [`ClusterOptions::replicas`] replicas of every service (or
+//!   [`ClusterOptions::replicas_of`] for some). The api's replicas share one
 //!   address, and so do the oauth-worker's (`API_HTTP_REUSE_PORT`,
 //!   `OAUTH_WORKER_HTTP_REUSE_PORT`: `SO_REUSEPORT`, no proxy in between); the workers' health
 //!   addresses are one per replica.
@@ -43,6 +44,9 @@ pub struct ClusterOptions {
     pub smtp_sink: PathBuf,
     /// Replicas of each service (2 for the cluster shape).
     pub replicas: usize,
+    /// Services with another number of replicas than `replicas` (the scale bench's
+    /// `("metadata-worker", 4)`); empty, every service has `replicas`.
+    pub replicas_of: Vec<(&'static str, usize)>,
     /// Settings every service gets on top of the cluster's (the provider's URLs, limits).
     pub service_env: Vec<(String, String)>,
     /// The oauth-worker's address, when the caller needs it before the start (the provider
@@ -51,6 +55,16 @@ pub struct ClusterOptions {
     /// Where the members' logs and data go; else a scratch directory (removed by the next test
     /// process once this one has exited).
     pub dir: Option<PathBuf>,
+}
+
+impl ClusterOptions {
+    /// How many replicas of `service` to start.
+    pub fn replicas_for(&self, service: &str) -> usize {
+        self.replicas_of
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map_or(self.replicas, |(_, n)| *n)
+    }
 }
 
 /// What kind of process a member is.
@@ -387,7 +401,7 @@ impl Cluster {
         .chain(options.service_env.iter().cloned())
         .collect();
         for service in SERVICES {
-            for replica in 1..=options.replicas {
+            for replica in 1..=options.replicas_for(service) {
                 let name = format!("{service}-{replica}");
                 let member_dir = member_dir(&dir, &name);
                 let mut env = common.clone();

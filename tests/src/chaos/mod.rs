@@ -193,6 +193,7 @@ pub async fn run(
         service_args,
         smtp_sink,
         replicas: options.replicas,
+        replicas_of: Vec::new(),
         service_env,
         oauth: Some(oauth),
         dir: Some(options.dir.clone()),
