@@ -105,25 +105,9 @@ impl FromStr for ClientAuthMethod {
     }
 }
 
-/// How a provider is asked for offline access (a refresh token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderProfile {
-    /// Google: `access_type=offline` and `prompt=consent` (plus `include_granted_scopes`).
-    Google,
-    /// OpenID Connect Core §11: the `offline_access` scope with `prompt=consent`.
-    Oidc,
-}
-
-impl FromStr for ProviderProfile {
-    type Err = String;
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        match raw.trim() {
-            "google" => Ok(Self::Google),
-            "oidc" => Ok(Self::Oidc),
-            other => Err(format!("{other:?} is not google or oidc")),
-        }
-    }
-}
+/// How a provider is asked for offline access (a refresh token); part of the link settings
+/// the api learns, so it lives with the contracts.
+pub use schemas::events::ProviderProfile;
 
 /// A value that never prints (logs, panics, `Debug` of a config).
 #[derive(Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use service_kit::consent::{self, ConsentNotice};
 
 use crate::callback::page::{Outcome, STYLE, secure};
-use crate::state_store::StateStore;
+use service_kit::oauth_state::StateStore;
 
 /// The page's path, next to [`crate::callback::PATH`].
 pub const PATH: &str = "/api/google/consent";

@@ -13,7 +13,6 @@ pub mod held_tokens;
 pub mod outbox;
 pub mod provider;
 pub mod rpc;
-pub mod state_store;
 pub mod token_store;
 pub mod vault;
 
@@ -36,9 +35,9 @@ use crate::handlers::disconnect_requested::DisconnectHandler;
 use crate::held_tokens::HeldTokens;
 use crate::outbox::Outbox;
 use crate::provider::Provider;
-use crate::state_store::StateStore;
 use crate::token_store::TokenStore;
 use crate::vault::TokenVault;
+use service_kit::oauth_state::StateStore;
 
 /// The name in logs, metrics, the NATS connection and durable consumer names.
 pub const SERVICE: &str = "oauth-worker";

@@ -15,7 +15,7 @@ pub use access_token_requested::{
 };
 pub use auth_link_issued::AuthLinkIssued;
 pub use connect_requested::{
-    ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
+    ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply, ProviderProfile,
 };
 pub use connection_disconnected::{ConnectionDisconnected, RevocationOutcome};
 pub use connection_failed::{ConnectionFailed, FailureReason};

@@ -1,10 +1,12 @@
 //! The plumbing every service of the calendar connector runs on, so no binary re-implements
 //! another's: typed [`config`], [`telemetry`], graceful [`shutdown`], [`nats`] and JetStream
 //! provisioning, tenant [`mongo`] databases, [`redis`] with every key in one place, the
-//! [`health`] and [`metrics`] endpoints, [`http`] serving, and the [`service`] entry point.
+//! [`health`] and [`metrics`] endpoints, [`http`] serving, and the [`service`] entry point;
+//! and what both issuers of authorization links share: [`auth_link`] and [`oauth_state`].
 
 pub mod aead;
 pub mod auth;
+pub mod auth_link;
 pub mod config;
 pub mod consent;
 pub mod consumer;
@@ -15,6 +17,7 @@ pub mod infrastructure;
 pub mod metrics;
 pub mod mongo;
 pub mod nats;
+pub mod oauth_state;
 pub mod rate_limit;
 pub mod redis;
 pub mod service;

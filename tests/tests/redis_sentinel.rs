@@ -10,11 +10,11 @@ use e2e::redis_sentinel::{SETTLE_TIMEOUT, SentinelTopology, TopologyOptions};
 use e2e::servers::RedisServer;
 use e2e::{RunningService, TestContext};
 use oauth_worker::OAuthWorkerConfig;
-use oauth_worker::state_store::{PendingAttempt, Put, StateStore, StateStoreError};
 use redis::AsyncCommands;
 use schemas::events::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
 use schemas::subjects::Namespace;
 use schemas::{Envelope, SubaccountId, UserEmail};
+use service_kit::oauth_state::{PendingAttempt, Put, StateStore, StateStoreError};
 use service_kit::redis::{RedisConnection, RedisKeys, calls_for_new_primary, connect};
 
 const LIMIT: Duration = Duration::from_secs(10);

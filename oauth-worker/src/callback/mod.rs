@@ -40,13 +40,14 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::authorization::{ProviderClient, issue_retry_link};
+use crate::authorization::ProviderClient;
 use crate::consent_policy::{ConsentPolicy, Mismatch};
 use crate::outbox::Outbox;
 use crate::provider::{Provider, ProviderError, Tokens, missing_scopes};
-use crate::state_store::{PendingAttempt, Put, StateStore};
 use crate::token_store::{NewConnection, TokenStore, TokenStoreError};
 use page::{Outcome, RetryLink};
+use service_kit::auth_link::issue_retry_link;
+use service_kit::oauth_state::{PendingAttempt, Put, StateStore};
 
 /// The callback's path; the redirect URI registered with the provider ends with it.
 pub const PATH: &str = "/api/google/callback";

@@ -11,9 +11,10 @@ use schemas::events::{
 use schemas::{DisplayName, Envelope, SubaccountId};
 use service_kit::Infrastructure;
 
-use crate::authorization::{ProviderClient, issue_link};
+use crate::authorization::ProviderClient;
 use crate::outbox::Outbox;
-use crate::state_store::{PendingAttempt, Put, StateStore};
+use service_kit::auth_link::issue_link;
+use service_kit::oauth_state::{PendingAttempt, Put, StateStore};
 
 /// How long the email job's publish may wait for JetStream before the outbox keeps it: well
 /// inside the api's wait for this reply (`CONNECT_REQUEST_TIMEOUT`, 5 s by default).

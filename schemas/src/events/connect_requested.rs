@@ -105,3 +105,24 @@ pub enum ConnectRejectionCode {
     /// Redis, where the single-use state lives, is unavailable: no link can be issued.
     StateStoreUnavailable,
 }
+
+/// How a provider is asked for offline access (a refresh token): `OAUTH_PROVIDER_PROFILE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderProfile {
+    /// Google: `access_type=offline` and `prompt=consent` (plus `include_granted_scopes`).
+    Google,
+    /// OpenID Connect Core §11: the `offline_access` scope with `prompt=consent`.
+    Oidc,
+}
+
+impl std::str::FromStr for ProviderProfile {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "google" => Ok(Self::Google),
+            "oidc" => Ok(Self::Oidc),
+            other => Err(format!("{other:?} is not google or oidc")),
+        }
+    }
+}

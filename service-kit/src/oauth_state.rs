@@ -1,6 +1,8 @@
 //! Pending connect attempts in Redis, keyed by their single-use OAuth `state`. Redis is the
 //! right home: an attempt is worth nothing after its TTL, and losing one only means the user
-//! asks for a new link.
+//! asks for a new link. Both issuers of links store here, the oauth-worker and the api (for the
+//! links it returns itself, `api/src/local_links.rs`); the oauth-worker's callback and consent
+//! page read and use them up.
 //!
 //! Storing an attempt is also where the connect request's limits are decided
 //! ([`ConnectLimits`]): one Lua script checks the per-subaccount connect rate, the email rates
@@ -21,9 +23,10 @@ use redis::AsyncCommands;
 use schemas::events::ConnectLimit;
 use schemas::{DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
-use service_kit::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
-use service_kit::redis::{DedicatedConnection, RedisConnection, RedisKeys};
 use uuid::Uuid;
+
+use crate::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
+use crate::redis::{DedicatedConnection, RedisConnection, RedisKeys};
 
 /// What the callback needs to finish an attempt. Holds the PKCE verifier: a secret, so it has
 /// no `Debug` that prints it.
