@@ -41,8 +41,9 @@ pub struct OAuthWorkerConfig {
     pub consent_policy: crate::consent_policy::ConsentPolicy,
     /// What a connect request is held to, decided when its state is stored.
     pub connect_limits: service_kit::rate_limit::ConnectLimits,
-    /// Bound on each Redis step of the state store (and so of its limit decisions).
-    pub limiter_timeout: Duration,
+    /// Bound on each Redis step of the state store (and so of its limit decisions):
+    /// `STATE_STORE_TIMEOUT`.
+    pub state_store_timeout: Duration,
     /// Who asks, besides the tenant, in the email and on the consent page (`PRODUCT_NAME`).
     pub product_name: schemas::DisplayName,
 }
@@ -331,7 +332,7 @@ impl ServiceConfig for OAuthWorkerConfig {
             "Delays before a disconnect whose revocation failed transiently is tried again; the last repeats (40 deliveries cover about 6 hours).",
         );
         let connect_limits = service_kit::rate_limit::ConnectLimits::from_env(env);
-        let limiter_timeout = service_kit::rate_limit::limiter_timeout(env);
+        let state_store_timeout = service_kit::oauth_state::state_store_timeout(env);
         let product_name = env.value(
             "PRODUCT_NAME",
             service_kit::consent::DEFAULT_PRODUCT_NAME,
@@ -341,7 +342,7 @@ impl ServiceConfig for OAuthWorkerConfig {
         Self {
             product_name,
             connect_limits,
-            limiter_timeout,
+            state_store_timeout,
             common,
             http_addr,
             http_reuse_port,

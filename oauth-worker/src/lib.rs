@@ -75,7 +75,7 @@ pub async fn run(
         infra.keys.clone(),
         config.state_ttl,
         config.connect_limits.clone(),
-        config.limiter_timeout,
+        config.state_store_timeout,
     )
     .waiting_for_replicas(config.wait_replicas);
     let tokens = TokenStore::new(infra.clone(), TokenVault::new(&config.vault));

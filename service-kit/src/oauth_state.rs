@@ -25,8 +25,26 @@ use schemas::{DisplayName, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::{Env, HumanDuration};
 use crate::rate_limit::{self, Check, ConnectLimits, GCRA_LUA};
 use crate::redis::{DedicatedConnection, RedisConnection, RedisKeys};
+
+/// `STATE_STORE_TIMEOUT`: the bound on each Redis step of storing, reading or using up an OAuth
+/// state. Longer than `RATE_LIMIT_TIMEOUT` (250 ms): a limit that times out has a fallback,
+/// a state that is not stored costs the user a 503, so a loaded Redis gets more time.
+pub fn state_store_timeout(env: &mut Env) -> Duration {
+    let timeout: Duration = env
+        .value::<HumanDuration>(
+            "STATE_STORE_TIMEOUT",
+            "1s",
+ "How long each Redis step of storing, reading or using up an OAuth state may take before the connect request answers 503 state_store_unavailable (or the callback and consent page say the link cannot be checked right now).",
+        )
+        .into();
+    if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&timeout) {
+        env.problem("STATE_STORE_TIMEOUT", "must be between 10ms and 5s");
+    }
+    timeout
+}
 
 /// What the callback needs to finish an attempt. Holds the PKCE verifier: a secret, so it has
 /// no `Debug` that prints it.
