@@ -88,6 +88,7 @@ fn interpret(payload: &[u8], correlation_id: Uuid) -> Result<AuthLink, ApiError>
             auth_url,
             expires_at,
             email_sent,
+            link_settings: _,
         } => {
             if !is_http_url(&auth_url) {
                 tracing::error!(%correlation_id, "the oauth-worker issued an authorization URL that is not an http(s) URL");

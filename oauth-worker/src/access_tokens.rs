@@ -99,7 +99,7 @@ struct Cached {
 }
 
 impl crate::rpc::Responder for AccessTokens {
-    async fn respond(&self, request: &[u8]) -> Vec<u8> {
+    async fn respond(&self, request: &[u8], _headers: Option<&async_nats::HeaderMap>) -> Vec<u8> {
         let reply = match Envelope::<AccessTokenRequested>::decode(request) {
             Err(error) => AccessTokenReply::Rejected {
                 code: AccessTokenRejectionCode::InvalidRequest,

@@ -162,6 +162,24 @@ fn http_url(
     url
 }
 
+impl OAuthWorkerConfig {
+    /// What the api needs to issue links the way this worker does (no secret in it).
+    pub fn link_settings(&self) -> schemas::events::LinkSettings {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        schemas::events::LinkSettings {
+            client_id: self.provider.client_id.clone(),
+            auth_url: self.provider.auth_url.to_string(),
+            redirect_uri: self.provider.redirect_uri.to_string(),
+            scopes: self.provider.scopes.0.clone(),
+            profile: self.provider.profile,
+            state_ttl_ms: millis(self.state_ttl),
+            state_store_timeout_ms: millis(self.state_store_timeout),
+            wait_replicas: self.wait_replicas,
+            limits: self.connect_limits.to_spec(),
+        }
+    }
+}
+
 impl ServiceConfig for OAuthWorkerConfig {
     const SERVICE: &'static str = crate::SERVICE;
 

@@ -90,6 +90,7 @@ pub async fn run(
         product_name: config.product_name.clone(),
         consent_page: consent_page::url(&config.provider.redirect_uri),
         outbox: outbox.clone(),
+        link_settings: config.link_settings(),
     });
     let consent_page = Arc::new(consent_page::ConsentPage {
         states: states.clone(),

@@ -16,10 +16,14 @@ use tracing::Instrument;
 /// (and other replicas of the queue group take theirs).
 pub const MAX_IN_FLIGHT: usize = 256;
 
-/// Turns a request body into a reply body. Never fails: every problem is a reply the caller
-/// can map.
+/// Turns a request (its body, and its headers when it has any) into a reply body. Never
+/// fails: every problem is a reply the caller can map.
 pub trait Responder: Send + Sync + 'static {
-    fn respond(&self, request: &[u8]) -> impl Future<Output = Vec<u8>> + Send;
+    fn respond(
+        &self,
+        request: &[u8],
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> impl Future<Output = Vec<u8>> + Send;
 }
 
 /// Subscribes to `subject` and answers with `responder` until `shutdown`; then stops taking
@@ -83,7 +87,9 @@ pub async fn serve<R: Responder>(
         tracker.spawn(
             async move {
                 let (responder, nats) = &*shared;
-                let body = responder.respond(&message.payload).await;
+                let body = responder
+                    .respond(&message.payload, message.headers.as_ref())
+                    .await;
                 if let Err(e) = nats.publish(reply_to, body.into()).await {
                     tracing::warn!(error = %e, "could not send a reply");
                 }

@@ -15,7 +15,8 @@ pub use access_token_requested::{
 };
 pub use auth_link_issued::AuthLinkIssued;
 pub use connect_requested::{
-    ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply, ProviderProfile,
+    ConnectLimit, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply, LinkLimits,
+    LinkSettings, ProviderProfile, RateSpec,
 };
 pub use connection_disconnected::{ConnectionDisconnected, RevocationOutcome};
 pub use connection_failed::{ConnectionFailed, FailureReason};

@@ -34,6 +34,10 @@ pub mod headers {
     pub const EVENT_TYPE: &str = "Gcal-Event-Type";
     /// The envelope's `correlationId`, for log correlation before the body is decoded.
     pub const CORRELATION_ID: &str = "Gcal-Correlation-Id";
+    /// On a connect request: the api wants the link settings in the reply
+    /// (`ConnectRequestedReply::Issued.link_settings`). A header, not a payload field, so a
+    /// worker of an earlier version ignores it.
+    pub const LINK_SETTINGS_WANTED: &str = "Gcal-Link-Settings-Wanted";
     /// W3C trace context of the span that sent the message (`00-<trace id>-<span id>-<flags>`):
     /// the receiver's handling continues the same trace.
     pub const TRACEPARENT: &str = "traceparent";

@@ -21,7 +21,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use schemas::events::ConnectLimit;
+use schemas::events::{ConnectLimit, LinkLimits, RateSpec};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Env, HumanDuration};
@@ -331,6 +331,49 @@ impl ConnectLimits {
             None => format!("at most {} at once", self.live_states_per_subaccount),
         }
     }
+    /// The limits as the oauth-worker hands them to the api, in its link settings.
+    pub fn to_spec(&self) -> LinkLimits {
+        let spec = |rate: Rate| RateSpec {
+            count: rate.count,
+            period_ms: u64::try_from(rate.period.as_millis()).unwrap_or(u64::MAX),
+        };
+        LinkLimits {
+            connect_per_subaccount: spec(self.connect_per_subaccount.rate),
+            emails_per_subaccount: spec(self.emails_per_subaccount.rate),
+            emails_per_recipient: spec(self.emails_per_recipient.rate),
+            live_states_per_subaccount: self.live_states_per_subaccount,
+        }
+    }
+
+    /// The limits of [`Self::to_spec`]'s answer; `None` when one makes no sense (a count or a
+    /// period of zero, a period over a year), which no oauth-worker sends.
+    pub fn from_spec(spec: &LinkLimits) -> Option<Self> {
+        let rate = |spec: RateSpec| {
+            let period = Duration::from_millis(spec.period_ms);
+            let sane = spec.count >= 1
+                && !period.is_zero()
+                && period <= Duration::from_secs(366 * 24 * 3600);
+            sane.then_some(Rate::new(spec.count, period))
+        };
+        if spec.live_states_per_subaccount == 0 {
+            return None;
+        }
+        Some(Self {
+            connect_per_subaccount: Limit {
+                name: ConnectLimit::ConnectPerSubaccount.name(),
+                rate: rate(spec.connect_per_subaccount)?,
+            },
+            emails_per_subaccount: Limit {
+                name: ConnectLimit::EmailsPerSubaccount.name(),
+                rate: rate(spec.emails_per_subaccount)?,
+            },
+            emails_per_recipient: Limit {
+                name: ConnectLimit::EmailsPerRecipient.name(),
+                rate: rate(spec.emails_per_recipient)?,
+            },
+            live_states_per_subaccount: spec.live_states_per_subaccount,
+        })
+    }
 }
 
 /// `RATE_LIMIT_CONNECT_PER_SUBACCOUNT`.
@@ -399,6 +442,51 @@ mod tests {
             "60", "0/1m", "x/1m", "5/soon", "5/0s", "5/500ms", "5/30d", "-1/1m",
         ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_travel_to_the_api_unchanged_and_nonsense_is_refused() {
+        let mut env = Env::from_pairs([
+            ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "7/10s"),
+            ("RATE_LIMIT_EMAILS_PER_RECIPIENT", "3/2h"),
+            ("MAX_LIVE_OAUTH_STATES_PER_SUBACCOUNT", "9"),
+        ]);
+        let limits = ConnectLimits::from_env(&mut env);
+        env.finish().expect("parse");
+        let spec = limits.to_spec();
+        let back = ConnectLimits::from_spec(&spec).expect("sane");
+        assert_eq!(back.to_spec(), spec);
+        for which in ConnectLimit::ALL {
+            assert_eq!(back.describe(which), limits.describe(which), "{which:?}");
+            assert_eq!(
+                back.limit(which).map(|l| l.name),
+                limits.limit(which).map(|l| l.name)
+            );
+        }
+        let zero_count = LinkLimits {
+            connect_per_subaccount: RateSpec {
+                count: 0,
+                period_ms: 1000,
+            },
+            ..spec
+        };
+        let zero_period = LinkLimits {
+            emails_per_subaccount: RateSpec {
+                count: 1,
+                period_ms: 0,
+            },
+            ..spec
+        };
+        let no_states = LinkLimits {
+            live_states_per_subaccount: 0,
+            ..spec
+        };
+        for nonsense in [zero_count, zero_period, no_states] {
+            assert!(
+                ConnectLimits::from_spec(&nonsense).is_none(),
+                "{nonsense:?}"
+            );
         }
     }
 

@@ -16,14 +16,20 @@ use schemas::{Envelope, SubaccountId, UserEmail};
 const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
 
 async fn start_worker(ctx: &TestContext) -> RunningService {
-    let config: OAuthWorkerConfig = ctx.config(&[
+    start_worker_with(ctx, &[]).await
+}
+
+async fn start_worker_with(ctx: &TestContext, extra: &[(&str, &str)]) -> RunningService {
+    let mut settings = vec![
         ("GOOGLE_CLIENT_ID", "client-e2e"),
         (
             "GOOGLE_AUTH_URL",
             "https://accounts.example/o/oauth2/v2/auth",
         ),
         ("OAUTH_STATE_TTL", "10m"),
-    ]);
+    ];
+    settings.extend_from_slice(extra);
+    let config: OAuthWorkerConfig = ctx.config(&settings);
     let mut worker = RunningService::start(oauth_worker::SERVICE, |l, s| {
         oauth_worker::run(config, l, s)
     })
@@ -72,11 +78,13 @@ async fn connect_request_gets_an_auth_url_stores_the_attempt_and_queues_the_emai
         auth_url,
         expires_at,
         email_sent,
+        link_settings,
     } = reply
     else {
         panic!("rejected: {reply:?}");
     };
     assert!(email_sent);
+    assert_eq!(link_settings, None, "not asked for, not sent");
     let ttl = expires_at - chrono::Utc::now();
     assert!(
         ttl > chrono::Duration::minutes(9) && ttl <= chrono::Duration::minutes(10),
@@ -307,5 +315,64 @@ async fn an_undecodable_request_is_refused_not_ignored() {
         ),
         "{reply:?}"
     );
+    worker.stop().await.expect("clean stop");
+}
+
+/// With `Gcal-Link-Settings-Wanted` the reply carries what the api needs to issue links the
+/// worker's way: the worker's own settings and limits, and nothing secret.
+#[tokio::test]
+async fn asked_for_them_the_worker_hands_over_its_link_settings_without_the_secret() {
+    const SECRET: &str = "a-client-secret-that-must-stay-in-the-worker";
+    let ctx = TestContext::new();
+    let worker = start_worker_with(
+        &ctx,
+        &[
+            ("GOOGLE_CLIENT_SECRET", SECRET),
+            ("RATE_LIMIT_CONNECT_PER_SUBACCOUNT", "7/10s"),
+            ("STATE_STORE_TIMEOUT", "800ms"),
+        ],
+    )
+    .await;
+    let nats = ctx.nats().await;
+    let ns = Namespace::new(&ctx.id).expect("ns");
+    let request = Envelope::new(
+        SubaccountId::parse(SUBACCOUNT).expect("id"),
+        uuid::Uuid::now_v7(),
+        ConnectRequested {
+            user_email: UserEmail::parse("user@example.com").expect("email"),
+            send_email: false,
+            tenant_name: None,
+        },
+    );
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(schemas::subjects::headers::LINK_SETTINGS_WANTED, "1");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        nats.request_with_headers(ns.connect_requested(), headers, request.to_bytes().into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("a responder answered");
+    let raw = String::from_utf8(reply.payload.to_vec()).expect("utf-8");
+    let reply: ConnectRequestedReply = serde_json::from_str(&raw).expect("reply decodes");
+    let ConnectRequestedReply::Issued {
+        link_settings: Some(settings),
+        ..
+    } = reply
+    else {
+        panic!("no settings: {reply:?}");
+    };
+    assert_eq!(settings.client_id, "client-e2e");
+    assert_eq!(
+        settings.auth_url,
+        "https://accounts.example/o/oauth2/v2/auth"
+    );
+    assert_eq!(settings.state_ttl_ms, 600_000);
+    assert_eq!(settings.state_store_timeout_ms, 800);
+    assert_eq!(settings.wait_replicas, 0);
+    assert_eq!(settings.limits.connect_per_subaccount.count, 7);
+    assert_eq!(settings.limits.connect_per_subaccount.period_ms, 10_000);
+    assert_eq!(settings.limits.live_states_per_subaccount, 200);
+    assert!(!raw.contains(SECRET), "the client secret was sent: {raw}");
     worker.stop().await.expect("clean stop");
 }

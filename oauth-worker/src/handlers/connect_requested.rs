@@ -3,11 +3,17 @@
 //! the outbox in MongoDB) has the email job. The caller gets
 //! the provider's URL (the spec's `authUrl`); the email links to the consent page, which says
 //! who asks and leads on to the same URL.
+//!
+//! When the request carries `Gcal-Link-Settings-Wanted`, an `Issued` reply also carries the
+//! [`LinkSettings`]: with them the api issues the links it returns (`sendEmail: false`) itself,
+//! through the same [`service_kit::auth_link`] and [`service_kit::oauth_state`] code, until they
+//! are `LINK_SETTINGS_TTL` old. The emailed links stay here, with the outbox.
 
 use chrono::Utc;
 use schemas::events::{
-    AuthLinkIssued, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply,
+    AuthLinkIssued, ConnectRejectionCode, ConnectRequested, ConnectRequestedReply, LinkSettings,
 };
+use schemas::subjects::headers;
 use schemas::{DisplayName, Envelope, SubaccountId};
 use service_kit::Infrastructure;
 
@@ -34,11 +40,17 @@ pub struct ConnectRequestedHandler {
     pub consent_page: url::Url,
     /// Keeps the email job when JetStream cannot take it at once.
     pub outbox: Outbox,
+    /// Handed to the api when it asks (`Gcal-Link-Settings-Wanted`).
+    pub link_settings: LinkSettings,
 }
 
 impl crate::rpc::Responder for ConnectRequestedHandler {
-    async fn respond(&self, request: &[u8]) -> Vec<u8> {
-        let reply = self.handle(request).await;
+    async fn respond(&self, request: &[u8], with: Option<&async_nats::HeaderMap>) -> Vec<u8> {
+        let mut reply = self.handle(request).await;
+        let wanted = with.is_some_and(|h| h.get(headers::LINK_SETTINGS_WANTED).is_some());
+        if let (true, ConnectRequestedReply::Issued { link_settings, .. }) = (wanted, &mut reply) {
+            *link_settings = Some(self.link_settings.clone());
+        }
         serde_json::to_vec(&reply).expect("replies always serialize")
     }
 }
@@ -98,7 +110,7 @@ impl ConnectRequestedHandler {
                     ?retry_after,
                     "connect request over a limit; no link issued"
                 );
-                metrics::counter!("connect_requests_total", "outcome" => "rate_limited")
+                metrics::counter!("connect_requests_total", "outcome" => "rate_limited", "issuer" => "oauth-worker")
                     .increment(1);
                 return ConnectRequestedReply::RateLimited {
                     limit,
@@ -108,7 +120,7 @@ impl ConnectRequestedHandler {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the OAuth state; no link issued");
-                metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable")
+                metrics::counter!("connect_requests_total", "outcome" => "state_store_unavailable", "issuer" => "oauth-worker")
                     .increment(1);
                 return ConnectRequestedReply::Rejected {
                     code: ConnectRejectionCode::StateStoreUnavailable,
@@ -139,12 +151,14 @@ impl ConnectRequestedHandler {
             (true, true) => "issued_and_queued",
             (true, false) => "issued_email_failed",
         };
-        metrics::counter!("connect_requests_total", "outcome" => outcome).increment(1);
+        metrics::counter!("connect_requests_total", "outcome" => outcome, "issuer" => "oauth-worker")
+            .increment(1);
         tracing::info!(email_sent, %expires_at, "authorization link issued");
         ConnectRequestedReply::Issued {
             auth_url,
             expires_at,
             email_sent,
+            link_settings: None,
         }
     }
 

@@ -42,6 +42,10 @@ pub enum ConnectRequestedReply {
         /// no email was asked for, or when JetStream did not accept it: the link still works
         /// and the caller can hand it to the user directly.
         email_sent: bool,
+        /// Present only when the request asked for them (`Gcal-Link-Settings-Wanted`): what
+        /// the api needs to issue links itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link_settings: Option<LinkSettings>,
     },
     #[serde(rename_all = "camelCase")]
     Rejected {
@@ -104,6 +108,52 @@ pub enum ConnectRejectionCode {
     InvalidRequest,
     /// Redis, where the single-use state lives, is unavailable: no link can be issued.
     StateStoreUnavailable,
+}
+
+/// What an issuer of links must know besides the secrets it never needs: the oauth-worker hands
+/// it to the api in an `Issued` reply when the request carries `Gcal-Link-Settings-Wanted`, so
+/// the api can issue the links it returns (`sendEmail: false`) itself, with exactly the
+/// worker's provider settings and limits. Nothing in it is secret: the client id, the endpoint,
+/// the redirect URI and the scopes are in every link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkSettings {
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The provider's authorization endpoint.
+    pub auth_url: String,
+    /// The oauth-worker's callback.
+    pub redirect_uri: String,
+    /// The scopes a link asks for.
+    pub scopes: Vec<String>,
+    /// How a link asks for offline access.
+    pub profile: ProviderProfile,
+    /// How long a link stays usable (`OAUTH_STATE_TTL`).
+    pub state_ttl_ms: u64,
+    /// Bound on each Redis step of storing a state (`STATE_STORE_TIMEOUT`).
+    pub state_store_timeout_ms: u64,
+    /// Redis replicas that must have a state before its link is issued (`REDIS_WAIT_REPLICAS`).
+    pub wait_replicas: u32,
+    /// The limits decided when a state is stored.
+    pub limits: LinkLimits,
+}
+
+/// The connect request's limits as the oauth-worker applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkLimits {
+    pub connect_per_subaccount: RateSpec,
+    pub emails_per_subaccount: RateSpec,
+    pub emails_per_recipient: RateSpec,
+    pub live_states_per_subaccount: u32,
+}
+
+/// `count` requests per `periodMs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateSpec {
+    pub count: u32,
+    pub period_ms: u64,
 }
 
 /// How a provider is asked for offline access (a refresh token): `OAUTH_PROVIDER_PROFILE`.

@@ -306,6 +306,8 @@ pub fn issued(auth_url: &str, email_sent: bool) -> ConnectRequestedReply {
         auth_url: auth_url.into(),
         expires_at: chrono::Utc::now() + chrono::Duration::minutes(10),
         email_sent,
+        // Never the settings: every link the api returns in these tests is the fake worker's.
+        link_settings: None,
     }
 }
 
