@@ -23,6 +23,8 @@ pub struct ApiConfig {
     /// How long a connect request waits for the oauth-worker's reply before answering 503.
     /// The frontend is waiting, so this is short; the request never hangs past it.
     pub connect_request_timeout: Duration,
+    /// `LINK_SETTINGS_TTL`: how long learned link settings are used (zero: never).
+    pub link_settings_ttl: Duration,
     /// How long the connector read caches live. Zero turns caching off.
     pub connector_cache_ttl: Duration,
     /// Largest request body accepted (413 beyond it). Bodies here are a few hundred bytes.
@@ -97,6 +99,16 @@ impl ServiceConfig for ApiConfig {
         {
             env.problem("CONNECT_REQUEST_TIMEOUT", "must be between 50ms and 60s");
         }
+        let link_settings_ttl: Duration = env
+            .value::<HumanDuration>(
+                "LINK_SETTINGS_TTL",
+                "30s",
+                "How long the api issues the links it returns without an email (`sendEmail: false`) itself, with the link settings the oauth-worker last sent it (client id, endpoint, redirect URI, scopes, limits; never the secret); the next connect request after it asks the worker again. 0s: every link is issued by the oauth-worker. At most 10m.",
+            )
+            .into();
+        if link_settings_ttl > Duration::from_secs(600) {
+            env.problem("LINK_SETTINGS_TTL", "must be at most 10m");
+        }
         let connector_cache_ttl: Duration = env
             .value::<HumanDuration>(
                 "CONNECTOR_CACHE_TTL",
@@ -134,6 +146,7 @@ impl ServiceConfig for ApiConfig {
             http_reuse_port,
             auth,
             connect_request_timeout,
+            link_settings_ttl,
             connector_cache_ttl,
             max_body_bytes,
             service_auth,

@@ -20,6 +20,7 @@ pub mod connectors;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod local_links;
 pub mod oauth_worker;
 pub mod openapi;
 pub mod routes;
@@ -96,6 +97,7 @@ pub async fn run(
         webhooks: config.webhooks.clone(),
         try_it: config.try_it.clone(),
         limiter: crate::limits::Limiter::new(config.limits.clone(), &infra),
+        local_links: crate::local_links::LocalLinks::new(config.link_settings_ttl, infra.clone()),
     });
     // Bound only now, with everything connected: see `Listen`.
     let listener = listen.into().bind().await?;

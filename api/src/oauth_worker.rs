@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, RequestErrorKind};
 use chrono::{DateTime, Utc};
-use schemas::events::{ConnectRejectionCode, ConnectRequested, ConnectRequestedReply};
+use schemas::events::{
+    ConnectRejectionCode, ConnectRequested, ConnectRequestedReply, LinkSettings,
+};
 use schemas::subjects::{Namespace, headers};
 use schemas::{Envelope, Event, SubaccountId};
 use uuid::Uuid;
@@ -24,9 +26,12 @@ pub struct AuthLink {
     pub expires_at: DateTime<Utc>,
     /// True only once JetStream accepted the email job.
     pub email_sent: bool,
+    /// The worker's link settings, when the request asked for them.
+    pub settings: Option<LinkSettings>,
 }
 
-/// Asks the oauth-worker for an authorization link.
+/// Asks the oauth-worker for an authorization link, and with `want_settings` for its link
+/// settings too (`Gcal-Link-Settings-Wanted`; see `crate::local_links`).
 pub async fn request_auth_link(
     nats: &async_nats::Client,
     namespace: &Namespace,
@@ -34,11 +39,15 @@ pub async fn request_auth_link(
     correlation_id: Uuid,
     payload: ConnectRequested,
     timeout: Duration,
+    want_settings: bool,
 ) -> Result<AuthLink, ApiError> {
     let envelope = Envelope::new(subaccount.clone(), correlation_id, payload);
     let mut header_map = HeaderMap::new();
     header_map.insert(headers::EVENT_TYPE, ConnectRequested::TYPE);
     header_map.insert(headers::CORRELATION_ID, correlation_id.to_string().as_str());
+    if want_settings {
+        header_map.insert(headers::LINK_SETTINGS_WANTED, "1");
+    }
     // The oauth-worker's handling continues this request's trace.
     service_kit::telemetry::inject_nats(&mut header_map);
     let request = async_nats::Request::new()
@@ -88,7 +97,7 @@ fn interpret(payload: &[u8], correlation_id: Uuid) -> Result<AuthLink, ApiError>
             auth_url,
             expires_at,
             email_sent,
-            link_settings: _,
+            link_settings,
         } => {
             if !is_http_url(&auth_url) {
                 tracing::error!(%correlation_id, "the oauth-worker issued an authorization URL that is not an http(s) URL");
@@ -98,6 +107,7 @@ fn interpret(payload: &[u8], correlation_id: Uuid) -> Result<AuthLink, ApiError>
                 auth_url,
                 expires_at,
                 email_sent,
+                settings: link_settings,
             })
         }
         ConnectRequestedReply::RateLimited {

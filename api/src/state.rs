@@ -37,6 +37,8 @@ pub struct Shared {
     pub try_it: crate::try_it::TryItConfig,
     /// The api's per-caller rate limits.
     pub limiter: crate::limits::Limiter,
+    /// Issues the links that are not emailed, once it learned the worker's settings.
+    pub local_links: crate::local_links::LocalLinks,
 }
 
 impl AppState {

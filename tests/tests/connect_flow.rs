@@ -169,7 +169,18 @@ async fn two_oauth_workers_share_requests_and_losing_one_mid_load_never_hangs() 
     let ctx = TestContext::new();
     let a = oauth_worker(&ctx, "replica-a").await;
     let b = oauth_worker(&ctx, "replica-b").await;
-    let api = Arc::new(Api::start_in(ctx.clone(), &[("CONNECT_REQUEST_TIMEOUT", "2s")]).await);
+    // Every link from the workers: with link settings learned, the api would issue these
+    // (`sendEmail: false`) itself (tests/tests/local_links.rs).
+    let api = Arc::new(
+        Api::start_in(
+            ctx.clone(),
+            &[
+                ("CONNECT_REQUEST_TIMEOUT", "2s"),
+                ("LINK_SETTINGS_TTL", "0s"),
+            ],
+        )
+        .await,
+    );
     api.seed_google_calendar(SUBACCOUNT).await;
     let body = json!({"userEmail": "user@example.com", "sendEmail": false});
 

@@ -3,9 +3,10 @@
 //!
 //! Checks run cheapest and least revealing first: the token (401), the input (400, 413,
 //! 415), the token's access to this subaccount (403), whether it may have the link emailed to
-//! `userEmail` (403 `invite_not_permitted`), the connector's existence (404). Only then is
-//! anything sent to the oauth-worker, so a refused request leaves no trace (no state, no
-//! email, no rate-limit charge).
+//! `userEmail` (403 `invite_not_permitted`), the connector's existence (404). Only then is a
+//! link issued — by the oauth-worker, or here for one that is not emailed
+//! ([`crate::local_links`]) — so a refused request leaves no trace (no state, no email, no
+//! rate-limit charge).
 
 use axum::Router;
 use axum::extract::State;
@@ -77,8 +78,8 @@ struct ConnectData {
     operation_id = "handleGoogleCalendar",
     tag = "connect",
     summary = "Start a Google Calendar connection",
-    description = "Asks the oauth-worker for a Google consent link for the subaccount's \
-`google-calendar` connector and returns it; emails it to `userEmail` unless `sendEmail` is false. \
+    description = "Issues a Google consent link for the subaccount's `google-calendar` connector \
+and returns it; emails it to `userEmail` unless `sendEmail` is false. \
 The connector must exist (add it with `POST /api/connectors/{subaccountId}`). \
 Emailing the link (`sendEmail` true, the default) to an address other than the caller's own (the \
 token's `email` claim, compared case-insensitively) needs the `connectors:invite` permission \
@@ -156,20 +157,42 @@ async fn connect(
             connector,
         });
     }
-    tracing::info!(send_email, "connect requested; asking the oauth-worker");
-    let link = oauth_worker::request_auth_link(
-        &state.infra.nats,
-        &state.infra.namespace,
-        &subaccount,
-        correlation_id,
-        ConnectRequested {
-            user_email: body.user_email.clone(),
-            send_email,
-            tenant_name: body.tenant_name,
-        },
-        state.connect_timeout,
-    )
-    .await?;
+    let request = ConnectRequested {
+        user_email: body.user_email.clone(),
+        send_email,
+        tenant_name: body.tenant_name,
+    };
+    // A link that is not emailed is issued here once the api knows the worker's link
+    // settings (see `crate::local_links`); an emailed one always by the worker, which owns
+    // the outbox.
+    let local = if send_email {
+        None
+    } else {
+        state.local_links.issuer()
+    };
+    let link = match local {
+        Some(issuer) => {
+            tracing::info!(send_email, "connect requested; issuing the link here");
+            issuer.issue(&subaccount, correlation_id, &request).await?
+        }
+        None => {
+            tracing::info!(send_email, "connect requested; asking the oauth-worker");
+            let link = oauth_worker::request_auth_link(
+                &state.infra.nats,
+                &state.infra.namespace,
+                &subaccount,
+                correlation_id,
+                request,
+                state.connect_timeout,
+                state.local_links.wanted(),
+            )
+            .await?;
+            if let Some(settings) = &link.settings {
+                state.local_links.learn(settings);
+            }
+            link
+        }
+    };
     tracing::info!(email_sent = link.email_sent, expires_at = %link.expires_at, "authorization link issued");
     let message = if link.email_sent {
         format!("Authorization link sent to {}", body.user_email)
