@@ -73,6 +73,7 @@ pub fn spawn(
         .env_clear()
         .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(identity.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(STREAM_BUDGETS)
         .envs(extra.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
         .envs(service_env())
         .stdout(Stdio::null())
@@ -81,6 +82,15 @@ pub fn spawn(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
+
+/// The stream budgets of every service a benchmark starts (a bench's `extra` may override
+/// them). The defaults (10 GiB of events, 1 GiB of dead letters) are reserved on the NATS server
+/// for each bench's namespace, and a machine with less free disk refuses the streams: a
+/// clean-clone CI run once failed that way. A bench stores at most a few tens of MiB.
+pub const STREAM_BUDGETS: [(&str, &str); 2] = [
+    ("EVENTS_MAX_BYTES", "1GiB"),
+    ("DEAD_LETTER_MAX_BYTES", "64MiB"),
+];
 
 /// `BENCH_SERVICE_ENV="NAME=value NAME=value"`: settings added to every service a benchmark
 /// starts (and to the memory benchmark's floors), to compare runs: e.g.
