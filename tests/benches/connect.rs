@@ -21,8 +21,8 @@
 //! Run: `cargo bench -p e2e --bench connect` (builds the release binaries first).
 //!
 //! CI: `BENCH_SHORT=1` runs 3-second phases and exits non-zero when a request failed, when the
-//! ratio falls below `REGRESSION_FLOOR`, or when a service's peak RSS reaches `PEAK_RSS_MIB`.
-//! The goal (`GOAL`, `GOAL_P99_MS`) is printed with its verdict.
+//! ratio falls below `GOAL` less `NOISE`, when the p99 exceeds `GOAL_P99_MS`, or when a
+//! service's peak RSS reaches `PEAK_RSS_MIB`. The goal's own verdict is printed too.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,14 +34,14 @@ const SUBACCOUNT: &str = "68cf05f060d294db17c0685e";
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const CLIENTS: usize = 64;
 /// The goal for the connect endpoint (`sendEmail: false`): this share of the in-bench
-/// floor's req/s, and this p99. Not met by this design (see the README's performance section):
-/// it is printed, not enforced.
+/// floor's req/s, and this p99.
 const GOAL: f64 = 0.60;
 const GOAL_P99_MS: f64 = 20.0;
-/// What the short mode (`BENCH_SHORT=1`, CI) enforces instead: no failed request, the ratio
-/// not below what this design reached on the 2-core machine (22-30 % over two runs) less the
-/// noise (8 points), and every service's peak RSS under the memory goal.
-const REGRESSION_FLOOR: f64 = 0.20;
+/// How far below the goal the short mode (`BENCH_SHORT=1`, CI) lets the ratio fall: the
+/// ratio's spread between runs of one build on the 2-core machine is 5 points (56.0-61.0 %
+/// over nine full and short runs, 2026-12-03); the gate allows twice that, as CI runs the
+/// benches right after the test suite, on a machine of its own.
+const NOISE: f64 = 0.10;
 const PEAK_RSS_MIB: f64 = 64.0;
 /// Runs this binary as the floor's HTTP server process (`FLOOR_HTTP_ADDR`, `FLOOR_NATS_URL`,
 /// `FLOOR_SUBJECT`).
@@ -368,11 +368,14 @@ async fn bench() {
     if errors > 0 {
         problems.push(format!("{errors} requests failed"));
     }
-    if ratio < REGRESSION_FLOOR {
+    if ratio < GOAL - NOISE {
         problems.push(format!(
-            "the ratio fell below {:.0} %, what this design reached less the noise",
-            100.0 * REGRESSION_FLOOR
+            "the ratio fell below {:.0} %, the goal less the noise",
+            100.0 * (GOAL - NOISE)
         ));
+    }
+    if p99_ms > GOAL_P99_MS {
+        problems.push(format!("p99 {p99_ms:.1} ms over {GOAL_P99_MS:.0} ms"));
     }
     for (name, peak) in &peaks {
         if *peak >= PEAK_RSS_MIB {
