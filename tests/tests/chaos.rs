@@ -1,6 +1,6 @@
 //! The chaos run (`e2e::chaos`): connect flows on the cluster shape while processes are
 //! SIGKILLed and restarted, then the checks. In the suite it drives a few flows
-//! (`CHAOS_FLOWS`, 150 by default); the README's "Failure behaviour" figures come from
+//! (`CHAOS_FLOWS`, 150 by default); the figures in docs/failure-behaviour.md come from
 //!
 //! ```text
 //! CHAOS_FLOWS=1000 CHAOS_REPORT=chaos-report.md scripts/test.sh -p e2e --test chaos

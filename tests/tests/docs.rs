@@ -1,4 +1,5 @@
-//! The docs cannot fall behind the code: the README documents every setting the services read,
+//! The docs cannot fall behind the code: docs/configuration.md documents every setting the
+//! services read,
 //! and the operator guide's configuration reference (`docs/operations.md`) is generated from
 //! the services' config types. `GCAL_WRITE_DOCS=1 cargo test -p e2e --test docs` rewrites it;
 //! without that variable a stale reference fails the test.
@@ -9,9 +10,12 @@ use service_kit::config::SettingDoc;
 use service_kit::{Env, ServiceConfig};
 
 #[test]
-fn readme_documents_every_setting_with_its_default() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+fn the_configuration_page_documents_every_setting_with_its_default() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
     let mut env = Env::from_pairs(Vec::<(String, String)>::new());
     let _ = api::ApiConfig::read(&mut env);
     let _ = oauth_worker::OAuthWorkerConfig::read(&mut env);
@@ -21,7 +25,7 @@ fn readme_documents_every_setting_with_its_default() {
         let row = format!("| `{}` | `{}` |", doc.name, doc.default.unwrap_or(""));
         assert!(
             readme.contains(&row),
-            "README's configuration table lacks the row starting {row}"
+            "docs/configuration.md's table lacks the row starting {row}"
         );
     }
     // Common settings are read once per service; the four services add one address each.

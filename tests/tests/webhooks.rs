@@ -1,6 +1,6 @@
 //! Signed webhooks over real NATS, MongoDB-wire server and HTTP: endpoints registered through
 //! the api, connection events fanned out and POSTed by the metadata-worker to a receiver in
-//! this test (axum on 127.0.0.1), verified with the README's recipe; retries with the log
+//! this test (axum on 127.0.0.1), verified with the recipe in docs/webhooks.md; retries with the log
 //! readable through the api; 410 disabling the endpoint; dead letters replayed with
 //! `gcal-ops`; targets the policy refuses, and redirects that are never followed; and the
 //! per-tenant cap on deliveries awaiting a retry (a tenant past it is parked, others keep
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The README's verification recipe, exactly (README "Webhooks" → "Verifying a webhook").
+/// The verification recipe of docs/webhooks.md ("Verifying a webhook"), exactly.
 mod recipe {
     use hmac::{Hmac, KeyInit, Mac};
     use sha2::Sha256;

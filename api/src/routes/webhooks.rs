@@ -1,4 +1,4 @@
-//! Webhook endpoints of a subaccount (see README "Webhooks"):
+//! Webhook endpoints of a subaccount (see docs/webhooks.md):
 //!
 //! - `POST /api/connectors/{subaccountId}/webhooks` — register `{url, events?, description?}`;
 //!   201 with the signing secret, shown this once;

@@ -1,4 +1,4 @@
-//! How a webhook is signed (README "Webhooks", verification recipe):
+//! How a webhook is signed (docs/webhooks.md, "Verifying a webhook"):
 //!
 //! `Gcal-Webhook-Signature: v1=<lowercase hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`,
 //! where `secret` is the endpoint's secret exactly as shown at registration (`whsec_...`, as

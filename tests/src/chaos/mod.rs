@@ -1,8 +1,8 @@
 //! The chaos run: N people connect a calendar (connect → consent → callback, `sendEmail:
 //! true`) on the [`crate::cluster`] shape while a scheduler SIGKILLs a random process every
 //! few seconds and starts it again after a random pause; then, once everything is quiet, it
-//! checks that nothing was lost, doubled or left hanging. tests/tests/chaos.rs runs it; the
-//! README's "Failure behaviour" says how to run it and what a 1,000-flow run showed.
+//! checks that nothing was lost, doubled or left hanging. tests/tests/chaos.rs runs it;
+//! docs/failure-behaviour.md says how to run it and what a 1,000-flow run showed.
 //!
 //! - [`users`]: what a person does, retrying a failed step a few times;
 //! - [`killer`]: the kills, the pauses and the restarts (one process down at a time);

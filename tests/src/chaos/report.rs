@@ -214,7 +214,7 @@ pub struct Check {
     pub details: Vec<String>,
 }
 
-/// The figures of the README's table.
+/// The figures of the table in docs/failure-behaviour.md.
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
     pub flows: usize,
