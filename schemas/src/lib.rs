@@ -12,6 +12,7 @@
 pub mod bus_access;
 pub mod documents;
 pub mod envelope;
+pub mod event_id;
 pub mod events;
 pub mod ids;
 pub mod json;
@@ -19,4 +20,5 @@ pub mod json_schema;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Envelope, Event, RawEnvelope, StreamEvent};
+pub use event_id::derived_event_id;
 pub use ids::{ConnectorId, DisplayName, IdError, SubaccountId, UserEmail, google_account_key};

@@ -39,7 +39,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use schemas::events::ConnectionReported;
 use schemas::{ConnectorId, Envelope, SubaccountId, UserEmail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -259,22 +258,21 @@ fn event_id(
     payload: &ConnectionReported,
     connected_at: DateTime<Utc>,
 ) -> Uuid {
-    let mut hash = Sha256::new().chain_update(b"gcal-connector/metadata-update/v1\0");
-    for part in [
-        subaccount.as_str(),
-        &payload.calendar_id,
-        &payload.user_email,
-        &payload.google_email,
-        &payload.connected_at,
-    ] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    let digest = hash.finalize();
-    let mut random = [0_u8; 10];
-    random.copy_from_slice(&digest[..10]);
     let millis = u64::try_from(connected_at.timestamp_millis()).unwrap_or_default();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    // Every part is followed by a separator (the empty last part): the recipe as first
+    // written, so ids of reports already published stay the same.
+    schemas::derived_event_id(
+        "gcal-connector/metadata-update/v1",
+        &[
+            subaccount.as_str().as_bytes(),
+            payload.calendar_id.as_bytes(),
+            payload.user_email.as_bytes(),
+            payload.google_email.as_bytes(),
+            payload.connected_at.as_bytes(),
+            b"",
+        ],
+        millis,
+    )
 }
 
 /// `Deprecation` and the successor `Link` on every answer of the route, errors included.

@@ -36,7 +36,6 @@ use schemas::events::{ConnectionFailed, ConnectionSucceeded, FailureReason};
 use schemas::{Envelope, Event};
 use serde::Deserialize;
 use service_kit::Infrastructure;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -604,16 +603,12 @@ impl Callback {
 /// bits a hash of the state and the event type. The same attempt always yields the same id
 /// (JetStream drops a second publish), different attempts never collide.
 pub fn event_id(state: &str, attempt: &PendingAttempt, event_type: &str) -> Uuid {
-    let digest = Sha256::new()
-        .chain_update(b"gcal-connector/callback-event/v1\0")
-        .chain_update(event_type.as_bytes())
-        .chain_update([0])
-        .chain_update(state.as_bytes())
-        .finalize();
-    let mut random = [0_u8; 10];
-    random.copy_from_slice(&digest[..10]);
     let millis = u64::try_from(attempt.issued_at.timestamp_millis()).unwrap_or_default();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    schemas::derived_event_id(
+        "gcal-connector/callback-event/v1",
+        &[event_type.as_bytes(), state.as_bytes()],
+        millis,
+    )
 }
 
 fn link_expired() -> Outcome {

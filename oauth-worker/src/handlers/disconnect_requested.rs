@@ -28,7 +28,6 @@ use schemas::events::{ConnectionDisconnected, DisconnectRequested, RevocationOut
 use schemas::{Envelope, SubaccountId};
 use service_kit::Infrastructure;
 use service_kit::consumer::{Delivery, EventHandler, HandlerError};
-use sha2::{Digest, Sha256};
 
 use crate::provider::{Provider, Revocation};
 use crate::token_store::{TokenStore, TokenStoreError};
@@ -290,14 +289,6 @@ fn disconnected_event(
         .unwrap_or_else(|| u64::try_from(request.occurred_at.timestamp_millis()).unwrap_or(0));
     let at = chrono::DateTime::from_timestamp_millis(i64::try_from(millis).unwrap_or(0))
         .unwrap_or(request.occurred_at);
-    let digest = Sha256::new()
-        .chain_update(b"gcal-connector/disconnected/v1\0")
-        .chain_update(operation.as_bytes())
-        .chain_update([0])
-        .chain_update(email.as_bytes())
-        .finalize();
-    let mut random = [0_u8; 10];
-    random.copy_from_slice(&digest[..10]);
     let mut event = Envelope::new(
         request.subaccount_id.clone(),
         request.correlation_id,
@@ -308,7 +299,11 @@ fn disconnected_event(
             revocation,
         },
     );
-    event.id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    event.id = schemas::derived_event_id(
+        "gcal-connector/disconnected/v1",
+        &[operation.as_bytes(), email.as_bytes()],
+        millis,
+    );
     event.occurred_at = at;
     event
 }
