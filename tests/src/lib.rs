@@ -11,6 +11,7 @@
 //! - [`jwt`]: mints user JWTs for tests that call the api.
 //! - [`nats_auth`]: the NATS operator, TLS and per-test credentials every test server runs with.
 //! - [`stream`]: reads what a JetStream stream holds.
+//! - [`eventually`]: the one poll loop for waiting on what the system does in the background.
 //! - [`redis_sentinel`]: Redis behind Sentinel (a primary, a replica, three sentinels), every
 //!   process killable.
 //! - [`cluster`]: the cluster shape (three NATS nodes, two replicas of every service), every
@@ -22,6 +23,7 @@ pub mod browser;
 pub mod chaos;
 pub mod cluster;
 pub mod context;
+pub mod eventually;
 pub mod fake_google;
 pub mod jwt;
 pub mod nats_auth;
@@ -36,5 +38,6 @@ pub mod stream;
 pub mod tools;
 
 pub use context::TestContext;
+pub use eventually::eventually;
 pub use service::RunningService;
 pub mod smtp;

@@ -427,19 +427,12 @@ impl EventHandler<AuthLinkIssued> for PacedHandler {
     }
 }
 
-/// Polls `check` every 20 ms until it yields, failing after `limit`.
+/// Polls `check` until it yields, failing after `limit` ([`e2e::eventually`]).
 async fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    e2e::eventually(what, limit, || {
+        std::future::ready(check().ok_or("nothing yet"))
+    })
+    .await
 }
 
 /// A consumer spec for fair runs, with its `max_ack_pending` sized for `fairness`.

@@ -63,20 +63,17 @@ async fn metadata(api: &Api, subaccount: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Polls until `check` holds for the stored metadata.
+/// Polls until `check` holds for the stored metadata ([`e2e::eventually`]).
 async fn eventually(api: &Api, subaccount: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    e2e::eventually("the metadata", WAIT, || async {
         let current = metadata(api, subaccount).await;
         if check(&current) {
-            return current;
+            Ok(current)
+        } else {
+            Err(current)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metadata never got there; last: {current}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn dead_letters(ctx: &TestContext) -> Vec<async_nats::jetstream::Message> {

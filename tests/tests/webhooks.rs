@@ -314,23 +314,17 @@ fn succeeded_for(subaccount: &str, google: &str) -> Envelope<ConnectionSucceeded
     )
 }
 
-/// Polls `check` until it yields, for at most [`WAIT`].
+/// Polls `check` until it yields, for at most [`WAIT`] ([`e2e::eventually`]).
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    e2e::eventually(what, WAIT, || {
+        let next = check();
+        async move { next.await.ok_or("nothing yet") }
+    })
+    .await
 }
 
 async fn wait_for_requests(receiver: &Receiver, count: usize) -> Vec<Received> {
