@@ -120,6 +120,19 @@ async fn docs_serve_swagger_ui_from_the_binary_reading_the_served_spec() {
         "the vendored bundle: {} bytes",
         bundle.len()
     );
+    // The icon every page's browser asks for: an ICO, not a 404, and no token needed.
+    let icon = reqwest::get(format!("{}/favicon.ico", api.service.base_url))
+        .await
+        .expect("favicon answers");
+    assert_eq!(icon.status(), 200);
+    assert_eq!(
+        icon.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("image/x-icon")
+    );
+    let bytes = icon.bytes().await.expect("body");
+    assert_eq!(&bytes[..4], &[0, 0, 1, 0], "an ICO header");
 }
 
 // ---------------------------------------------------------------------------------------------
