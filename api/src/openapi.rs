@@ -64,7 +64,8 @@ this order: authentication (401/503), input (400/413/415), permission (403), exi
 refused request changes nothing. A request body is one JSON object sent as `application/json` in \
 UTF-8 (a `charset` other than `utf-8` is a 415). Every answer carries \
 `X-Content-Type-Options: nosniff`. Health probes (`/healthz`, `/readyz`, `/metrics`) are not part \
-of this document."
+of this document. To try a call here, press Authorize and paste a user token (see the `userToken` \
+scheme for how to get one on a local run)."
     ),
     paths(
         google_calendar::handle_google_calendar,
@@ -166,7 +167,11 @@ impl Modify for SecuritySchemes {
                     .bearer_format("JWT")
                     .description(Some(
                         "A user's JWT: `sub`, `subaccountIds` (or role `admin`), `permissions` \
-                         containing `connectors:manage`, `exp`.",
+                         containing `connectors:manage`, `exp`. Your platform's auth server \
+                         issues them (HS256 with `JWT_SECRET`, or RS256/ES256 from `JWT_JWKS_URL`). \
+                         On a local run: `cargo run -q -p api --bin mint-dev-token -- <subaccountId>` \
+                         prints one; with `API_DEV_MODE=true` (what `scripts/run-local.sh` runs), \
+                         `POST /dev/token` `{\"subaccountId\"}` answers one for a subaccount.",
                     ))
                     .build(),
             ),
