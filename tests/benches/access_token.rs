@@ -875,20 +875,7 @@ async fn load(
             })
         })
         .collect();
-    let started = Instant::now();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.expect("caller task");
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort_unstable();
-    Summary {
-        latencies,
-        errors,
-        elapsed: started.elapsed(),
-    }
+    Summary::gather(tasks).await
 }
 
 /// The oauth-workers' counters that matter here, summed over both replicas.

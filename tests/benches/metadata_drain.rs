@@ -121,21 +121,7 @@ async fn bench() {
     let mongo_pid = infra.mongo.pid();
     let mongo_cpu_before = mongo_pid.map(cpu_seconds).unwrap_or_default();
     let started = Instant::now();
-    futures::stream::iter(order.iter().copied())
-        .for_each_concurrent(CONCURRENCY, |(i, n)| {
-            let collection = mongo
-                .database(&db_name(i))
-                .collection::<Document>("connectorsubaccount");
-            let e = event(i, n);
-            async move {
-                let write = metadata_worker::metadata::succeeded_write(&e);
-                collection
-                    .update_one(write.filter, write.pipeline)
-                    .await
-                    .expect("floor update");
-            }
-        })
-        .await;
+    support::floor_updates(&mongo, order.iter().copied(), CONCURRENCY, &db_name, event).await;
     let floor_elapsed = started.elapsed();
     let floor_mongo_cpu = mongo_pid.map(cpu_seconds).unwrap_or_default() - mongo_cpu_before;
     let floor_rate = total as f64 / floor_elapsed.as_secs_f64();

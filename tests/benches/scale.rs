@@ -484,21 +484,7 @@ async fn drain_part(
     let kinds = infrastructure(cluster);
     let bench_before = cpu_seconds(std::process::id());
     let started = Instant::now();
-    futures::stream::iter(order(0))
-        .for_each_concurrent(CONCURRENCY, |(i, n)| {
-            let collection = mongo
-                .database(&db_name(i))
-                .collection::<Document>("connectorsubaccount");
-            let e = event(i, n);
-            async move {
-                let write = metadata_worker::metadata::succeeded_write(&e);
-                collection
-                    .update_one(write.filter, write.pipeline)
-                    .await
-                    .expect("floor update");
-            }
-        })
-        .await;
+    support::floor_updates(&mongo, order(0), CONCURRENCY, &db_name, event).await;
     let floor_rate = total as f64 / started.elapsed().as_secs_f64();
     // The floor's writer is the bench: its CPU goes where the worker's does.
     let mut cpu = vec![(

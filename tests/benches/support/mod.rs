@@ -239,6 +239,25 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Waits for load tasks that each answer `(latencies, errors)`; `elapsed` runs from the
+    /// first poll of this future until the last task ends.
+    pub async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>) -> Summary {
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for task in tasks {
+            let (l, e) = task.await.expect("load task");
+            latencies.extend(l);
+            errors += e;
+        }
+        latencies.sort_unstable();
+        Summary {
+            latencies,
+            errors,
+            elapsed: started.elapsed(),
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -441,22 +460,7 @@ pub async fn load(
                 })
             })
             .collect();
-        async move {
-            let started = Instant::now();
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            for task in tasks {
-                let (l, e) = task.await.expect("client task");
-                latencies.extend(l);
-                errors += e;
-            }
-            latencies.sort_unstable();
-            Summary {
-                latencies,
-                errors,
-                elapsed: started.elapsed(),
-            }
-        }
+        Summary::gather(tasks)
     };
     run(Duration::from_secs(2)).await;
     cpu_during(pids, run(phase)).await
@@ -577,6 +581,33 @@ pub async fn seed_tenant_connectors(
                 })
                 .await
                 .expect("seed");
+        })
+        .await;
+}
+
+/// The metadata drain's floor: for each `(connector, n)` the worker's own conditional update
+/// (`metadata_worker::metadata::succeeded_write`) of `event(connector, n)`, straight from the
+/// driver into `db_name(connector)`, `concurrency` at a time.
+pub async fn floor_updates(
+    mongo: &mongodb::Client,
+    items: impl IntoIterator<Item = (usize, usize)>,
+    concurrency: usize,
+    db_name: &impl Fn(usize) -> String,
+    event: impl Fn(usize, usize) -> schemas::Envelope<schemas::events::ConnectionSucceeded>,
+) {
+    futures::stream::iter(items)
+        .for_each_concurrent(concurrency, |(i, n)| {
+            let collection = mongo
+                .database(&db_name(i))
+                .collection::<mongodb::bson::Document>("connectorsubaccount");
+            let e = event(i, n);
+            async move {
+                let write = metadata_worker::metadata::succeeded_write(&e);
+                collection
+                    .update_one(write.filter, write.pipeline)
+                    .await
+                    .expect("floor update");
+            }
         })
         .await;
 }
