@@ -22,25 +22,30 @@
 //! tenants can instead be [run fairly](run_fair): pulled ahead into one queue per tenant and
 //! started round-robin with a per-tenant cap ([`fair`]).
 
+mod dead_letters;
 mod fair;
+mod lag;
+mod worker;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use schemas::subjects::{Namespace, headers};
+use schemas::subjects::Namespace;
 use schemas::{DecodeError, Envelope, StreamEvent};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::startup::StartupError;
 
+use dead_letters::watch_max_deliveries;
 pub use fair::{BUFFERED_REPLICAS, Fairness, FairnessSettings, MAX_BUFFER};
+pub use lag::LAG_REFRESH;
+use lag::watch_lag;
+use worker::Worker;
 
 /// How one durable consumer behaves.
 #[derive(Debug, Clone)]
@@ -361,239 +366,6 @@ async fn pull_in_order<E, H>(
     }
 }
 
-struct Worker<H> {
-    js: jetstream::Context,
-    dead_letter_subject: String,
-    spec: ConsumerSpec,
-    handler: Arc<H>,
-    /// First error of messages still being retried, by stream sequence (for the dead letter).
-    first_errors: Mutex<HashMap<u64, String>>,
-    /// Ends a hold on a message the dead-letter stream would not take ([`Worker::park`]).
-    shutdown: CancellationToken,
-}
-
-/// Bound on remembered first errors; past it, a dead letter reports only the last error.
-const MAX_REMEMBERED_ERRORS: usize = 10_000;
-
-impl<H> Worker<H> {
-    async fn process<E>(&self, message: jetstream::Message)
-    where
-        E: Consumable,
-        H: EventHandler<E>,
-    {
-        let durable = self.spec.durable;
-        let Ok(info) = message.info() else {
-            tracing::error!(consumer = durable, subject = %message.subject, "message without JetStream metadata; terminating it");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        };
-        let delivery = Delivery {
-            stream_sequence: info.stream_sequence,
-            delivered: info.delivered,
-            max_deliver: self.spec.max_deliver,
-            replayed: message
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(headers::ORIGINAL_MSG_ID).is_some()),
-        };
-        // RFC 3339, as the header promises (`OffsetDateTime`'s Display is not); only a
-        // message being parked needs it.
-        let published = || {
-            chrono::DateTime::from_timestamp(
-                info.published.unix_timestamp(),
-                info.published.nanosecond(),
-            )
-            .map(|at| at.to_rfc3339())
-            .unwrap_or_else(|| info.published.to_string())
-        };
-        let event = match E::decode(&message.payload) {
-            Ok(event) => event,
-            Err(e) => {
-                let reason = format!("undecodable {} event: {e}", E::NAME);
-                self.park(&message, delivery, &published(), reason, "undecodable")
-                    .await;
-                return;
-            }
-        };
-        let (event_id, correlation_id, subaccount_id) = E::describe(&event);
-        let span = tracing::info_span!("event", consumer = durable, event_type = E::NAME, %event_id,
-            %correlation_id, %subaccount_id,
-            stream_sequence = delivery.stream_sequence, delivered = delivery.delivered,
-            trace_id = tracing::field::Empty);
-        // The publisher's trace goes on here (its `traceparent` header), or a new one starts.
-        match &message.headers {
-            Some(headers) => {
-                crate::telemetry::continue_trace(&span, &crate::telemetry::NatsHeaders(headers))
-            }
-            None => crate::telemetry::record_trace_id(&span),
-        }
-        self.settle(&message, delivery, published, event)
-            .instrument(span)
-            .await;
-    }
-
-    /// Runs the handler on a decoded event and acks, NAKs or parks the message accordingly.
-    async fn settle<E>(
-        &self,
-        message: &jetstream::Message,
-        delivery: Delivery,
-        published: impl FnOnce() -> String,
-        event: E::Message,
-    ) where
-        E: Consumable,
-        H: EventHandler<E>,
-    {
-        let durable = self.spec.durable;
-        let started = Instant::now();
-        let result = self
-            .with_progress(message, self.handler.handle(event, delivery))
-            .await;
-        metrics::histogram!("event_handling_duration_seconds", "consumer" => durable)
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                self.forget(delivery.stream_sequence);
-                if let Err(e) = message.ack().await {
-                    // The effect is durable and handlers are idempotent: a redelivery is harmless.
-                    tracing::warn!(error = %e, "ack failed; the event will be redelivered");
-                }
-                count(durable, "acked");
-            }
-            Err(HandlerError::Retryable(reason)) if !delivery.is_last_attempt() => {
-                self.remember(delivery.stream_sequence, &reason);
-                let delay = self.spec.jittered_retry_delay(delivery.delivered);
-                tracing::warn!(%reason, retry_in = ?delay, "handler failed; will retry");
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                count(durable, "retried");
-            }
-            Err(HandlerError::Retryable(reason)) => {
-                let reason = format!("gave up after {} deliveries: {reason}", delivery.delivered);
-                self.park(message, delivery, &published(), reason, "dead_lettered")
-                    .await;
-            }
-            Err(HandlerError::Permanent(reason)) => {
-                self.park(message, delivery, &published(), reason, "dead_lettered")
-                    .await;
-            }
-        }
-    }
-
-    /// How often a message being handled, or waiting in a fair buffer, is reported in
-    /// progress: well inside `ack_wait`, so the server does not redeliver it meanwhile.
-    fn progress_interval(&self) -> Duration {
-        (self.spec.ack_wait / 3).max(Duration::from_millis(100))
-    }
-
-    /// Runs `work`, telling the server every `ack_wait / 3` that the message is in progress.
-    async fn with_progress<T>(
-        &self,
-        message: &jetstream::Message,
-        work: impl Future<Output = T>,
-    ) -> T {
-        let interval = self.progress_interval();
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                () = tokio::time::sleep(interval) => {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            }
-        }
-    }
-
-    /// Publishes the message to the dead-letter stream, then acks it (counted as `outcome`).
-    /// If the dead-letter publish fails (e.g. the stream is full), the message is never
-    /// acked: it is NAKed for a redelivery while it has deliveries left, and on its last one
-    /// it is held in progress and parking is retried until it succeeds or the process stops.
-    async fn park(
-        &self,
-        message: &jetstream::Message,
-        delivery: Delivery,
-        published: &str,
-        reason: String,
-        outcome: &'static str,
-    ) {
-        let durable = self.spec.durable;
-        let first_error = self
-            .forget(delivery.stream_sequence)
-            .unwrap_or_else(|| reason.clone());
-        let letter = || {
-            dead_letter(
-                &self.js,
-                &self.dead_letter_subject,
-                durable,
-                Original {
-                    subject: message.subject.as_str(),
-                    payload: message.payload.clone(),
-                    headers: message.headers.clone().unwrap_or_default(),
-                    published,
-                },
-                delivery,
-                &first_error,
-                &reason,
-            )
-        };
-        let mut stored = letter().await;
-        if let Err(e) = &stored {
-            count(durable, "park_failed");
-            if !delivery.is_last_attempt() {
-                tracing::error!(%reason, error = %e, "dead-letter publish failed; the event stays pending");
-                self.remember(delivery.stream_sequence, &first_error);
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(
-                        self.spec.jittered_retry_delay(delivery.delivered),
-                    )))
-                    .await;
-                return;
-            }
-            // A NAK now would use up the last delivery: JetStream would stop delivering the
-            // message. Keep it in progress here and try again until there is room.
-            tracing::error!(%reason, error = %e, "dead-letter publish failed on the last delivery; holding the event and retrying");
-            let mut attempt = delivery.delivered;
-            while let Err(e) = &stored {
-                let delay = self.spec.jittered_retry_delay(attempt);
-                let waited = tokio::select! {
-                    () = self.with_progress(message, tokio::time::sleep(delay)) => true,
-                    () = self.shutdown.cancelled() => false,
-                };
-                if !waited {
-                    // Handed back: JetStream's max-deliveries advisory reaches a replica's
-                    // watcher, which parks it from the domain stream (the original stays).
-                    tracing::error!(error = %e, "stopping while the dead-letter stream refuses the event; it stays in the domain stream");
-                    self.remember(delivery.stream_sequence, &first_error);
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                    return;
-                }
-                stored = letter().await;
-                if let Err(e) = &stored {
-                    count(durable, "park_failed");
-                    tracing::warn!(error = %e, "dead-letter stream still refuses the event; holding it");
-                }
-                attempt = attempt.saturating_add(1);
-            }
-        }
-        tracing::error!(%reason, dead_letter = %self.dead_letter_subject, "event dead-lettered");
-        let _ = message.ack().await;
-        count(durable, outcome);
-    }
-
-    fn remember(&self, sequence: u64, error: &str) {
-        if let Ok(mut map) = self.first_errors.lock()
-            && map.len() < MAX_REMEMBERED_ERRORS
-        {
-            map.entry(sequence).or_insert_with(|| error.to_owned());
-        }
-    }
-
-    fn forget(&self, sequence: u64) -> Option<String> {
-        self.first_errors
-            .lock()
-            .ok()
-            .and_then(|mut map| map.remove(&sequence))
-    }
-}
-
 /// A worker's whole life: `run` for its consumer and the health endpoints on `listener`, until
 /// `shutdown` or either of them ending (the other is then stopped too). Closes nothing: the
 /// caller closes `infra` afterwards.
@@ -726,185 +498,6 @@ pub async fn consume_all_and_serve(
     served
 }
 
-/// The message being parked, as it was published.
-struct Original<'a> {
-    subject: &'a str,
-    payload: bytes::Bytes,
-    headers: async_nats::HeaderMap,
-    published: &'a str,
-}
-
-/// Publishes `original` to the dead-letter stream with why, where and when, and waits for the
-/// ack. One dead letter per original message and consumer (its `Nats-Msg-Id`), even if
-/// parking is retried or both the runner and the advisory watcher park it.
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    js: &jetstream::Context,
-    dead_letter_subject: &str,
-    durable: &str,
-    original: Original<'_>,
-    delivery: Delivery,
-    first_error: &str,
-    last_error: &str,
-) -> Result<(), String> {
-    let mut dead_headers = original.headers;
-    dead_headers.insert(headers::DEAD_LETTER_SUBJECT, original.subject);
-    dead_headers.insert(
-        headers::DEAD_LETTER_STREAM_SEQUENCE,
-        delivery.stream_sequence.to_string().as_str(),
-    );
-    dead_headers.insert(headers::DEAD_LETTER_CONSUMER, durable);
-    dead_headers.insert(
-        headers::DEAD_LETTER_DELIVERIES,
-        delivery.delivered.to_string().as_str(),
-    );
-    dead_headers.insert(
-        headers::DEAD_LETTER_FIRST_ERROR,
-        header_safe(first_error).as_str(),
-    );
-    dead_headers.insert(
-        headers::DEAD_LETTER_LAST_ERROR,
-        header_safe(last_error).as_str(),
-    );
-    dead_headers.insert(headers::DEAD_LETTER_PUBLISHED_AT, original.published);
-    dead_headers.insert(
-        headers::DEAD_LETTER_PARKED_AT,
-        chrono::Utc::now().to_rfc3339().as_str(),
-    );
-    dead_headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{durable}-{}", delivery.stream_sequence).as_str(),
-    );
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(original.payload)
-        .headers(dead_headers);
-    match js
-        .send_publish(dead_letter_subject.to_owned(), publish)
-        .await
-    {
-        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// JetStream's advisory when a message used up `max_deliver` without being acked or NAKed
-/// (the handler crashed, hung past `ack_wait`, or the process died): the server stops
-/// delivering it and only says so here. The runner itself parks messages that fail on their
-/// last delivery, so this only sees the ones no handler answered for.
-#[derive(Debug, serde::Deserialize)]
-struct MaxDeliveriesAdvisory {
-    stream_seq: u64,
-    deliveries: i64,
-}
-
-/// Parks every message JetStream gave up on for this consumer, until `shutdown`.
-async fn watch_max_deliveries(
-    js: jetstream::Context,
-    nats: async_nats::Client,
-    stream: String,
-    dead_letter_subject: String,
-    spec: ConsumerSpec,
-    shutdown: CancellationToken,
-) {
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
-        spec.durable
-    );
-    let mut advisories = match nats.subscribe(subject.clone()).await {
-        Ok(subscription) => subscription,
-        Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot watch for messages JetStream gives up on");
-            return;
-        }
-    };
-    loop {
-        let advisory = tokio::select! {
-            advisory = advisories.next() => advisory,
-            () = shutdown.cancelled() => break,
-        };
-        let Some(advisory) = advisory else { break };
-        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
-        else {
-            tracing::warn!(%subject, "unreadable max-deliveries advisory");
-            continue;
-        };
-        let original = match js.get_stream(&stream).await {
-            Ok(s) => s
-                .get_raw_message(advisory.stream_seq)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let original = match original {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::error!(error = %e, stream_sequence = advisory.stream_seq, "JetStream gave up on a message that cannot be read back; it stays in the domain stream");
-                continue;
-            }
-        };
-        let published = chrono::DateTime::from_timestamp(
-            original.time.unix_timestamp(),
-            original.time.nanosecond(),
-        )
-        .map(|at| at.to_rfc3339())
-        .unwrap_or_default();
-        let reason = format!(
-            "no answer after {} deliveries (the handler crashed or exceeded ack_wait each time)",
-            advisory.deliveries
-        );
-        let delivery = Delivery {
-            stream_sequence: advisory.stream_seq,
-            delivered: advisory.deliveries,
-            max_deliver: spec.max_deliver,
-            replayed: original.headers.get(headers::ORIGINAL_MSG_ID).is_some(),
-        };
-        // Parked by a task of its own, so one the dead-letter stream refuses (it is full) is
-        // retried without holding up the advisories behind it.
-        let (js, subject, spec, shutdown) = (
-            js.clone(),
-            dead_letter_subject.clone(),
-            spec.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let sequence = advisory.stream_seq;
-            let mut attempt = advisory.deliveries;
-            loop {
-                let stored = dead_letter(
-                    &js,
-                    &subject,
-                    spec.durable,
-                    Original {
-                        subject: original.subject.as_str(),
-                        payload: original.payload.clone(),
-                        headers: original.headers.clone(),
-                        published: &published,
-                    },
-                    delivery,
-                    &reason,
-                    &reason,
-                )
-                .await;
-                let Err(e) = stored else {
-                    tracing::error!(%reason, stream_sequence = sequence, "event dead-lettered");
-                    count(spec.durable, "dead_lettered");
-                    return;
-                };
-                count(spec.durable, "park_failed");
-                tracing::error!(error = %e, stream_sequence = sequence, "could not dead-letter a message JetStream gave up on; retrying (it stays in the domain stream)");
-                tokio::select! {
-                    () = tokio::time::sleep(spec.jittered_retry_delay(attempt)) => {}
-                    () = shutdown.cancelled() => {
-                        tracing::error!(stream_sequence = sequence, "stopping before the dead-letter stream took the message; it stays in the domain stream (replay it with gcal-ops events replay)");
-                        return;
-                    }
-                }
-                attempt = attempt.saturating_add(1);
-            }
-        });
-    }
-}
-
 /// `events_processed_total{consumer,outcome}`: `acked`, `retried` (NAKed for a later
 /// redelivery), `dead_lettered` (parked after a permanent failure or the last retry, or given up
 /// on by JetStream), `undecodable` (parked at once), `park_failed` (the dead-letter stream did
@@ -913,43 +506,6 @@ async fn watch_max_deliveries(
 fn count(consumer: &'static str, outcome: &'static str) {
     metrics::counter!("events_processed_total", "consumer" => consumer, "outcome" => outcome)
         .increment(1);
-}
-
-/// How often [`watch_lag`] reads the consumer's pending count.
-pub const LAG_REFRESH: Duration = Duration::from_secs(10);
-
-/// `consumer_lag_messages{consumer}`: messages of the stream matching the consumer's filter
-/// that it has not been delivered yet (JetStream's `num_pending`), read every [`LAG_REFRESH`]
-/// until `shutdown`.
-async fn watch_lag(consumer: PullConsumer, durable: &'static str, shutdown: CancellationToken) {
-    let gauge = metrics::gauge!("consumer_lag_messages", "consumer" => durable);
-    loop {
-        match consumer.get_info().await {
-            // u64 → f64: exact below 2^53 messages.
-            Ok(info) => gauge.set(info.num_pending as f64),
-            Err(e) => {
-                tracing::debug!(consumer = durable, error = %e, "cannot read the consumer's lag")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(LAG_REFRESH) => {}
-            () = shutdown.cancelled() => break,
-        }
-    }
-}
-
-/// Header values are one line of visible ASCII; errors may hold anything. Cap the length too.
-fn header_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .take(1024)
-        .collect()
 }
 
 #[cfg(test)]
